@@ -1,0 +1,31 @@
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build test test-deps vet fuzz bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+# Installs what the tests need (redis-server, docker-registry), then vets and
+# runs every test with the race detector.
+test: test-deps vet
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+test-deps:
+	./scripts/install-test-deps.sh
+
+vet:
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt needed on the files above" >&2; exit 1)
+	$(GO) vet ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/handlers/
+
+bench: test-deps
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/queue/
+
+clean:
+	rm -rf bin/

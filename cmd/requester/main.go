@@ -1,0 +1,256 @@
+// Command requester calls a regcap fleet: single requests, and (see the
+// other files) cache prefetch and benchmarks.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/internal/flagenv"
+)
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitFailed      = 1 // an error reply, or some prefetches failed
+	exitUnreachable = 2 // no responders, timeout, bad usage
+)
+
+const usage = `Usage: requester COMMAND [flags] [args]
+
+Commands:
+  digest IMAGE     print {"digest":"sha256:…"} for IMAGE
+  manifest IMAGE   print IMAGE's manifest as the registry sent it
+  config IMAGE     print {"manifest":…,"digest":…,"config":…} for IMAGE
+
+Run 'requester COMMAND --help' for a command's flags.
+`
+
+// command is one subcommand: it adds its flags and runs with the parsed
+// connection options.
+type command struct {
+	summary string
+	flags   func(fs *flag.FlagSet)
+	run     func(ctx context.Context, env *cmdEnv, args []string) int
+}
+
+func commands() map[string]*command {
+	cmds := map[string]*command{}
+	for _, c := range []struct {
+		name string
+		fn   client.Function
+	}{{"digest", client.ManifestDigest}, {"manifest", client.OCIManifest}, {"config", client.OCIManifestConfig}} {
+		cmds[c.name] = singleCommand(c.name, c.fn)
+	}
+	return cmds
+}
+
+// cmdEnv is what every command gets: standard streams and a connection.
+type cmdEnv struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	conn           connFlags
+	connect        func() (*nats.Conn, error)
+}
+
+type connFlags struct {
+	url, prefix     string
+	timeout         time.Duration
+	creds, nkey     string
+	tlsCA           string
+	tlsCert, tlsKey string
+	output          string
+}
+
+func (c *connFlags) register(fs *flag.FlagSet) {
+	def := os.Getenv("NATS_URL")
+	if def == "" {
+		def = nats.DefaultURL
+	}
+	fs.StringVar(&c.url, "nats-url", def, "NATS server URL(s), comma-separated (env NATS_URL)")
+	fs.StringVar(&c.prefix, "subject-prefix", "kubewarden", "subject prefix of the fleet")
+	fs.DurationVar(&c.timeout, "timeout", 15*time.Second, "how long to wait for one reply")
+	fs.StringVar(&c.creds, "creds", "", "NATS user credentials file")
+	fs.StringVar(&c.nkey, "nkey", "", "NATS NKey seed file")
+	fs.StringVar(&c.tlsCA, "tlsca", "", "CA certificate to verify the NATS server")
+	fs.StringVar(&c.tlsCert, "tlscert", "", "client certificate for NATS TLS")
+	fs.StringVar(&c.tlsKey, "tlskey", "", "client key for NATS TLS")
+	fs.StringVar(&c.output, "o", "text", "output format: text or json")
+}
+
+func (c *connFlags) dial() (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name("regcap-requester"), nats.Timeout(c.timeout)}
+	if c.creds != "" {
+		opts = append(opts, nats.UserCredentials(c.creds))
+	}
+	if c.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(c.nkey)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
+	if c.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(c.tlsCA))
+	}
+	if c.tlsCert != "" || c.tlsKey != "" {
+		opts = append(opts, nats.ClientCert(c.tlsCert, c.tlsKey))
+	}
+	nc, err := nats.Connect(c.url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", c.url, err)
+	}
+	return nc, nil
+}
+
+func (c *connFlags) client(nc *nats.Conn) *client.Client {
+	return client.New(nc, client.WithSubjectPrefix(c.prefix), client.WithTimeout(c.timeout))
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return exitUnreachable
+		}
+		return exitOK
+	}
+	cmd, ok := commands()[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "requester: unknown command %q\n\n%s", args[0], usage)
+		return exitUnreachable
+	}
+	env := &cmdEnv{stdin: stdin, stdout: stdout, stderr: stderr}
+	fs := flag.NewFlagSet("requester "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	env.conn.register(fs)
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	fs.Usage = flagenv.Usage(fs, "Usage: requester "+args[0]+" "+cmd.summary, "REQUESTER_", map[string]string{"nats-url": "NATS_URL"})
+	if err := fs.Parse(interleave(fs, args[1:])); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUnreachable
+	}
+	if err := flagenv.Apply(fs, "REQUESTER_", map[string]string{"nats-url": "NATS_URL"}, nil); err != nil {
+		fmt.Fprintln(stderr, "requester:", err)
+		return exitUnreachable
+	}
+	if env.conn.output != "text" && env.conn.output != "json" {
+		fmt.Fprintf(stderr, "requester: -o %q: want text or json\n", env.conn.output)
+		return exitUnreachable
+	}
+	env.connect = env.conn.dial
+	return cmd.run(ctx, env, fs.Args())
+}
+
+// interleave moves flags after positional arguments to the front, so that
+// "requester digest busybox --timeout 2s" works as in kubectl and crane.
+func interleave(fs *flag.FlagSet, args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) > 1 && a[0] == '-' {
+			flags = append(flags, a)
+			name := a[1:]
+			if len(name) > 0 && name[0] == '-' {
+				name = name[1:]
+			}
+			if eq := indexByte(name, '='); eq >= 0 {
+				continue
+			}
+			if f := fs.Lookup(name); f != nil && !isBool(f) && i+1 < len(args) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+			continue
+		}
+		pos = append(pos, a)
+	}
+	return append(flags, pos...)
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func isBool(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+func singleCommand(name string, fn client.Function) *command {
+	var platform string
+	return &command{
+		summary: "IMAGE [flags]",
+		flags: func(fs *flag.FlagSet) {
+			if fn == client.OCIManifestConfig {
+				fs.StringVar(&platform, "platform", "", "resolve an index to os/arch[/variant] instead of the worker's platform")
+			}
+		},
+		run: func(ctx context.Context, env *cmdEnv, args []string) int {
+			if len(args) != 1 {
+				fmt.Fprintf(env.stderr, "requester %s: want exactly one IMAGE, got %d arguments\n", name, len(args))
+				return exitUnreachable
+			}
+			nc, err := env.connect()
+			if err != nil {
+				fmt.Fprintln(env.stderr, "requester:", err)
+				return exitUnreachable
+			}
+			defer nc.Close()
+			var opts []client.CallOption
+			if platform != "" {
+				opts = append(opts, client.WithPlatform(platform))
+			}
+			r, err := env.conn.client(nc).Image(ctx, fn, args[0], opts...)
+			var ce *client.Error
+			switch {
+			case errors.As(err, &ce):
+				fmt.Fprintf(env.stderr, "error %d: %s\n", ce.Code, ce.Message)
+				return exitFailed
+			case err != nil:
+				fmt.Fprintln(env.stderr, "requester:", err)
+				return exitUnreachable
+			}
+			_, _ = env.stdout.Write(r.Body)
+			if f, ok := env.stdout.(*os.File); ok && isTerminal(f) {
+				fmt.Fprintln(env.stdout)
+			}
+			return exitOK
+		},
+	}
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,282 @@
+// Command worker answers the kubewarden/oci registry capabilities for a
+// fleet of policy hosts over NATS, with a cache shared through Redis.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/regcap/regcap/internal/flagenv"
+	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/internal/rediscache"
+	"github.com/regcap/regcap/internal/registry"
+)
+
+// version is set at link time (-ldflags "-X main.version=…").
+var version = "dev"
+
+var envOverrides = map[string]string{"nats-url": "NATS_URL", "redis-url": "REDIS_URL"}
+
+type config struct {
+	natsURL, redisURL        string
+	embeddedNATS             string
+	prefix, queueGroup       string
+	platform                 string
+	fetchTimeout, cacheTTL   time.Duration
+	immutableTTL, drainLimit time.Duration
+	memorySize               uint64
+	concurrency, maxPending  int
+	metricsAddr              string
+	logLevel, logFormat      string
+	manifestLimit, blobLimit int64
+}
+
+func parse(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded server on --embedded-nats-addr")
+	fs.StringVar(&c.embeddedNATS, "embedded-nats-addr", "127.0.0.1:4222", "listen address of the embedded NATS server used when --nats-url is empty")
+	fs.StringVar(&c.redisURL, "redis-url", "", "Redis URL (redis://[:password@]host:port/db); empty uses an in-process cache that is not shared")
+	fs.StringVar(&c.prefix, "subject-prefix", "kubewarden", "subject prefix: subjects are <prefix>.oci.v1.<function>")
+	fs.StringVar(&c.queueGroup, "queue-group", "regcap", "NATS queue group shared by the fleet's workers")
+	fs.StringVar(&c.platform, "platform", handlers.FormatPlatform(handlers.DefaultPlatform()), "platform os/arch[/variant] that indexes resolve to for oci_manifest_config")
+	fs.DurationVar(&c.fetchTimeout, "fetch-timeout", 10*time.Second, "deadline of one upstream fetch; past it the answer is 504")
+	fs.DurationVar(&c.cacheTTL, "cache-ttl", time.Minute, "how long an answer is cached, counted from its fetch")
+	fs.DurationVar(&c.immutableTTL, "immutable-ttl", 0, "cache TTL for digest references, whose answer cannot change (0: same as --cache-ttl)")
+	fs.Uint64Var(&c.memorySize, "memory-cache-size", rediscache.DefaultMemorySize, "bytes of answers kept in this worker's memory tier")
+	fs.IntVar(&c.concurrency, "concurrency", 64, "upstream fetches run at once")
+	fs.IntVar(&c.maxPending, "max-pending", 1024, "requests waiting on Redis or a fetch; past it the answer is 503")
+	fs.DurationVar(&c.drainLimit, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cancelling them")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":9090", "listen address for /healthz and /readyz; empty disables")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
+	fs.Int64Var(&c.manifestLimit, "max-manifest-size", registry.DefaultManifestLimit, "largest manifest accepted, in bytes; larger is 413")
+	fs.Int64Var(&c.blobLimit, "max-config-size", registry.DefaultBlobLimit, "largest config blob accepted, in bytes; larger is 413")
+	fs.Usage = flagenv.Usage(fs, "Usage: worker [flags]\n\nAnswers kubewarden/oci registry capabilities over NATS for a fleet of policy hosts.", "REGCAP_", envOverrides)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if err := flagenv.Apply(fs, "REGCAP_", envOverrides, nil); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func newLogger(level, format string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	var cfg zap.Config
+	switch format {
+	case "json":
+		cfg = zap.NewProductionConfig()
+	case "console":
+		cfg = zap.NewDevelopmentConfig()
+	default:
+		return nil, fmt.Errorf("--log-format %q: want json or console", format)
+	}
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Sampling = nil
+	return cfg.Build()
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "worker:", err)
+		return 2
+	}
+	log, err := newLogger(cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "worker:", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("worker stopped", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
+	platform, err := handlers.ParsePlatform(cfg.platform)
+	if err != nil {
+		return fmt.Errorf("--platform: %w", err)
+	}
+	natsURL := cfg.natsURL
+	if natsURL == "" {
+		ns, err := startEmbeddedNATS(cfg.embeddedNATS)
+		if err != nil {
+			return err
+		}
+		defer ns.Shutdown()
+		natsURL = ns.ClientURL()
+		log.Warn("NATS_URL not set: started an embedded NATS server; only clients of this host can reach it",
+			zap.String("url", natsURL))
+	}
+
+	cacheOpts := []rediscache.Option{rediscache.WithLogger(log.Named("cache"))}
+	if cfg.redisURL != "" {
+		ro, err := redis.ParseURL(cfg.redisURL)
+		if err != nil {
+			return fmt.Errorf("--redis-url: %w", err)
+		}
+		ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout = time.Second, time.Second, time.Second
+		rdb := redis.NewClient(ro)
+		defer rdb.Close()
+		cacheOpts = append(cacheOpts, rediscache.WithRedis(rdb))
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := rdb.Ping(pctx).Err(); err != nil {
+			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("addr", ro.Addr), zap.Error(err))
+		} else {
+			log.Info("sharing the cache through redis", zap.String("addr", ro.Addr))
+		}
+		cancel()
+	} else {
+		log.Warn("REDIS_URL not set: using an in-process cache that is not shared with other workers")
+	}
+	cache := rediscache.New(cfg.memorySize, cacheOpts...)
+
+	reg := registry.New(
+		registry.WithUserAgent("regcap/"+version),
+		registry.WithLimits(cfg.manifestLimit, cfg.blobLimit),
+	)
+
+	nc, err := nats.Connect(natsURL,
+		nats.Name("regcap-worker"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected; reconnecting", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("NATS reconnected", zap.String("url", c.ConnectedUrlRedacted()))
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("connecting to NATS: %w", err)
+	}
+	defer nc.Close()
+
+	w := queue.New(nc, handlers.NewFetcher(reg), cache,
+		queue.WithSubjectPrefix(cfg.prefix),
+		queue.WithQueueGroup(cfg.queueGroup),
+		queue.WithPlatform(platform),
+		queue.WithFetchTimeout(cfg.fetchTimeout),
+		queue.WithTTL(cfg.cacheTTL, cfg.immutableTTL),
+		queue.WithConcurrency(cfg.concurrency),
+		queue.WithMaxPending(cfg.maxPending),
+		queue.WithLogger(log.Named("queue")),
+	)
+	if err := w.Start(); err != nil {
+		return err
+	}
+
+	var srv *http.Server
+	if cfg.metricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		srv = &http.Server{Handler: probes(nc), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener stopped", zap.Error(err))
+			}
+		}()
+		log.Info("serving probes", zap.String("addr", ln.Addr().String()))
+	}
+
+	log.Info("worker started",
+		zap.String("version", version),
+		zap.Strings("subjects", w.Subjects()),
+		zap.String("queue_group", cfg.queueGroup),
+		zap.String("platform", cfg.platform),
+		zap.Bool("shared_cache", cache.Shared()),
+		zap.Duration("cache_ttl", cfg.cacheTTL),
+		zap.Int("concurrency", cfg.concurrency))
+
+	<-ctx.Done()
+	log.Info("stopping: draining subscriptions and answering requests in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.drainLimit)
+	defer cancel()
+	err = w.Shutdown(sctx)
+	if srv != nil {
+		_ = srv.Shutdown(sctx)
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--embedded-nats-addr: %w", err)
+	}
+	var p int
+	if _, err := fmt.Sscan(port, &p); err != nil {
+		return nil, fmt.Errorf("--embedded-nats-addr: bad port %q", port)
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: host, Port: p, NoSigs: true, NoLog: true})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded NATS did not start on %s (is the port taken?)", addr)
+	}
+	return ns, nil
+}
+
+func probes(nc *nats.Conn) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !nc.IsConnected() {
+			http.Error(w, "NATS not connected", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}

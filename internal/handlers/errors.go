@@ -1,0 +1,118 @@
+package handlers
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/regcap/regcap/internal/registry"
+)
+
+// Error is a failed request with its contract error code. Its message is
+// one line naming the image and the cause.
+type Error struct {
+	Code int
+	// Image is the normalised reference, empty when none could be parsed.
+	Image string
+	// Cause says what went wrong, one line.
+	Cause string
+	// RetryAfter is the registry's Retry-After, verbatim (429 only).
+	RetryAfter string
+	err        error
+}
+
+// Errorf returns an *Error with a formatted cause.
+func Errorf(code int, image, format string, args ...any) *Error {
+	return &Error{Code: code, Image: image, Cause: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) Error() string {
+	if e.Image == "" {
+		return e.Cause
+	}
+	return e.Image + ": " + e.Cause
+}
+
+// Unwrap returns the underlying error, if any.
+func (e *Error) Unwrap() error { return e.err }
+
+// Classify turns any error of a fetch for image into an *Error with the
+// code of the wire contract. It is the one place codes are decided for
+// upstream failures.
+func Classify(image string, err error) *Error {
+	var he *Error
+	if errors.As(err, &he) {
+		return he
+	}
+	e := &Error{Code: 502, Image: image, err: err}
+	var (
+		se      *registry.StatusError
+		te      *transport.Error
+		netErr  net.Error
+		certErr *tls.CertificateVerificationError
+		unknown x509.UnknownAuthorityError
+		host    x509.HostnameError
+		recErr  tls.RecordHeaderError
+	)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
+		e.Code, e.Cause = 504, "registry did not answer in time"
+	case errors.Is(err, context.Canceled):
+		e.Code, e.Cause = 503, "request cancelled: the worker is shutting down"
+	case errors.Is(err, registry.ErrTooLarge):
+		e.Code, e.Cause = 413, rootCause(err)
+	case errors.Is(err, registry.ErrDigestMismatch):
+		e.Cause = "registry sent corrupt content: " + rootCause(err)
+	case errors.As(err, &se):
+		e.Code, e.Cause = statusCode(se.StatusCode), se.Error()
+		if se.StatusCode == http.StatusTooManyRequests {
+			e.RetryAfter = se.RetryAfter
+			e.Cause = "registry rate-limited us" + retryAfterText(se.RetryAfter)
+		}
+	case errors.As(err, &te):
+		e.Code, e.Cause = statusCode(te.StatusCode), rootCause(err)
+	case errors.As(err, &certErr) || errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &recErr):
+		e.Cause = "TLS handshake failed: " + rootCause(err) +
+			" (add the registry's CA to source_authorities, or the host to insecure_sources)"
+	case errors.As(err, &netErr):
+		e.Cause = "registry unreachable: " + rootCause(err)
+	default:
+		e.Cause = rootCause(err)
+	}
+	if e.Code == 401 && !strings.Contains(e.Cause, "credentials") {
+		e.Cause = "registry refused our credentials or asked for some: " + e.Cause
+	}
+	return e
+}
+
+func statusCode(status int) int {
+	switch status {
+	case 401, 403, 404, 429:
+		return status
+	}
+	return 502
+}
+
+func retryAfterText(v string) string {
+	if d, ok := registry.RetryAfter(v, time.Now()); ok {
+		return fmt.Sprintf(", retry after %s (Retry-After: %s)", d, v)
+	}
+	return ", no Retry-After given"
+}
+
+// rootCause is err's message on one line, without Go's URL-error noise.
+func rootCause(err error) string {
+	s := strings.Join(strings.Fields(err.Error()), " ")
+	if len(s) > 400 {
+		s = s[:400] + "…"
+	}
+	return s
+}

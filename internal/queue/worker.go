@@ -1,0 +1,394 @@
+// Package queue serves the capabilities on NATS: queue subscriptions,
+// dispatch of misses to a bounded fetch pool, singleflight, and replies in
+// the NATS service-framework error convention.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/regcap/regcap/internal/handlers"
+)
+
+// Header names of the wire contract.
+const (
+	HeaderCache      = "Regcap-Cache"
+	HeaderPlatform   = "Regcap-Platform"
+	HeaderErrorCode  = "Nats-Service-Error-Code"
+	HeaderError      = "Nats-Service-Error"
+	HeaderRetryAfter = "Retry-After"
+)
+
+// Values of the Regcap-Cache header.
+const (
+	CacheHit    = "hit"
+	CacheMiss   = "miss"
+	CacheShared = "shared"
+)
+
+// Fetcher answers a request from the registry.
+type Fetcher interface {
+	Fetch(ctx context.Context, req handlers.Request) ([]byte, error)
+}
+
+// Cache stores answers. Local must not block on the network.
+type Cache interface {
+	Local(key string) ([]byte, bool)
+	Get(ctx context.Context, key string) ([]byte, bool)
+	Set(ctx context.Context, key string, body []byte, expires time.Time)
+}
+
+// Observer is told the outcome of every request, for metrics. code is 0
+// on success; cache is the Regcap-Cache value or "" for errors.
+type Observer interface {
+	Request(fn handlers.Function, code int, cache string, elapsed time.Duration)
+	Pool(inFlight, queued int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Request(handlers.Function, int, string, time.Duration) {}
+func (nopObserver) Pool(int, int)                                         {}
+
+// Worker answers capability requests. Create it with New, then Start.
+type Worker struct {
+	nc      *nats.Conn
+	fetcher Fetcher
+	cache   Cache
+	log     *zap.Logger
+	obs     Observer
+
+	prefix       string
+	queueGroup   string
+	platform     v1.Platform
+	fetchTimeout time.Duration
+	ttl          time.Duration
+	immutableTTL time.Duration
+	maxPending   int64
+
+	pool    chan struct{} // fetch slots
+	pending atomic.Int64  // requests taken and not answered beyond memory
+	group   singleflight.Group
+	tokens  atomic.Uint64
+
+	life     context.Context // cancelled only by a hard stop
+	hardStop context.CancelFunc
+	inflight sync.WaitGroup
+	subs     []*nats.Subscription
+}
+
+// Option configures a Worker.
+type Option func(*Worker)
+
+// WithSubjectPrefix sets the subject prefix (default "kubewarden").
+func WithSubjectPrefix(p string) Option { return func(w *Worker) { w.prefix = p } }
+
+// WithQueueGroup sets the queue group (default "regcap").
+func WithQueueGroup(g string) Option { return func(w *Worker) { w.queueGroup = g } }
+
+// WithPlatform sets the platform indexes resolve to when a request names
+// none (default: the worker's own).
+func WithPlatform(p v1.Platform) Option { return func(w *Worker) { w.platform = p } }
+
+// WithFetchTimeout bounds each upstream fetch (default 10s).
+func WithFetchTimeout(d time.Duration) Option { return func(w *Worker) { w.fetchTimeout = d } }
+
+// WithTTL sets how long answers are cached, counted from the fetch
+// (default 60s), and the TTL for digest references.
+func WithTTL(ttl, immutable time.Duration) Option {
+	return func(w *Worker) { w.ttl, w.immutableTTL = ttl, immutable }
+}
+
+// WithConcurrency bounds simultaneous upstream fetches (default 64).
+func WithConcurrency(n int) Option {
+	return func(w *Worker) { w.pool = make(chan struct{}, max(n, 1)) }
+}
+
+// WithMaxPending bounds requests waiting beyond the memory tier; past it
+// the worker answers 503 at once (default 1024).
+func WithMaxPending(n int) Option { return func(w *Worker) { w.maxPending = int64(max(n, 1)) } }
+
+// WithLogger sets the logger.
+func WithLogger(l *zap.Logger) Option { return func(w *Worker) { w.log = l } }
+
+// WithObserver sets the metrics observer.
+func WithObserver(o Observer) Option { return func(w *Worker) { w.obs = o } }
+
+// New returns a Worker that will serve on nc.
+func New(nc *nats.Conn, fetcher Fetcher, cache Cache, opts ...Option) *Worker {
+	w := &Worker{
+		nc: nc, fetcher: fetcher, cache: cache,
+		log: zap.NewNop(), obs: nopObserver{},
+		prefix: "kubewarden", queueGroup: "regcap",
+		platform:     handlers.DefaultPlatform(),
+		fetchTimeout: 10 * time.Second,
+		ttl:          time.Minute,
+		maxPending:   1024,
+		pool:         make(chan struct{}, 64),
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	if w.immutableTTL <= 0 {
+		w.immutableTTL = w.ttl
+	}
+	w.life, w.hardStop = context.WithCancel(context.Background())
+	return w
+}
+
+// Start subscribes to the three subjects.
+func (w *Worker) Start() error {
+	for _, fn := range handlers.Functions() {
+		sub, err := w.nc.QueueSubscribe(fn.Subject(w.prefix), w.queueGroup, w.handler(fn))
+		if err != nil {
+			w.unsubscribe()
+			return fmt.Errorf("subscribing to %s: %w", fn.Subject(w.prefix), err)
+		}
+		// Bursts queue in the client, not at the server: the callback is
+		// fast, and max-pending is what bounds real work.
+		if err := sub.SetPendingLimits(-1, -1); err != nil {
+			w.unsubscribe()
+			return err
+		}
+		w.subs = append(w.subs, sub)
+	}
+	// Without a connection yet (RetryOnFailedConnect), the subscriptions
+	// are sent when it comes.
+	if w.nc.IsConnected() {
+		if err := w.nc.Flush(); err != nil {
+			w.unsubscribe()
+			return fmt.Errorf("subscribing: %w", err)
+		}
+	}
+	return nil
+}
+
+func (w *Worker) unsubscribe() {
+	for _, s := range w.subs {
+		_ = s.Unsubscribe()
+	}
+	w.subs = nil
+}
+
+// Subjects lists the subjects served.
+func (w *Worker) Subjects() []string {
+	var s []string
+	for _, fn := range handlers.Functions() {
+		s = append(s, fn.Subject(w.prefix))
+	}
+	return s
+}
+
+// Shutdown stops taking requests, answers every request already taken and
+// returns. If ctx ends first, fetches still running are cancelled (their
+// requests get 503) and Shutdown returns ctx's error once all are answered.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	for _, s := range w.subs {
+		if err := s.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			w.log.Warn("draining subscription", zap.String("subject", s.Subject), zap.Error(err))
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		// Drained subscriptions become invalid once their callbacks ran;
+		// only then is the in-flight count final.
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for w.subsValid() && w.nc.IsConnected() {
+			select {
+			case <-t.C:
+			case <-w.life.Done():
+			}
+			if w.life.Err() != nil {
+				break
+			}
+		}
+		w.inflight.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		w.hardStop()
+		<-done
+	}
+	w.hardStop()
+	if ferr := w.nc.Flush(); ferr != nil && err == nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
+		err = ferr
+	}
+	return err
+}
+
+func (w *Worker) subsValid() bool {
+	for _, s := range w.subs {
+		if s.IsValid() {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Worker) handler(fn handlers.Function) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		if m.Reply == "" {
+			return // a publish, not a request: nobody to answer
+		}
+		start := time.Now()
+		req, err := w.decode(fn, m)
+		if err != nil {
+			w.replyError(m, fn, err, start)
+			return
+		}
+		key := req.Key()
+		if body, ok := w.cache.Local(key); ok {
+			w.reply(m, fn, body, CacheHit, start)
+			return
+		}
+		if n := w.pending.Add(1); n > w.maxPending {
+			w.pending.Add(-1)
+			w.replyError(m, fn, handlers.Errorf(503, req.Ref.Name(), "worker over its queue limit (%d requests pending); retry", w.maxPending), start)
+			return
+		}
+		w.inflight.Add(1)
+		go func() {
+			defer w.inflight.Done()
+			defer w.pending.Add(-1)
+			w.serveMiss(m, req, key, start)
+		}()
+	}
+}
+
+func (w *Worker) decode(fn handlers.Function, m *nats.Msg) (handlers.Request, error) {
+	ref, err := handlers.ParseReference(m.Data)
+	if err != nil {
+		return handlers.Request{}, err
+	}
+	req := handlers.Request{Function: fn, Ref: ref}
+	if fn == handlers.OCIManifestConfig {
+		req.Platform = w.platform
+		if p := m.Header.Get(HeaderPlatform); p != "" {
+			if req.Platform, err = handlers.ParsePlatform(p); err != nil {
+				return handlers.Request{}, err
+			}
+		}
+	}
+	return req, nil
+}
+
+type result struct {
+	body    []byte
+	outcome string // for the leader: miss, or hit when the re-check found it
+	leader  uint64
+}
+
+func (w *Worker) serveMiss(m *nats.Msg, req handlers.Request, key string, start time.Time) {
+	if body, ok := w.cache.Get(w.life, key); ok {
+		w.reply(m, req.Function, body, CacheHit, start)
+		return
+	}
+	token := w.tokens.Add(1)
+	ch := w.group.DoChan(key, func() (any, error) { return w.fetch(req, key, token) })
+	res := <-ch
+	if res.Err != nil {
+		w.replyError(m, req.Function, res.Err, start)
+		return
+	}
+	r := res.Val.(result)
+	outcome := CacheShared
+	if r.leader == token {
+		outcome = r.outcome
+	}
+	w.reply(m, req.Function, r.body, outcome, start)
+}
+
+// fetch runs once per key at a time, on the worker's context rather than
+// a caller's, so that no caller's deadline fails the others.
+func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result, error) {
+	wait, cancel := context.WithTimeout(w.life, w.fetchTimeout)
+	defer cancel()
+	select {
+	case w.pool <- struct{}{}:
+	case <-wait.Done():
+		if w.life.Err() != nil {
+			return result{}, handlers.Errorf(503, req.Ref.Name(), "worker shutting down")
+		}
+		return result{}, handlers.Errorf(503, req.Ref.Name(), "all %d fetch slots busy for %s; retry", cap(w.pool), w.fetchTimeout)
+	}
+	defer func() { <-w.pool }()
+	w.obs.Pool(len(w.pool), int(w.pending.Load()))
+
+	// The fetch that just finished may have filled the cache.
+	if body, ok := w.cache.Get(w.life, key); ok {
+		return result{body: body, outcome: CacheHit, leader: leader}, nil
+	}
+	ctx, cancelFetch := context.WithTimeout(w.life, w.fetchTimeout)
+	defer cancelFetch()
+	fetched := time.Now()
+	body, err := w.fetcher.Fetch(ctx, req)
+	if err != nil {
+		return result{}, err
+	}
+	ttl := w.ttl
+	if req.Immutable() {
+		ttl = w.immutableTTL
+	}
+	w.cache.Set(w.life, key, body, fetched.Add(ttl))
+	return result{body: body, outcome: CacheMiss, leader: leader}, nil
+}
+
+func (w *Worker) reply(m *nats.Msg, fn handlers.Function, body []byte, outcome string, start time.Time) {
+	r := nats.NewMsg(m.Reply)
+	r.Header.Set(HeaderCache, outcome)
+	r.Data = body
+	if err := m.RespondMsg(r); err != nil {
+		w.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
+	}
+	w.obs.Request(fn, 0, outcome, time.Since(start))
+}
+
+func (w *Worker) replyError(m *nats.Msg, fn handlers.Function, err error, start time.Time) {
+	var he *handlers.Error
+	if !errors.As(err, &he) {
+		he = handlers.Classify("", err)
+	}
+	r := nats.NewMsg(m.Reply)
+	r.Header.Set(HeaderErrorCode, strconv.Itoa(he.Code))
+	r.Header.Set(HeaderError, headerSafe(he.Error()))
+	if he.RetryAfter != "" {
+		r.Header.Set(HeaderRetryAfter, headerSafe(he.RetryAfter))
+	}
+	if err := m.RespondMsg(r); err != nil {
+		w.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
+	}
+	lvl := zap.InfoLevel
+	if he.Code >= 500 {
+		lvl = zap.WarnLevel
+	}
+	w.log.Log(lvl, "request failed", zap.String("function", string(fn)), zap.String("image", he.Image),
+		zap.Int("code", he.Code), zap.String("cause", he.Cause))
+	w.obs.Request(fn, he.Code, "", time.Since(start))
+}
+
+// headerSafe keeps a header value on one line.
+func headerSafe(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' || c < 0x20 && c != '\t' {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}

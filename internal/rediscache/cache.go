@@ -1,0 +1,174 @@
+// Package rediscache is regcap's answer cache: a bounded in-memory tier in
+// front of Redis, shared by every worker of a fleet. Both tiers expire an
+// entry at the same absolute moment, counted from the fetch. Without Redis
+// the memory tier is the whole cache.
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// DefaultMemorySize bounds the memory tier, in bytes.
+const DefaultMemorySize = 64 << 20
+
+// entryOverhead approximates what an entry costs beyond its key and body.
+const entryOverhead = 96
+
+type entry struct {
+	body    []byte
+	expires time.Time
+}
+
+// Cache is safe for concurrent use.
+type Cache struct {
+	mem       *otter.Cache[string, entry]
+	rdb       redis.UniversalClient
+	log       *zap.Logger
+	opTimeout time.Duration
+	now       func() time.Time
+	onError   func(op string)
+
+	redisDown atomic.Bool
+}
+
+// Option configures a Cache.
+type Option func(*Cache)
+
+// WithRedis makes Redis the shared tier.
+func WithRedis(rdb redis.UniversalClient) Option { return func(c *Cache) { c.rdb = rdb } }
+
+// WithLogger sets the logger (default: none).
+func WithLogger(l *zap.Logger) Option { return func(c *Cache) { c.log = l } }
+
+// WithOpTimeout bounds each Redis command (default 1s), so that a sick
+// Redis costs a request at most that much before it is served upstream.
+func WithOpTimeout(d time.Duration) Option { return func(c *Cache) { c.opTimeout = d } }
+
+// WithErrorHook is called with the operation name on every Redis error,
+// for metrics.
+func WithErrorHook(f func(op string)) Option { return func(c *Cache) { c.onError = f } }
+
+// New returns a Cache whose memory tier holds at most memoryBytes.
+func New(memoryBytes uint64, opts ...Option) *Cache {
+	c := &Cache{log: zap.NewNop(), opTimeout: time.Second, now: time.Now, onError: func(string) {}}
+	for _, o := range opts {
+		o(c)
+	}
+	if memoryBytes == 0 {
+		memoryBytes = DefaultMemorySize
+	}
+	c.mem = otter.Must(&otter.Options[string, entry]{
+		MaximumWeight: memoryBytes,
+		Weigher: func(k string, e entry) uint32 {
+			return uint32(min(len(k)+len(e.body)+entryOverhead, 1<<31))
+		},
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, entry]) time.Duration {
+			return e.Value.expires.Sub(c.now())
+		}),
+	})
+	return c
+}
+
+// Shared reports whether entries are shared with other workers (Redis).
+func (c *Cache) Shared() bool { return c.rdb != nil }
+
+// Redis returns the shared tier, nil without one.
+func (c *Cache) Redis() redis.UniversalClient { return c.rdb }
+
+// Local returns a live entry of the memory tier. It never blocks on the
+// network, so it may run in a NATS callback.
+func (c *Cache) Local(key string) ([]byte, bool) {
+	e, ok := c.mem.GetIfPresent(key)
+	if !ok || !c.now().Before(e.expires) {
+		return nil, false
+	}
+	return e.body, true
+}
+
+// Get looks in memory, then in Redis. A Redis failure is a miss: it is
+// logged once per outage and counted, never returned.
+func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool) {
+	if b, ok := c.Local(key); ok {
+		return b, true
+	}
+	if c.rdb == nil {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	defer cancel()
+	var get *redis.StringCmd
+	var ttl *redis.DurationCmd
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, key)
+		ttl = p.PTTL(ctx, key)
+		return nil
+	})
+	if errors.Is(err, redis.Nil) {
+		c.redisOK()
+		return nil, false
+	}
+	if err != nil {
+		c.redisFailed("get", err)
+		return nil, false
+	}
+	c.redisOK()
+	body, _ := get.Bytes()
+	left := ttl.Val()
+	if left <= 0 {
+		// No expiry (-1) would break the TTL promise; expired (-2) is gone.
+		return nil, false
+	}
+	c.setLocal(key, body, c.now().Add(left))
+	return body, true
+}
+
+// Set stores body until expires in both tiers. Redis failures are absorbed
+// like in Get.
+func (c *Cache) Set(ctx context.Context, key string, body []byte, expires time.Time) {
+	left := expires.Sub(c.now())
+	if left < time.Millisecond {
+		return
+	}
+	c.setLocal(key, body, expires)
+	if c.rdb == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	defer cancel()
+	if err := c.rdb.Set(ctx, key, body, left).Err(); err != nil {
+		c.redisFailed("set", err)
+		return
+	}
+	c.redisOK()
+}
+
+// Forget drops key from the memory tier only.
+func (c *Cache) Forget(key string) { c.mem.Invalidate(key) }
+
+func (c *Cache) setLocal(key string, body []byte, expires time.Time) {
+	c.mem.Set(key, entry{body: body, expires: expires})
+}
+
+// Available reports whether the shared tier answered its last command.
+func (c *Cache) Available() bool { return c.rdb == nil || !c.redisDown.Load() }
+
+func (c *Cache) redisFailed(op string, err error) {
+	c.onError(op)
+	if c.redisDown.CompareAndSwap(false, true) {
+		c.log.Warn("redis unavailable: answering from memory and registries until it is back",
+			zap.String("op", op), zap.Error(err))
+	}
+}
+
+func (c *Cache) redisOK() {
+	if c.redisDown.CompareAndSwap(true, false) {
+		c.log.Info("redis available again: sharing the cache with the fleet")
+	}
+}

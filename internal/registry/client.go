@@ -1,0 +1,392 @@
+// Package registry talks to OCI distribution registries: one reused,
+// authenticated transport per repository, bounded reads, digest checks and
+// errors that keep what the registry said (status, Retry-After) so that the
+// caller can classify them.
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/maypok86/otter/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Default limits, as in the wire contract.
+const (
+	DefaultManifestLimit = 4 << 20
+	DefaultBlobLimit     = 8 << 20
+)
+
+// ManifestAccept lists the manifest media types regcap asks for. Schema 1
+// types are included so that such a manifest is answered with a clear
+// "unsupported" rather than a registry 404.
+var ManifestAccept = []string{
+	"application/vnd.oci.image.index.v1+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+	"application/vnd.oci.image.manifest.v1+json",
+	"application/vnd.docker.distribution.manifest.v2+json",
+	"application/vnd.docker.distribution.manifest.v1+prettyjws",
+	"application/vnd.docker.distribution.manifest.v1+json",
+}
+
+var acceptHeader = strings.Join(ManifestAccept, ", ")
+
+// Sentinel errors; callers match them with errors.Is.
+var (
+	// ErrTooLarge is returned when a body exceeds its limit.
+	ErrTooLarge = errors.New("body over the size limit")
+	// ErrDigestMismatch is returned when a body does not hash to the
+	// digest it was asked for or announced with.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrInsecureScheme is returned when plain HTTP would be used for a
+	// registry that is neither loopback nor listed as insecure.
+	ErrInsecureScheme = errors.New("plain HTTP refused")
+)
+
+// StatusError is a registry answer with an unexpected HTTP status.
+type StatusError struct {
+	Method     string
+	URL        string // without query or credentials
+	StatusCode int
+	// RetryAfter is the registry's Retry-After header, verbatim.
+	RetryAfter string
+	// Detail is what the registry said in its error body, if anything.
+	Detail string
+}
+
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("%s %s: registry answered %d %s", e.Method, e.URL, e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	return msg
+}
+
+// Manifest is a manifest exactly as the registry sent it.
+type Manifest struct {
+	Body        []byte
+	ContentType string
+	Digest      v1.Hash
+}
+
+// Client fetches manifests and blobs. It is safe for concurrent use.
+type Client struct {
+	keychain      authn.Keychain
+	base          func(host string) http.RoundTripper
+	insecure      func(host string) bool
+	userAgent     string
+	manifestLimit int64
+	blobLimit     int64
+
+	transports *otter.Cache[string, http.RoundTripper]
+	group      singleflight.Group
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithKeychain sets where credentials come from (default: anonymous).
+func WithKeychain(kc authn.Keychain) Option { return func(c *Client) { c.keychain = kc } }
+
+// WithBaseTransport sets the HTTP transport used for a registry host; it is
+// where TLS settings and dial guards live.
+func WithBaseTransport(f func(host string) http.RoundTripper) Option {
+	return func(c *Client) { c.base = f }
+}
+
+// WithInsecure reports which registry hosts may be reached over plain HTTP
+// (and HTTPS without verification). Loopback hosts always may.
+func WithInsecure(f func(host string) bool) Option { return func(c *Client) { c.insecure = f } }
+
+// WithUserAgent sets the User-Agent prefix sent to registries.
+func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
+
+// WithLimits sets the manifest and blob size limits in bytes.
+func WithLimits(manifest, blob int64) Option {
+	return func(c *Client) { c.manifestLimit, c.blobLimit = manifest, blob }
+}
+
+// New returns a Client.
+func New(opts ...Option) *Client {
+	c := &Client{
+		keychain:      authn.NewMultiKeychain(), // anonymous
+		base:          func(string) http.RoundTripper { return http.DefaultTransport },
+		insecure:      func(string) bool { return false },
+		userAgent:     "regcap",
+		manifestLimit: DefaultManifestLimit,
+		blobLimit:     DefaultBlobLimit,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	c.transports = otter.Must(&otter.Options[string, http.RoundTripper]{
+		MaximumSize: 4096,
+		// A transport holds a bearer token that the registry will expire;
+		// ggcr refreshes it on 401, but rebuilding now and then also
+		// picks up rotated credentials.
+		ExpiryCalculator: otter.ExpiryWriting[string, http.RoundTripper](time.Hour),
+	})
+	return c
+}
+
+// Flush drops every cached transport, e.g. after credentials changed.
+func (c *Client) Flush() { c.transports.InvalidateAll() }
+
+// IsLoopback reports whether host (with or without port) names a loopback
+// address, which may be reached over plain HTTP.
+func IsLoopback(host string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	h = strings.Trim(h, "[]")
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (c *Client) plainHTTPAllowed(host string) bool {
+	return IsLoopback(host) || c.insecure(host)
+}
+
+// transport returns the authenticated transport for repo, creating it once:
+// the ping and token exchange happen here, not on every call.
+func (c *Client) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	key := repo.Name()
+	if rt, ok := c.transports.GetIfPresent(key); ok {
+		return rt, nil
+	}
+	v, err, _ := c.group.Do(key, func() (any, error) {
+		if rt, ok := c.transports.GetIfPresent(key); ok {
+			return rt, nil
+		}
+		host := repo.RegistryStr()
+		reg := repo.Registry
+		if c.plainHTTPAllowed(host) {
+			// Lets ggcr's ping try plain HTTP after HTTPS.
+			r, err := name.NewRegistry(host, name.Insecure)
+			if err != nil {
+				return nil, err
+			}
+			reg = r
+		}
+		auth, err := authn.Resolve(ctx, c.keychain, repo)
+		if err != nil {
+			return nil, fmt.Errorf("resolving credentials for %s: %w", host, err)
+		}
+		base := &schemeGuard{inner: c.base(host), allowed: c.plainHTTPAllowed}
+		inner := transport.NewUserAgent(transport.NewRetry(base,
+			transport.WithRetryBackoff(transport.Backoff{Duration: 100 * time.Millisecond, Factor: 3, Jitter: 0.1, Steps: 3}),
+			transport.WithRetryStatusCodes(), // statuses are the caller's to judge
+		), c.userAgent)
+		rt, err := transport.NewWithContext(ctx, reg, auth, inner, []string{repo.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, err
+		}
+		c.transports.Set(key, rt)
+		return rt, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(http.RoundTripper), nil
+}
+
+// schemeGuard refuses plain HTTP to hosts that are neither loopback nor
+// listed as insecure. ggcr would otherwise fall back to HTTP for private
+// (RFC 1918) addresses on its own.
+type schemeGuard struct {
+	inner   http.RoundTripper
+	allowed func(host string) bool
+}
+
+func (g *schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "http" && !g.allowed(r.URL.Host) {
+		return nil, fmt.Errorf("%s: %w (add it to insecure_sources to allow)", r.URL.Host, ErrInsecureScheme)
+	}
+	return g.inner.RoundTrip(r)
+}
+
+func manifestURL(ref name.Reference) string {
+	return fmt.Sprintf("https://%s/v2/%s/manifests/%s", ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ref.Identifier())
+}
+
+func (c *Client) do(ctx context.Context, repo name.Repository, method, url string, accept string) (*http.Response, error) {
+	rt, err := c.transport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, statusError(resp)
+	}
+	return resp, nil
+}
+
+func statusError(resp *http.Response) error {
+	se := &StatusError{
+		Method:     resp.Request.Method,
+		URL:        resp.Request.URL.Scheme + "://" + resp.Request.URL.Host + resp.Request.URL.Path,
+		StatusCode: resp.StatusCode,
+		RetryAfter: resp.Header.Get("Retry-After"),
+	}
+	if resp.Request.Method != http.MethodHead {
+		// ggcr parses the registry's {"errors":[…]} body for us.
+		if terr := transport.CheckError(resp); terr != nil {
+			var te *transport.Error
+			if errors.As(terr, &te) && len(te.Errors) > 0 {
+				parts := make([]string, 0, len(te.Errors))
+				for _, d := range te.Errors {
+					parts = append(parts, d.String())
+				}
+				se.Detail = oneLine(strings.Join(parts, "; "))
+			}
+		}
+	}
+	return se
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+// Head returns the digest the registry announces for ref without
+// downloading the manifest. ok is false when the registry answered but sent
+// no usable Docker-Content-Digest.
+func (c *Client) Head(ctx context.Context, ref name.Reference) (digest v1.Hash, ok bool, err error) {
+	resp, err := c.do(ctx, ref.Context(), http.MethodHead, manifestURL(ref), acceptHeader)
+	if err != nil {
+		return v1.Hash{}, false, err
+	}
+	resp.Body.Close()
+	h, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil || h.Algorithm != "sha256" {
+		return v1.Hash{}, false, nil
+	}
+	if d, isDigest := ref.(name.Digest); isDigest && d.DigestStr() != h.String() {
+		return v1.Hash{}, false, fmt.Errorf("HEAD %s announced %s: %w", ref.Name(), h, ErrDigestMismatch)
+	}
+	return h, true, nil
+}
+
+// Manifest GETs the manifest for ref, bounded by the manifest limit and
+// verified against the requested digest (digest references) or the
+// announced one (tags).
+func (c *Client) Manifest(ctx context.Context, ref name.Reference) (*Manifest, error) {
+	resp, err := c.do(ctx, ref.Context(), http.MethodGet, manifestURL(ref), acceptHeader)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := readLimited(resp, c.manifestLimit)
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	got := sha256Hash(body)
+	want := resp.Header.Get("Docker-Content-Digest")
+	if d, isDigest := ref.(name.Digest); isDigest {
+		want = d.DigestStr()
+	}
+	if strings.HasPrefix(want, "sha256:") && want != got.String() {
+		return nil, fmt.Errorf("manifest body hashes to %s, expected %s: %w", got, want, ErrDigestMismatch)
+	}
+	return &Manifest{Body: body, ContentType: resp.Header.Get("Content-Type"), Digest: got}, nil
+}
+
+// Blob GETs a blob of repo (a config), bounded by the blob limit and
+// verified against its digest. Redirects to blob storage are followed.
+func (c *Client) Blob(ctx context.Context, repo name.Repository, digest v1.Hash) ([]byte, error) {
+	url := fmt.Sprintf("https://%s/v2/%s/blobs/%s", repo.RegistryStr(), repo.RepositoryStr(), digest)
+	resp, err := c.do(ctx, repo, http.MethodGet, url, "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := readLimited(resp, c.blobLimit)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", digest, err)
+	}
+	if digest.Algorithm == "sha256" {
+		if got := sha256Hash(body); got != digest {
+			return nil, fmt.Errorf("blob hashes to %s, expected %s: %w", got, digest, ErrDigestMismatch)
+		}
+	}
+	return body, nil
+}
+
+// BlobLimit is the configured blob size limit.
+func (c *Client) BlobLimit() int64 { return c.blobLimit }
+
+// readLimited reads at most limit bytes and fails, without buffering the
+// rest, if there are more.
+func readLimited(resp *http.Response, limit int64) ([]byte, error) {
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%d bytes, limit %d: %w", resp.ContentLength, limit, ErrTooLarge)
+	}
+	var buf bytes.Buffer
+	if resp.ContentLength > 0 {
+		buf.Grow(int(resp.ContentLength))
+	}
+	n, err := io.Copy(&buf, io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading body: %w", err)
+	}
+	if n > limit {
+		return nil, fmt.Errorf("over %d bytes: %w", limit, ErrTooLarge)
+	}
+	return buf.Bytes(), nil
+}
+
+func sha256Hash(b []byte) v1.Hash {
+	sum := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// RetryAfter parses a Retry-After value (seconds or HTTP date) for display.
+func RetryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d.Round(time.Second), true
+		}
+		return 0, true
+	}
+	return 0, false
+}

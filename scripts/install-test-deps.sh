@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the servers regcap's tests run for real: redis-server, and the
+# CNCF distribution registry (Debian package docker-registry) for the
+# end-to-end tests. Idempotent; needs root (or sudo) only when something is
+# missing.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "installing test dependencies: ${need[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+	if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+		echo "missing ${need[*]} and not root: install them with apt-get" >&2
+		exit 1
+	fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The package starts system services we do not want holding ports.
+for svc in redis-server docker-registry; do
+	$SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
