@@ -1,0 +1,146 @@
+// Package prefetch warms a regcap fleet's cache for a list of images before
+// an admission spike: it reads image lists and Kubernetes manifests, and
+// runs the requests with bounded concurrency and retries, collecting a
+// report of what was served from cache, fetched, or failed.
+package prefetch
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"go.yaml.in/yaml/v3"
+)
+
+// ReadList reads image references, one per line. Blank lines and comments
+// (from "#" to the end of the line) are ignored; surrounding space is
+// trimmed.
+func ReadList(r io.Reader) ([]string, error) {
+	var refs []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		// A reference never contains '#', so anything after it is a comment.
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		if line = strings.TrimSpace(line); line != "" {
+			refs = append(refs, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading image list: %w", err)
+	}
+	return refs, nil
+}
+
+// Unique drops references that name the same image as an earlier one, as
+// regcap's cache keys do: "busybox", "busybox:latest" and
+// "docker.io/library/busybox:latest" are one image. The first spelling is
+// kept, so that the fleet sees what admission will ask for. References
+// that do not parse are kept once each (compared verbatim): the fleet's own
+// 400 names the problem better than we could.
+func Unique(refs []string) []string {
+	seen := make(map[string]bool, len(refs))
+	out := make([]string, 0, len(refs))
+	for _, r := range refs {
+		key := "raw:" + r
+		if ref, err := name.ParseReference(r); err == nil {
+			key = ref.Name()
+		}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, r)
+	}
+	return out
+}
+
+// k8sObject is the part of a Kubernetes object that can hold images. Pods
+// have a pod spec at spec, workloads at spec.template.spec, CronJobs at
+// spec.jobTemplate.spec.template.spec, and lists (kubectl get -o yaml)
+// hold objects in items.
+type k8sObject struct {
+	Kind  string      `yaml:"kind"`
+	Items []k8sObject `yaml:"items"`
+	Spec  struct {
+		podSpec  `yaml:",inline"`
+		Template struct {
+			Spec podSpec `yaml:"spec"`
+		} `yaml:"template"`
+		JobTemplate struct {
+			Spec struct {
+				Template struct {
+					Spec podSpec `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
+		} `yaml:"jobTemplate"`
+	} `yaml:"spec"`
+}
+
+type podSpec struct {
+	Containers          []container `yaml:"containers"`
+	InitContainers      []container `yaml:"initContainers"`
+	EphemeralContainers []container `yaml:"ephemeralContainers"`
+}
+
+type container struct {
+	Image string `yaml:"image"`
+}
+
+func (p *podSpec) images() []string {
+	var out []string
+	for _, cs := range [][]container{p.InitContainers, p.Containers, p.EphemeralContainers} {
+		for _, c := range cs {
+			if c.Image != "" {
+				out = append(out, c.Image)
+			}
+		}
+	}
+	return out
+}
+
+func (o *k8sObject) images() []string {
+	switch o.Kind {
+	case "Pod":
+		return o.Spec.podSpec.images()
+	case "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "PodTemplate":
+		return o.Spec.Template.Spec.images()
+	case "CronJob":
+		return o.Spec.JobTemplate.Spec.Template.Spec.images()
+	case "List", "PodList", "DeploymentList", "StatefulSetList", "DaemonSetList",
+		"ReplicaSetList", "ReplicationControllerList", "JobList", "CronJobList":
+		var out []string
+		for i := range o.Items {
+			out = append(out, o.Items[i].images()...)
+		}
+		return out
+	}
+	return nil
+}
+
+// FromK8sYAML returns the image of every container, init container and
+// ephemeral container of the Pods, Deployments, StatefulSets, DaemonSets,
+// ReplicaSets, Jobs and CronJobs in a multi-document YAML (or JSON) stream,
+// including those inside lists as "kubectl get -o yaml" prints them, in
+// the order they appear. Other kinds are ignored.
+func FromK8sYAML(r io.Reader) ([]string, error) {
+	dec := yaml.NewDecoder(r)
+	var out []string
+	for n := 1; ; n++ {
+		var o k8sObject
+		err := dec.Decode(&o)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("YAML document %d: %w", n, err)
+		}
+		out = append(out, o.images()...)
+	}
+}

@@ -1,0 +1,279 @@
+package prefetch
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/regcap/regcap/client"
+)
+
+// Requester sends one capability request; *client.Client is one.
+type Requester interface {
+	Image(ctx context.Context, fn client.Function, image string, opts ...client.CallOption) (*client.Reply, error)
+}
+
+// Options tune a prefetch run. Zero values take the defaults.
+type Options struct {
+	// Functions to call for every image (default: all three).
+	Functions []client.Function
+	// Platform, if set, resolves indexes for oci_manifest_config.
+	Platform string
+	// Concurrency bounds the requests in flight (default 16).
+	Concurrency int
+	// Retries is how many times a retryable failure is retried; negative
+	// means none (default 0 here; the CLI's default is 3).
+	Retries int
+	// Backoff is the first retry's delay before jitter (default 250ms); it
+	// doubles on each retry up to MaxBackoff (default 10s).
+	Backoff, MaxBackoff time.Duration
+	// OnResult, if set, is called once per finished request, never
+	// concurrently.
+	OnResult func(Result)
+}
+
+// Result is the outcome of one (image, function) request.
+type Result struct {
+	Reference string
+	Function  client.Function
+	// Cache is the reply's Regcap-Cache on success.
+	Cache string
+	// Err is nil on success, a *client.Error for an error reply, or wraps
+	// client.ErrUnreachable.
+	Err      error
+	Attempts int
+}
+
+// Failure is one failed request in a Report.
+type Failure struct {
+	Reference string `json:"reference"`
+	Function  string `json:"function"`
+	// Code is the fleet's error code; 0 when no worker answered.
+	Code     int    `json:"code"`
+	Message  string `json:"message"`
+	Attempts int    `json:"attempts"`
+}
+
+// Report sums up a run.
+type Report struct {
+	Images    int      `json:"images"`
+	Functions []string `json:"functions"`
+	// Total is images × functions; OK + Failed + Skipped = Total.
+	Total  int `json:"total"`
+	OK     int `json:"ok"`
+	Failed int `json:"failed"`
+	// Skipped requests were not finished because the run was interrupted.
+	Skipped int `json:"skipped"`
+	// Hits were answered from the cache, Fetched by a fetch made for
+	// them, Shared by a fetch already in flight (Regcap-Cache).
+	Hits    int `json:"hits"`
+	Fetched int `json:"fetched"`
+	Shared  int `json:"shared"`
+	// ByCode counts failures by error code, "unreachable" when no worker
+	// answered.
+	ByCode      map[string]int `json:"by_code"`
+	Retries     int            `json:"retries"`
+	Elapsed     time.Duration  `json:"-"`
+	Seconds     float64        `json:"elapsed_seconds"`
+	Rate        float64        `json:"rate_per_second"`
+	Interrupted bool           `json:"interrupted"`
+	Failures    []Failure      `json:"failures"`
+}
+
+// Reached reports whether any worker answered at all, with a reply or an
+// error reply.
+func (r *Report) Reached() bool {
+	return r.OK > 0 || r.Failed > r.ByCode[codeUnreachable]
+}
+
+const codeUnreachable = "unreachable"
+
+// maxRetryAfter is the longest Retry-After worth waiting for: a registry
+// that asks for more (Docker Hub's pull limit resets after hours) will not
+// let this run through, so the 429 is reported at once instead.
+const maxRetryAfter = time.Minute
+
+// Run calls every function of opts for every image through req and
+// reports. Cancelling ctx stops it: requests in flight are abandoned, the
+// rest skipped, and the report says so.
+func Run(ctx context.Context, req Requester, images []string, opts Options) *Report {
+	fns := opts.Functions
+	if len(fns) == 0 {
+		fns = []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig}
+	}
+	conc := opts.Concurrency
+	if conc <= 0 {
+		conc = 16
+	}
+	rep := &Report{Images: len(images), Total: len(images) * len(fns), ByCode: map[string]int{}, Failures: []Failure{}}
+	for _, fn := range fns {
+		rep.Functions = append(rep.Functions, string(fn))
+	}
+	start := time.Now()
+
+	type job struct {
+		image string
+		fn    client.Function
+	}
+	jobs := make(chan job)
+	var (
+		mu   sync.Mutex
+		done int
+		wg   sync.WaitGroup
+	)
+	for range min(conc, max(rep.Total, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				res := call(ctx, req, j.image, j.fn, opts)
+				if ctx.Err() != nil && res.Err != nil {
+					// Interrupted, not failed: the fleet never had its say.
+					continue
+				}
+				mu.Lock()
+				done++
+				rep.add(res)
+				if opts.OnResult != nil {
+					opts.OnResult(res)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for _, img := range images {
+		for _, fn := range fns {
+			select {
+			case jobs <- job{img, fn}:
+			case <-ctx.Done():
+				break feed
+			}
+		}
+	}
+	close(jobs)
+	wg.Wait()
+
+	rep.Skipped = rep.Total - done
+	rep.Interrupted = rep.Skipped > 0
+	rep.Elapsed = time.Since(start)
+	rep.Seconds = rep.Elapsed.Seconds()
+	if rep.Seconds > 0 {
+		rep.Rate = float64(done) / rep.Seconds
+	}
+	sort.Slice(rep.Failures, func(i, j int) bool {
+		a, b := rep.Failures[i], rep.Failures[j]
+		if a.Reference != b.Reference {
+			return a.Reference < b.Reference
+		}
+		return a.Function < b.Function
+	})
+	return rep
+}
+
+func (r *Report) add(res Result) {
+	r.Retries += res.Attempts - 1
+	if res.Err == nil {
+		r.OK++
+		switch res.Cache {
+		case "hit":
+			r.Hits++
+		case "shared":
+			r.Shared++
+		default:
+			r.Fetched++
+		}
+		return
+	}
+	r.Failed++
+	f := Failure{Reference: res.Reference, Function: string(res.Function), Message: res.Err.Error(), Attempts: res.Attempts}
+	var ce *client.Error
+	if errors.As(res.Err, &ce) {
+		f.Code, f.Message = ce.Code, ce.Message
+		r.ByCode[strconv.Itoa(ce.Code)]++
+	} else {
+		r.ByCode[codeUnreachable]++
+	}
+	r.Failures = append(r.Failures, f)
+}
+
+// call makes one request, retrying what may succeed later: 503 (worker
+// busy or stopping), 429 (registry rate limit, after its Retry-After),
+// and no responders or timeouts. Other errors are final.
+func call(ctx context.Context, req Requester, image string, fn client.Function, opts Options) Result {
+	var copts []client.CallOption
+	if opts.Platform != "" && fn == client.OCIManifestConfig {
+		copts = append(copts, client.WithPlatform(opts.Platform))
+	}
+	backoff, maxBackoff := opts.Backoff, opts.MaxBackoff
+	if backoff <= 0 {
+		backoff = 250 * time.Millisecond
+	}
+	if maxBackoff <= 0 {
+		maxBackoff = 10 * time.Second
+	}
+	res := Result{Reference: image, Function: fn}
+	for attempt := 0; ; attempt++ {
+		res.Attempts = attempt + 1
+		r, err := req.Image(ctx, fn, image, copts...)
+		if err == nil {
+			res.Cache, res.Err = r.Cache, nil
+			return res
+		}
+		res.Err = err
+		wait, ok := retryable(err)
+		if !ok || wait > maxRetryAfter || attempt >= opts.Retries || ctx.Err() != nil {
+			return res
+		}
+		// Exponential backoff with full jitter in [d/2, d), so that a
+		// fleet that shed load is not hit again by every client at once.
+		d := min(backoff<<attempt, maxBackoff)
+		d = d/2 + rand.N(d/2+1)
+		wait = max(wait, d)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return res
+		}
+	}
+}
+
+// retryable reports whether err may go away on a later attempt, and the
+// least wait the fleet asked for.
+func retryable(err error) (time.Duration, bool) {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		switch ce.Code {
+		case http.StatusServiceUnavailable:
+			return 0, true
+		case http.StatusTooManyRequests:
+			return parseRetryAfter(ce.RetryAfter, time.Now()), true
+		}
+		return 0, false
+	}
+	return 0, errors.Is(err, client.ErrUnreachable)
+}
+
+// parseRetryAfter reads a Retry-After value: delay seconds or an HTTP
+// date. Anything else is no wait.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		return time.Duration(max(s, 0)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
