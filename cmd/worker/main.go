@@ -61,7 +61,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.fetchTimeout, "fetch-timeout", 10*time.Second, "deadline of one upstream fetch; past it the answer is 504")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", time.Minute, "how long an answer is cached, counted from its fetch")
 	fs.DurationVar(&c.immutableTTL, "immutable-ttl", 0, "cache TTL for digest references, whose answer cannot change (0: same as --cache-ttl)")
-	fs.Uint64Var(&c.memorySize, "memory-cache-size", rediscache.DefaultMemorySize, "bytes of answers kept in this worker's memory tier")
+	fs.Uint64Var(&c.memorySize, "memory-cache-size", rediscache.DefaultMemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
 	fs.IntVar(&c.concurrency, "concurrency", 64, "upstream fetches run at once")
 	fs.IntVar(&c.maxPending, "max-pending", 1024, "requests waiting on Redis or a fetch; past it the answer is 503")
 	fs.DurationVar(&c.drainLimit, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cancelling them")
@@ -149,19 +149,20 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 
 	cacheOpts := []rediscache.Option{rediscache.WithLogger(log.Named("cache"))}
 	if cfg.redisURL != "" {
-		ro, err := redis.ParseURL(cfg.redisURL)
+		rdb, err := rediscache.NewClient(cfg.redisURL)
 		if err != nil {
 			return fmt.Errorf("--redis-url: %w", err)
 		}
-		ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout = time.Second, time.Second, time.Second
-		rdb := redis.NewClient(ro)
 		defer rdb.Close()
+		// go-redis logs every failed dial through a global logger; the
+		// cache reports outages once, so its lines go to debug.
+		redis.SetLogger(redisLog{log.Named("redis")})
 		cacheOpts = append(cacheOpts, rediscache.WithRedis(rdb))
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if err := rdb.Ping(pctx).Err(); err != nil {
-			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("addr", ro.Addr), zap.Error(err))
+			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("addr", rdb.Options().Addr), zap.Error(err))
 		} else {
-			log.Info("sharing the cache through redis", zap.String("addr", ro.Addr))
+			log.Info("sharing the cache through redis", zap.String("addr", rdb.Options().Addr))
 		}
 		cancel()
 	} else {
@@ -243,6 +244,13 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// redisLog sends go-redis's internal log lines to zap at debug level.
+type redisLog struct{ log *zap.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
 }
 
 func startEmbeddedNATS(addr string) (*natsserver.Server, error) {

@@ -19,6 +19,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/rediscache"
 )
 
 // Header names of the wire contract.
@@ -56,6 +57,12 @@ type Observer interface {
 	Pool(inFlight, queued int)
 }
 
+// FleetLock lets one worker of a fleet fetch a key while the others wait
+// for its answer. *rediscache.Cache implements it.
+type FleetLock interface {
+	Lock(ctx context.Context, key string, hold time.Duration) (*rediscache.Lease, *rediscache.Waiter)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Request(handlers.Function, int, string, time.Duration) {}
@@ -76,6 +83,8 @@ type Worker struct {
 	ttl          time.Duration
 	immutableTTL time.Duration
 	maxPending   int64
+	fleet        FleetLock     // nil: per-worker singleflight only
+	lockWait     time.Duration // 0: fetchTimeout
 
 	pool    chan struct{} // fetch slots
 	pending atomic.Int64  // requests taken and not answered beyond memory
@@ -119,6 +128,13 @@ func WithConcurrency(n int) Option {
 // the worker answers 503 at once (default 1024).
 func WithMaxPending(n int) Option { return func(w *Worker) { w.maxPending = int64(max(n, 1)) } }
 
+// WithFleetLock makes a worker that misses take the fleet lock for the key
+// before fetching, and wait up to wait (0: the fetch timeout) for the
+// holder's answer when another worker has it.
+func WithFleetLock(l FleetLock, wait time.Duration) Option {
+	return func(w *Worker) { w.fleet, w.lockWait = l, wait }
+}
+
 // WithLogger sets the logger.
 func WithLogger(l *zap.Logger) Option { return func(w *Worker) { w.log = l } }
 
@@ -142,6 +158,9 @@ func New(nc *nats.Conn, fetcher Fetcher, cache Cache, opts ...Option) *Worker {
 	}
 	if w.immutableTTL <= 0 {
 		w.immutableTTL = w.ttl
+	}
+	if w.lockWait <= 0 {
+		w.lockWait = w.fetchTimeout
 	}
 	w.life, w.hardStop = context.WithCancel(context.Background())
 	return w
@@ -180,6 +199,10 @@ func (w *Worker) unsubscribe() {
 	}
 	w.subs = nil
 }
+
+// Pending is the number of requests taken and not yet answered beyond
+// the memory tier (waiting on Redis, the fetch pool or a fetch).
+func (w *Worker) Pending() int { return int(w.pending.Load()) }
 
 // Subjects lists the subjects served.
 func (w *Worker) Subjects() []string {
@@ -315,38 +338,113 @@ func (w *Worker) serveMiss(m *nats.Msg, req handlers.Request, key string, start 
 }
 
 // fetch runs once per key at a time, on the worker's context rather than
-// a caller's, so that no caller's deadline fails the others.
+// a caller's, so that no caller's deadline fails the others. With a fleet
+// lock it also runs once per key across the fleet: the other workers wait
+// for the holder's answer.
 func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result, error) {
+	// The fetch that just finished may have filled the cache.
+	if body, ok := w.cache.Get(w.life, key); ok {
+		return result{body: body, outcome: CacheHit, leader: leader}, nil
+	}
+	if err := w.acquireSlot(req); err != nil {
+		return result{}, err
+	}
+	// The slot is taken before the lock so that the lock is held only
+	// while fetching: its expiry then needs to cover one fetch, not a
+	// wait for a slot as well.
+	var lease *rediscache.Lease
+	if w.fleet != nil {
+		var waiter *rediscache.Waiter
+		lease, waiter = w.fleet.Lock(w.life, key, w.fetchTimeout+lockMargin)
+		if waiter != nil {
+			// Waiting is not fetching: give the slot to others meanwhile.
+			w.releaseSlot()
+			if ans := waiter.Wait(w.life, w.lockWait); ans != nil {
+				if f := ans.Failure; f != nil {
+					return result{}, &handlers.Error{Code: f.Code, Image: req.Ref.Name(), Cause: f.Message, RetryAfter: f.RetryAfter}
+				}
+				return result{body: ans.Body, outcome: CacheShared, leader: leader}, nil
+			}
+			// No answer in time, or the holder gave up or died: fetch here.
+			if err := w.acquireSlot(req); err != nil {
+				return result{}, err
+			}
+		}
+		if lease != nil {
+			// The holder before us may have stored it since our look.
+			if body, ok := w.cache.Get(w.life, key); ok {
+				w.releaseSlot()
+				lease.Done(w.life, nil)
+				return result{body: body, outcome: CacheHit, leader: leader}, nil
+			}
+		}
+	}
+	body, err := w.fetchUpstream(req, key)
+	w.releaseSlot()
+	if err != nil {
+		if lease != nil {
+			if he := handlers.Classify(req.Ref.Name(), err); he.Code == 503 {
+				// This worker is stopping or overloaded, which says
+				// nothing about the image: let the waiters try.
+				lease.Abandon(w.life)
+			} else {
+				lease.Done(w.life, &rediscache.Failure{Code: he.Code, Message: he.Cause, RetryAfter: he.RetryAfter})
+			}
+		}
+		return result{}, err
+	}
+	if lease != nil {
+		lease.Done(w.life, nil)
+	}
+	return result{body: body, outcome: CacheMiss, leader: leader}, nil
+}
+
+// lockMargin is how much longer than a fetch the fleet lock is held: the
+// re-check before the fetch and the store after it.
+const lockMargin = 2 * time.Second
+
+// acquireSlot waits, at most a fetch timeout, for a fetch slot.
+func (w *Worker) acquireSlot(req handlers.Request) error {
 	wait, cancel := context.WithTimeout(w.life, w.fetchTimeout)
 	defer cancel()
 	select {
 	case w.pool <- struct{}{}:
 	case <-wait.Done():
 		if w.life.Err() != nil {
-			return result{}, handlers.Errorf(503, req.Ref.Name(), "worker shutting down")
+			return handlers.Errorf(503, req.Ref.Name(), "worker shutting down")
 		}
-		return result{}, handlers.Errorf(503, req.Ref.Name(), "all %d fetch slots busy for %s; retry", cap(w.pool), w.fetchTimeout)
+		return handlers.Errorf(503, req.Ref.Name(), "all %d fetch slots busy for %s; retry", cap(w.pool), w.fetchTimeout)
 	}
-	defer func() { <-w.pool }()
-	w.obs.Pool(len(w.pool), int(w.pending.Load()))
+	w.reportPool()
+	return nil
+}
 
-	// The fetch that just finished may have filled the cache.
-	if body, ok := w.cache.Get(w.life, key); ok {
-		return result{body: body, outcome: CacheHit, leader: leader}, nil
-	}
-	ctx, cancelFetch := context.WithTimeout(w.life, w.fetchTimeout)
-	defer cancelFetch()
+func (w *Worker) releaseSlot() {
+	<-w.pool
+	w.reportPool()
+}
+
+func (w *Worker) reportPool() {
+	inFlight := len(w.pool)
+	w.obs.Pool(inFlight, max(int(w.pending.Load())-inFlight, 0))
+}
+
+// fetchUpstream asks the registry and stores the answer. The caller holds
+// a fetch slot.
+func (w *Worker) fetchUpstream(req handlers.Request, key string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(w.life, w.fetchTimeout)
+	defer cancel()
 	fetched := time.Now()
 	body, err := w.fetcher.Fetch(ctx, req)
 	if err != nil {
-		return result{}, err
+		return nil, err
 	}
 	ttl := w.ttl
 	if req.Immutable() {
 		ttl = w.immutableTTL
 	}
 	w.cache.Set(w.life, key, body, fetched.Add(ttl))
-	return result{body: body, outcome: CacheMiss, leader: leader}, nil
+	return body, nil
 }
 
 func (w *Worker) reply(m *nats.Msg, fn handlers.Function, body []byte, outcome string, start time.Time) {

@@ -36,6 +36,7 @@ type Cache struct {
 	onError   func(op string)
 
 	redisDown atomic.Bool
+	lock      lockState
 }
 
 // Option configures a Cache.
@@ -55,14 +56,16 @@ func WithOpTimeout(d time.Duration) Option { return func(c *Cache) { c.opTimeout
 // for metrics.
 func WithErrorHook(f func(op string)) Option { return func(c *Cache) { c.onError = f } }
 
-// New returns a Cache whose memory tier holds at most memoryBytes.
+// New returns a Cache whose memory tier holds at most memoryBytes. Zero
+// disables the memory tier: every hit then goes to Redis (or, without
+// Redis, nothing is cached).
 func New(memoryBytes uint64, opts ...Option) *Cache {
 	c := &Cache{log: zap.NewNop(), opTimeout: time.Second, now: time.Now, onError: func(string) {}}
 	for _, o := range opts {
 		o(c)
 	}
 	if memoryBytes == 0 {
-		memoryBytes = DefaultMemorySize
+		return c
 	}
 	c.mem = otter.Must(&otter.Options[string, entry]{
 		MaximumWeight: memoryBytes,
@@ -85,6 +88,9 @@ func (c *Cache) Redis() redis.UniversalClient { return c.rdb }
 // Local returns a live entry of the memory tier. It never blocks on the
 // network, so it may run in a NATS callback.
 func (c *Cache) Local(key string) ([]byte, bool) {
+	if c.mem == nil {
+		return nil, false
+	}
 	e, ok := c.mem.GetIfPresent(key)
 	if !ok || !c.now().Before(e.expires) {
 		return nil, false
@@ -150,9 +156,16 @@ func (c *Cache) Set(ctx context.Context, key string, body []byte, expires time.T
 }
 
 // Forget drops key from the memory tier only.
-func (c *Cache) Forget(key string) { c.mem.Invalidate(key) }
+func (c *Cache) Forget(key string) {
+	if c.mem != nil {
+		c.mem.Invalidate(key)
+	}
+}
 
 func (c *Cache) setLocal(key string, body []byte, expires time.Time) {
+	if c.mem == nil {
+		return
+	}
 	c.mem.Set(key, entry{body: body, expires: expires})
 }
 
@@ -171,4 +184,19 @@ func (c *Cache) redisOK() {
 	if c.redisDown.CompareAndSwap(true, false) {
 		c.log.Info("redis available again: sharing the cache with the fleet")
 	}
+}
+
+// NewClient returns a Redis client tuned for a cache in the request path:
+// short timeouts and a single dial attempt, so that an outage costs a
+// request one refused dial, not go-redis's default five with back-off.
+// go-redis reconnects by itself once Redis is back.
+func NewClient(url string) (*redis.Client, error) {
+	o, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond
+	o.DialerRetries = 1
+	o.MaxRetries = 1 // one retry covers a pooled connection cut by a Redis restart
+	return redis.NewClient(o), nil
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -25,9 +24,15 @@ type WorkerConfig struct {
 	RegistryOpts []registry.Option
 	QueueOpts    []queue.Option
 	CacheOpts    []rediscache.Option
-	MemoryBytes  uint64
-	// Quiet drops logs instead of sending them to t.Log.
-	Quiet bool
+	// MemoryBytes bounds the memory tier (0: the default size).
+	MemoryBytes uint64
+	// NoMemory disables the memory tier.
+	NoMemory bool
+	// LockWait bounds the wait for another worker's fetch under the fleet
+	// lock, used with Redis (0: the fetch timeout).
+	LockWait time.Duration
+	// Logger receives the worker's logs (default: warnings to t.Log).
+	Logger *zap.Logger
 }
 
 // Worker is a running worker with what it was built from.
@@ -42,21 +47,34 @@ type Worker struct {
 // down at cleanup.
 func StartWorker(t testing.TB, cfg WorkerConfig) *Worker {
 	t.Helper()
-	log := zap.NewNop()
-	if !cfg.Quiet {
+	log := cfg.Logger
+	if log == nil {
 		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	}
+	mem := cfg.MemoryBytes
+	switch {
+	case cfg.NoMemory:
+		mem = 0
+	case mem == 0:
+		mem = rediscache.DefaultMemorySize
 	}
 	nc := Connect(t, cfg.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	copts := append([]rediscache.Option{rediscache.WithLogger(log)}, cfg.CacheOpts...)
 	if cfg.RedisAddr != "" {
-		rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, DialTimeout: 500 * time.Millisecond,
-			ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+		rdb, err := rediscache.NewClient("redis://" + cfg.RedisAddr)
+		Must(t, err, "redis client")
 		t.Cleanup(func() { _ = rdb.Close() })
 		copts = append(copts, rediscache.WithRedis(rdb))
 	}
-	cache := rediscache.New(cfg.MemoryBytes, copts...)
+	cache := rediscache.New(mem, copts...)
+	t.Cleanup(func() { _ = cache.Close() })
+	var qopts []queue.Option
+	if cfg.RedisAddr != "" {
+		// As cmd/worker: with a shared cache, the fleet lock is on.
+		qopts = append(qopts, queue.WithFleetLock(cache, cfg.LockWait))
+	}
 	reg := registry.New(append([]registry.Option{registry.WithUserAgent("regcap/test")}, cfg.RegistryOpts...)...)
-	w := queue.New(nc, handlers.NewFetcher(reg), cache, append([]queue.Option{queue.WithLogger(log)}, cfg.QueueOpts...)...)
+	w := queue.New(nc, handlers.NewFetcher(reg), cache, append(append(qopts, queue.WithLogger(log)), cfg.QueueOpts...)...)
 	Must(t, w.Start(), "starting worker")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

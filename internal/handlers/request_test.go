@@ -1,0 +1,168 @@
+package handlers
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+func TestParseReference(t *testing.T) {
+	const dig = "sha256:0123456789012345678901234567890123456789012345678901234567890123"
+	cases := []struct {
+		name    string
+		payload string
+		want    string // normalised name; "" for a 400
+		errPart string
+	}{
+		{"short name", `"busybox"`, "index.docker.io/library/busybox:latest", ""},
+		{"tag", `"busybox:1.36"`, "index.docker.io/library/busybox:1.36", ""},
+		{"docker.io", `"docker.io/library/busybox:latest"`, "index.docker.io/library/busybox:latest", ""},
+		{"digest", `"busybox@` + dig + `"`, "index.docker.io/library/busybox@" + dig, ""},
+		{"tag at digest", `"busybox:1.36@` + dig + `"`, "index.docker.io/library/busybox@" + dig, ""},
+		{"private registry", `"ghcr.io/kubewarden/policy-server:v1.0"`, "ghcr.io/kubewarden/policy-server:v1.0", ""},
+		{"loopback with port", `"127.0.0.1:5000/a/b:c"`, "127.0.0.1:5000/a/b:c", ""},
+		{"escaped JSON", `"busybox\u003alatest"`, "index.docker.io/library/busybox:latest", ""},
+		{"surrounding space", " \"busybox\"\n", "index.docker.io/library/busybox:latest", ""},
+		{"zero bytes", ``, "", "empty payload"},
+		{"empty string", `""`, "", "empty image reference"},
+		{"not JSON", `busybox`, "", "not a JSON string"},
+		{"number", `42`, "", "not a JSON string"},
+		{"object", `{"image":"busybox"}`, "", "not a JSON string"},
+		{"array", `["busybox"]`, "", "not a JSON string"},
+		{"null", `null`, "", "not a JSON string"},
+		{"unterminated", `"busybox`, "", "not a JSON string"},
+		{"two strings", `"a" "b"`, "", "not a JSON string"},
+		{"upper case", `"BusyBox"`, "", "invalid image reference"},
+		{"space inside", `"busy box"`, "", "invalid image reference"},
+		{"bad digest", `"busybox@sha256:abc"`, "", "invalid image reference"},
+		{"newline", `"busybox\nrm -rf"`, "", "invalid image reference"},
+		{"too large", `"` + strings.Repeat("a", MaxPayload) + `"`, "", "over the 4096-byte limit"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ref, err := ParseReference([]byte(tc.payload))
+			if tc.want != "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if ref.Name() != tc.want {
+					t.Fatalf("got %s, want %s", ref.Name(), tc.want)
+				}
+				return
+			}
+			var he *Error
+			if !errors.As(err, &he) || he.Code != 400 {
+				t.Fatalf("want a 400 *Error, got %v", err)
+			}
+			if !strings.Contains(he.Error(), tc.errPart) {
+				t.Fatalf("message %q lacks %q", he.Error(), tc.errPart)
+			}
+			if strings.ContainsAny(he.Error(), "\r\n") || len(he.Error()) > 300 {
+				t.Fatalf("message not one bounded line: %q", he.Error())
+			}
+		})
+	}
+}
+
+func TestKeysShareAliases(t *testing.T) {
+	key := func(fn Function, s string, p v1.Platform) string {
+		ref, err := name.ParseReference(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Request{Function: fn, Ref: ref, Platform: p}.Key()
+	}
+	amd := v1.Platform{OS: "linux", Architecture: "amd64"}
+	want := "regcap:v1:manifest_digest:index.docker.io/library/busybox:latest"
+	for _, alias := range []string{"busybox", "busybox:latest", "docker.io/library/busybox:latest", "index.docker.io/library/busybox", "docker.io/busybox"} {
+		if got := key(ManifestDigest, alias, v1.Platform{}); got != want {
+			t.Errorf("%s: key %s, want %s", alias, got, want)
+		}
+	}
+	if got, want := key(OCIManifestConfig, "busybox", amd), "regcap:v1:oci_manifest_config:linux/amd64:index.docker.io/library/busybox:latest"; got != want {
+		t.Errorf("config key %s, want %s", got, want)
+	}
+	if key(OCIManifestConfig, "busybox", amd) == key(OCIManifestConfig, "busybox", v1.Platform{OS: "linux", Architecture: "arm64"}) {
+		t.Error("platforms share a config key")
+	}
+	if key(ManifestDigest, "busybox", amd) == key(OCIManifest, "busybox", amd) {
+		t.Error("functions share a key")
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	want := []string{"kubewarden.oci.v1.manifest_digest", "kubewarden.oci.v1.oci_manifest", "kubewarden.oci.v1.oci_manifest_config"}
+	for i, fn := range Functions() {
+		if got := fn.Subject("kubewarden"); got != want[i] {
+			t.Errorf("%s: subject %s, want %s", fn, got, want[i])
+		}
+	}
+	if got := OCIManifest.Subject("fleet-a"); got != "fleet-a.oci.v1.oci_manifest" {
+		t.Errorf("custom prefix: %s", got)
+	}
+}
+
+func TestParsePlatform(t *testing.T) {
+	cases := []struct {
+		in   string
+		want v1.Platform
+		bad  bool
+	}{
+		{"linux/amd64", v1.Platform{OS: "linux", Architecture: "amd64"}, false},
+		{"linux/arm64/v8", v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, false},
+		{"linux", v1.Platform{}, true},
+		{"linux/", v1.Platform{}, true},
+		{"linux/arm/v7/x", v1.Platform{}, true},
+		{"linux/am d64", v1.Platform{}, true},
+		{"", v1.Platform{}, true},
+	}
+	for _, tc := range cases {
+		got, err := ParsePlatform(tc.in)
+		if tc.bad {
+			var he *Error
+			if !errors.As(err, &he) || he.Code != 400 {
+				t.Errorf("%q: want 400, got %v", tc.in, err)
+			}
+			continue
+		}
+		if err != nil || got.OS != tc.want.OS || got.Architecture != tc.want.Architecture || got.Variant != tc.want.Variant {
+			t.Errorf("%q: got %+v, %v", tc.in, got, err)
+		}
+		if FormatPlatform(got) != tc.in {
+			t.Errorf("%q does not round-trip: %s", tc.in, FormatPlatform(got))
+		}
+	}
+}
+
+// FuzzParseReference checks that no payload crashes the decoder, that
+// every failure is a one-line 400, and that every success has a key that
+// re-parses to itself.
+func FuzzParseReference(f *testing.F) {
+	for _, s := range []string{
+		`"busybox"`, `"busybox:latest"`, `"ghcr.io/a/b:c"`, `"127.0.0.1:5000/x@sha256:0123456789012345678901234567890123456789012345678901234567890123"`,
+		`"a:b@sha256:0123456789012345678901234567890123456789012345678901234567890123"`,
+		``, `""`, `"`, `42`, `null`, `{}`, `[]`, `"\u0000"`, `"\ud800"`, `"a" "b"`, `"A"`, "\"\xff\"", `"localhost:99999/x"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		ref, err := ParseReference(payload)
+		if err != nil {
+			var he *Error
+			if !errors.As(err, &he) || he.Code != 400 {
+				t.Fatalf("non-400 failure for %q: %v", payload, err)
+			}
+			if strings.ContainsAny(he.Error(), "\r\n") {
+				t.Fatalf("multi-line message for %q: %q", payload, he.Error())
+			}
+			return
+		}
+		again, err := name.ParseReference(ref.Name())
+		if err != nil || again.Name() != ref.Name() {
+			t.Fatalf("normalised name %q does not re-parse to itself: %v", ref.Name(), err)
+		}
+	})
+}
