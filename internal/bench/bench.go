@@ -1,0 +1,254 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/regcap/regcap/client"
+)
+
+// Requester sends one capability request; *client.Client is one.
+type Requester interface {
+	Image(ctx context.Context, fn client.Function, image string, opts ...client.CallOption) (*client.Reply, error)
+}
+
+// Echo is the floor to compare with: a responder on its own connection,
+// as a worker has, and requests from another, as the client's.
+type Echo struct {
+	Requester, Responder *nats.Conn
+	// Timeout bounds one echo request, as the client's timeout does.
+	Timeout time.Duration
+}
+
+// Options describe a benchmark.
+type Options struct {
+	Function client.Function
+	Images   []string
+	// Platform, if set, is sent with oci_manifest_config requests.
+	Platform    string
+	Concurrency []int
+	// Duration or Requests (Requests wins) per measurement, after Warmup.
+	Duration time.Duration
+	Requests int
+	Warmup   time.Duration
+	// Runs is how many times each level is measured (alternating regcap and
+	// echo); the figures reported are medians (default 1).
+	Runs int
+	// Fresh, when set, makes the run cold: it returns n references never
+	// asked for before (new tags of Images), so every request is a cache
+	// miss and a registry fetch. Requests must be set.
+	Fresh func(ctx context.Context, n int) ([]string, error)
+}
+
+// Level is the result at one concurrency.
+type Level struct {
+	Concurrency int    `json:"concurrency"`
+	Regcap      Stats  `json:"regcap"`
+	Echo        *Stats `json:"echo,omitempty"`
+	Ratio       *Ratio `json:"ratio,omitempty"`
+}
+
+// Report is a whole benchmark.
+type Report struct {
+	Function   string  `json:"function"`
+	Images     int     `json:"images"`
+	Mode       string  `json:"mode"` // warm or cold
+	ReplyBytes int     `json:"reply_bytes"`
+	Runs       int     `json:"runs"`
+	Seconds    float64 `json:"seconds_per_run,omitempty"`
+	Requests   int     `json:"requests_per_run,omitempty"`
+	Warmup     float64 `json:"warmup_seconds,omitempty"`
+	Levels     []Level `json:"levels"`
+	// Interrupted is set when ctx ended the run early.
+	Interrupted bool `json:"interrupted,omitempty"`
+}
+
+// ErrProbe wraps a failed first request: the benchmark cannot start.
+var ErrProbe = errors.New("probe request failed")
+
+// Run measures regcap at every concurrency of opts and, with echo, the
+// echo floor right after each regcap measurement. Before measuring it
+// requests every image once: to learn the reply size the echo must send,
+// and, in warm mode, to fill the cache.
+func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report, error) {
+	if len(opts.Images) == 0 {
+		return nil, errors.New("no images to request")
+	}
+	if opts.Fresh != nil && opts.Requests <= 0 {
+		return nil, errors.New("cold mode needs a request count: every request uses a new tag")
+	}
+	runs := max(opts.Runs, 1)
+	var copts []client.CallOption
+	if opts.Platform != "" && opts.Function == client.OCIManifestConfig {
+		copts = append(copts, client.WithPlatform(opts.Platform))
+	}
+	total := 0
+	for _, img := range opts.Images {
+		r, err := req.Image(ctx, opts.Function, img, copts...)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s %s: %w", ErrProbe, opts.Function, img, err)
+		}
+		total += len(r.Body)
+	}
+	rep := &Report{
+		Function: string(opts.Function), Images: len(opts.Images), Mode: "warm",
+		ReplyBytes: total / len(opts.Images), Runs: runs,
+		Requests: opts.Requests, Warmup: opts.Warmup.Seconds(),
+	}
+	if opts.Requests == 0 {
+		rep.Seconds = opts.Duration.Seconds()
+	}
+	if opts.Fresh != nil {
+		rep.Mode, rep.Warmup = "cold", 0
+	}
+
+	var echoCall Call
+	if echo != nil {
+		c, stop, err := startEcho(echo, rep.ReplyBytes)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		echoCall = c
+	}
+
+	levels := opts.Concurrency
+	if len(levels) == 0 {
+		levels = []int{1}
+	}
+	for _, c := range levels {
+		load := Load{Concurrency: c, Duration: opts.Duration, Requests: opts.Requests, Warmup: opts.Warmup}
+		var regs, echos []Stats
+		for range runs {
+			if ctx.Err() != nil {
+				break
+			}
+			call, err := regcapCall(ctx, req, opts, copts)
+			if err != nil {
+				return nil, err
+			}
+			regLoad, echoLoad := load, load
+			if opts.Fresh != nil {
+				// A warm-up would use up fresh tags and fill the cache;
+				// the echo has no cache to miss and only needs warming.
+				regLoad.Warmup, echoLoad.Warmup = 0, time.Second
+			}
+			regs = append(regs, Measure(ctx, call, regLoad))
+			if echoCall != nil && ctx.Err() == nil {
+				echos = append(echos, Measure(ctx, echoCall, echoLoad))
+			}
+		}
+		if len(regs) == 0 {
+			break
+		}
+		lv := Level{Concurrency: c, Regcap: MedianStats(regs)}
+		if len(echos) > 0 {
+			e := MedianStats(echos)
+			r := Compare(lv.Regcap, e)
+			lv.Echo, lv.Ratio = &e, &r
+		}
+		rep.Levels = append(rep.Levels, lv)
+	}
+	rep.Interrupted = ctx.Err() != nil
+	return rep, nil
+}
+
+// regcapCall returns the Call for one measurement: round-robin over the
+// images when warm, a fresh reference per request when cold.
+func regcapCall(ctx context.Context, req Requester, opts Options, copts []client.CallOption) (Call, error) {
+	refs := opts.Images
+	if opts.Fresh != nil {
+		var err error
+		if refs, err = opts.Fresh(ctx, opts.Requests); err != nil {
+			return nil, fmt.Errorf("making fresh tags for the cold run: %w", err)
+		}
+	}
+	return func(ctx context.Context, seq int) (string, error) {
+		r, err := req.Image(ctx, opts.Function, refs[seq%len(refs)], copts...)
+		if err != nil {
+			return "", err
+		}
+		return r.Cache, nil
+	}, nil
+}
+
+// startEcho subscribes a responder that answers every request with size
+// bytes, and returns the Call that requests it.
+func startEcho(e *Echo, size int) (Call, func(), error) {
+	subject := nats.NewInbox() + ".echo"
+	body := make([]byte, size)
+	for i := range body {
+		body[i] = 'x'
+	}
+	sub, err := e.Responder.Subscribe(subject, func(m *nats.Msg) { _ = m.Respond(body) })
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting the echo responder: %w", err)
+	}
+	// Make sure the server knows the subscription before the first request.
+	if err := e.Responder.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, nil, fmt.Errorf("starting the echo responder: %w", err)
+	}
+	payload, _ := json.Marshal("echo")
+	timeout := e.Timeout
+	if timeout <= 0 {
+		timeout = 15 * time.Second
+	}
+	call := func(ctx context.Context, _ int) (string, error) {
+		// Like client.Call: a deadline of its own when ctx has none.
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		_, err := e.Requester.RequestWithContext(ctx, subject, payload)
+		return "", err
+	}
+	return call, func() { _ = sub.Unsubscribe() }, nil
+}
+
+// MedianStats summarises repeated measurements of one load: every figure
+// is the median of the runs' figures; request and error counts are summed.
+func MedianStats(runs []Stats) Stats {
+	if len(runs) == 1 {
+		return runs[0]
+	}
+	pick := func(f func(Stats) float64) float64 {
+		xs := make([]float64, len(runs))
+		for i, r := range runs {
+			xs[i] = f(r)
+		}
+		return Median(xs)
+	}
+	dur := func(f func(Stats) time.Duration) time.Duration {
+		return time.Duration(pick(func(s Stats) float64 { return float64(f(s)) }))
+	}
+	var out Stats
+	for _, r := range runs {
+		out.Requests += r.Requests
+		out.Errors += r.Errors
+		if out.FirstError == "" {
+			out.FirstError = r.FirstError
+		}
+		for k, v := range r.Cache {
+			if out.Cache == nil {
+				out.Cache = map[string]int{}
+			}
+			out.Cache[k] += v
+		}
+	}
+	out.Throughput = pick(func(s Stats) float64 { return s.Throughput })
+	out.Elapsed = dur(func(s Stats) time.Duration { return s.Elapsed })
+	out.Seconds = out.Elapsed.Seconds()
+	out.P50 = dur(func(s Stats) time.Duration { return s.P50 })
+	out.P90 = dur(func(s Stats) time.Duration { return s.P90 })
+	out.P99 = dur(func(s Stats) time.Duration { return s.P99 })
+	out.Max = dur(func(s Stats) time.Duration { return s.Max })
+	out.P50us, out.P90us, out.P99us, out.MaxUs = us(out.P50), us(out.P90), us(out.P99), us(out.Max)
+	return out
+}
