@@ -30,6 +30,7 @@ type Registry struct {
 
 	mu        sync.Mutex
 	counts    map[string]int
+	paths     map[string]int // by "METHOD /path"
 	gates     []*Gate
 	overrides []override
 }
@@ -56,11 +57,12 @@ func (g *Gate) Release() { g.once.Do(func() { close(g.release) }) }
 // StartRegistry starts the registry on a free loopback port.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
-	r := &Registry{counts: map[string]int{}}
+	r := &Registry{counts: map[string]int{}, paths: map[string]int{}}
 	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.counts[req.Method+" "+Kind(req.URL.Path)]++
+		r.paths[req.Method+" "+req.URL.Path]++
 		gates := append([]*Gate(nil), r.gates...)
 		ovs := append([]override(nil), r.overrides...)
 		r.mu.Unlock()
@@ -124,6 +126,14 @@ func (r *Registry) Count(method, kind string) int {
 	return r.counts[method+" "+kind]
 }
 
+// CountManifest returns how many method requests reached the manifest of
+// repo:id (id a tag or digest), e.g. CountManifest("HEAD", "app", "v1").
+func (r *Registry) CountManifest(method, repo, id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.paths[method+" /v2/"+repo+"/manifests/"+id]
+}
+
 // Counts returns a copy of every count, keyed "METHOD kind".
 func (r *Registry) Counts() map[string]int {
 	r.mu.Lock()
@@ -139,6 +149,7 @@ func (r *Registry) Counts() map[string]int {
 func (r *Registry) ResetCounts() {
 	r.mu.Lock()
 	r.counts = map[string]int{}
+	r.paths = map[string]int{}
 	r.mu.Unlock()
 }
 
