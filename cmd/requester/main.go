@@ -32,6 +32,8 @@ Commands:
   digest IMAGE     print {"digest":"sha256:…"} for IMAGE
   manifest IMAGE   print IMAGE's manifest as the registry sent it
   config IMAGE     print {"manifest":…,"digest":…,"config":…} for IMAGE
+  prefetch         warm the fleet's cache for a list of images
+  bench            measure the fleet against a plain NATS echo
 
 Run 'requester COMMAND --help' for a command's flags.
 `
@@ -52,6 +54,8 @@ func commands() map[string]*command {
 	}{{"digest", client.ManifestDigest}, {"manifest", client.OCIManifest}, {"config", client.OCIManifestConfig}} {
 		cmds[c.name] = singleCommand(c.name, c.fn)
 	}
+	cmds["prefetch"] = prefetchCommand()
+	cmds["bench"] = benchCommand()
 	return cmds
 }
 

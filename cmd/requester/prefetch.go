@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/internal/prefetch"
+)
+
+func prefetchCommand() *command {
+	var (
+		file, k8s, functions, platform, progress string
+		concurrency, retries                     int
+		interval                                 time.Duration
+	)
+	return &command{
+		summary: "[-f FILE|-] [--from-k8s-yaml FILE|-] [IMAGE...] [flags]\n\nWarms the fleet's cache for a list of images before an admission spike.",
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&file, "f", "", "file of image references, one per line, # comments; - for stdin")
+			fs.StringVar(&k8s, "from-k8s-yaml", "", "Kubernetes YAML stream (e.g. kubectl get deploy -A -o yaml) whose Pod, Deployment, StatefulSet, DaemonSet, Job and CronJob images to prefetch; - for stdin")
+			fs.StringVar(&functions, "functions", "digest,manifest,config", "functions to call for each image, comma-separated")
+			fs.StringVar(&platform, "platform", "", "os/arch[/variant] that config resolves indexes to (default: the worker's)")
+			fs.IntVar(&concurrency, "concurrency", 16, "requests in flight at once")
+			fs.IntVar(&retries, "retries", 3, "retries of a request that got 503, 429, no responders or a timeout")
+			fs.StringVar(&progress, "progress", "auto", "progress on stderr: auto (a bar on a terminal, lines otherwise), bar, lines or none")
+			fs.DurationVar(&interval, "progress-interval", 5*time.Second, "how often a progress line is printed when not on a terminal")
+		},
+		run: func(ctx context.Context, env *cmdEnv, args []string) int {
+			fns, err := parseFunctions(functions)
+			if err != nil {
+				fmt.Fprintln(env.stderr, "requester prefetch:", err)
+				return exitUnreachable
+			}
+			images, err := prefetchInput(env.stdin, file, k8s, args)
+			if err != nil {
+				fmt.Fprintln(env.stderr, "requester prefetch:", err)
+				return exitUnreachable
+			}
+			if len(images) == 0 {
+				fmt.Fprintln(env.stderr, "requester prefetch: no images: give -f, --from-k8s-yaml or IMAGE arguments")
+				return exitUnreachable
+			}
+			nc, err := env.connect()
+			if err != nil {
+				fmt.Fprintln(env.stderr, "requester:", err)
+				return exitUnreachable
+			}
+			defer nc.Close()
+
+			total := len(images) * len(fns)
+			var pg prefetch.Progress
+			switch progress {
+			case "auto":
+				if f, ok := env.stderr.(*os.File); ok && isTerminal(f) {
+					pg = prefetch.NewBar(env.stderr, total)
+				} else {
+					pg = prefetch.NewLines(env.stderr, total, interval)
+				}
+			case "bar":
+				pg = prefetch.NewBar(env.stderr, total)
+			case "lines":
+				pg = prefetch.NewLines(env.stderr, total, interval)
+			case "none":
+			default:
+				fmt.Fprintf(env.stderr, "requester prefetch: --progress %q: want auto, bar, lines or none\n", progress)
+				return exitUnreachable
+			}
+			opts := prefetch.Options{Functions: fns, Platform: platform, Concurrency: concurrency, Retries: retries}
+			if pg != nil {
+				opts.OnResult = pg.Add
+			}
+			rep := prefetch.Run(ctx, env.conn.client(nc), images, opts)
+			if pg != nil {
+				pg.Stop()
+			}
+
+			if env.conn.output == "json" {
+				enc := json.NewEncoder(env.stdout)
+				enc.SetIndent("", "  ")
+				_ = enc.Encode(rep)
+			} else {
+				prefetch.WriteText(env.stdout, rep, 50)
+			}
+			switch {
+			case rep.Total > 0 && !rep.Reached() && !rep.Interrupted:
+				fmt.Fprintf(env.stderr, "requester prefetch: no worker answered on %s: is the fleet running?\n", env.conn.url)
+				return exitUnreachable
+			case rep.Failed > 0 || rep.Interrupted:
+				return exitFailed
+			}
+			return exitOK
+		},
+	}
+}
+
+// parseFunctions reads "digest,manifest,config" (or the waPC operation
+// names) into functions, in the order given, without repeats.
+func parseFunctions(s string) ([]client.Function, error) {
+	var out []client.Function
+	seen := map[client.Function]bool{}
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		fn, err := parseFunction(p)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[fn] {
+			seen[fn] = true
+			out = append(out, fn)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--functions: none given")
+	}
+	return out, nil
+}
+
+func parseFunction(s string) (client.Function, error) {
+	switch strings.TrimPrefix(s, "v1/") {
+	case "digest", "manifest_digest":
+		return client.ManifestDigest, nil
+	case "manifest", "oci_manifest":
+		return client.OCIManifest, nil
+	case "config", "oci_manifest_config":
+		return client.OCIManifestConfig, nil
+	}
+	return "", fmt.Errorf("unknown function %q: want digest, manifest or config", s)
+}
+
+// prefetchInput gathers references from the list file, the Kubernetes
+// YAML and the arguments, and drops duplicates.
+func prefetchInput(stdin io.Reader, file, k8s string, args []string) ([]string, error) {
+	if file == "-" && k8s == "-" {
+		return nil, errors.New("-f and --from-k8s-yaml cannot both read stdin")
+	}
+	var refs []string
+	if file != "" {
+		got, err := readFrom(stdin, file, prefetch.ReadList)
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, got...)
+	}
+	if k8s != "" {
+		got, err := readFrom(stdin, k8s, prefetch.FromK8sYAML)
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, got...)
+	}
+	refs = append(refs, args...)
+	return prefetch.Unique(refs), nil
+}
+
+func readFrom(stdin io.Reader, path string, read func(io.Reader) ([]string, error)) ([]string, error) {
+	if path == "-" {
+		return read(stdin)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	refs, err := read(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return refs, nil
+}

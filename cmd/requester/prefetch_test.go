@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// cli runs the requester as main does, with stdin, and returns its exit
+// code and outputs.
+func cli(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+type prefetchJSON struct {
+	Images      int            `json:"images"`
+	Functions   []string       `json:"functions"`
+	Shared      int            `json:"shared"`
+	Retries     int            `json:"retries"`
+	Interrupted bool           `json:"interrupted"`
+	Total       int            `json:"total"`
+	OK          int            `json:"ok"`
+	Failed      int            `json:"failed"`
+	Skipped     int            `json:"skipped"`
+	Hits        int            `json:"hits"`
+	Fetched     int            `json:"fetched"`
+	ByCode      map[string]int `json:"by_code"`
+	Rate        *float64       `json:"rate_per_second"`
+	Seconds     *float64       `json:"elapsed_seconds"`
+	Failures    []struct {
+		Reference string `json:"reference"`
+		Function  string `json:"function"`
+		Code      int    `json:"code"`
+		Message   string `json:"message"`
+		Attempts  int    `json:"attempts"`
+	} `json:"failures"`
+}
+
+func decodeOne(t *testing.T, s string, v any) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, s)
+	}
+	if dec.More() {
+		t.Fatalf("stdout holds more than one JSON document:\n%s", s)
+	}
+}
+
+func TestPrefetchCLI(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	reg := testenv.StartRegistry(t)
+	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	url := ns.ClientURL()
+	reg.PushImage(t, "app/web", "v1", testenv.OCIManifest, "linux/amd64")
+	reg.PushImage(t, "app/api", "v2", testenv.DockerManifest, "linux/amd64")
+	web, api := reg.Ref("app/web", "v1"), reg.Ref("app/api", "v2")
+
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.txt")
+	testenv.Must(t, os.WriteFile(good, []byte("# rollout\n"+web+"\n\n"+api+"  # api\n"+web+"\n"), 0o644), "writing list")
+	k8s := "apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      initContainers:\n      - image: " + api +
+		"\n      containers:\n      - image: " + web + "\n---\nkind: Service\n"
+
+	t.Run("all ok, json", func(t *testing.T) {
+		code, out, errs := cli(t, "", "prefetch", "-f", good, "--nats-url", url, "-o", "json", "--progress", "lines")
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr:\n%s", code, errs)
+		}
+		var r prefetchJSON
+		decodeOne(t, out, &r)
+		if r.Images != 2 || r.Total != 6 || r.OK != 6 || r.Failed != 0 || len(r.Failures) != 0 || r.Rate == nil || r.Seconds == nil {
+			t.Fatalf("report: %+v", r)
+		}
+	})
+
+	t.Run("now all hits, text", func(t *testing.T) {
+		code, out, errs := cli(t, "", "prefetch", "--nats-url", url, "--functions", "digest,config", web, api)
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr:\n%s", code, errs)
+		}
+		for _, want := range []string{"2 images × 2 functions = 4 requests", "ok       4 (cache hit 4, fetched 0, shared 0)", "failed   0"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("summary lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
+	t.Run("k8s yaml from stdin", func(t *testing.T) {
+		code, out, errs := cli(t, k8s, "prefetch", "--from-k8s-yaml", "-", "--functions", "manifest", "--nats-url", url, "-o", "json")
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr:\n%s", code, errs)
+		}
+		var r prefetchJSON
+		decodeOne(t, out, &r)
+		if r.Images != 2 || r.OK != 2 {
+			t.Fatalf("report: %+v", r)
+		}
+	})
+
+	t.Run("missing and bad references fail with codes, exit 1", func(t *testing.T) {
+		list := web + "\n" + reg.Ref("app/web", "nope") + "\n" + reg.Ref("gone/repo", "v1") + "\nNot/A Reference\n"
+		code, out, errs := cli(t, list, "prefetch", "-f", "-", "--functions", "digest", "--nats-url", url, "-o", "json")
+		if code != exitFailed {
+			t.Fatalf("exit %d, want 1; stderr:\n%s", code, errs)
+		}
+		var r prefetchJSON
+		decodeOne(t, out, &r)
+		if r.Total != 4 || r.OK != 1 || r.Failed != 3 || r.ByCode["404"] != 2 || r.ByCode["400"] != 1 || len(r.ByCode) != 2 {
+			t.Fatalf("report: %+v", r)
+		}
+		for _, f := range r.Failures {
+			if f.Reference == "" || f.Function != "v1/manifest_digest" || f.Code == 0 || f.Message == "" {
+				t.Fatalf("failure lacks detail: %+v", f)
+			}
+		}
+		// The text form lists the failures too.
+		_, text, _ := cli(t, list, "prefetch", "-f", "-", "--functions", "digest", "--nats-url", url)
+		if !strings.Contains(text, "failed   3 (400: 1, 404: 2)") || !strings.Contains(text, "404 manifest_digest "+reg.Ref("gone/repo", "v1")) {
+			t.Fatalf("text summary:\n%s", text)
+		}
+	})
+
+	t.Run("bad usage exits 2", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"prefetch", "--nats-url", url},
+			{"prefetch", "--functions", "digest,size", "--nats-url", url, web},
+			{"prefetch", "-f", filepath.Join(dir, "absent.txt"), "--nats-url", url},
+			{"prefetch", "-f", "-", "--from-k8s-yaml", "-", "--nats-url", url},
+		} {
+			if code, _, _ := cli(t, "", args...); code != exitUnreachable {
+				t.Errorf("%q: exit %d, want 2", args, code)
+			}
+		}
+	})
+}
+
+// TestPrefetchCLIUnreachable: a NATS server without workers, and no NATS
+// server at all, both exit 2.
+func TestPrefetchCLIUnreachable(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	code, out, errs := cli(t, "", "prefetch", "--nats-url", ns.ClientURL(), "--retries", "1", "--timeout", "2s", "-o", "json", "busybox", "nginx")
+	if code != exitUnreachable {
+		t.Fatalf("no workers: exit %d, want 2; stderr:\n%s", code, errs)
+	}
+	var r prefetchJSON
+	decodeOne(t, out, &r)
+	if r.Failed != 6 || r.ByCode["unreachable"] != 6 {
+		t.Fatalf("report: %+v", r)
+	}
+	if !strings.Contains(errs, "no worker answered") {
+		t.Fatalf("stderr does not say why:\n%s", errs)
+	}
+
+	port := testenv.FreePort(t)
+	if code, _, errs := cli(t, "", "prefetch", "--nats-url", "nats://127.0.0.1:"+strconv.Itoa(port), "--timeout", "1s", "busybox"); code != exitUnreachable {
+		t.Fatalf("no NATS: exit %d, want 2; stderr:\n%s", code, errs)
+	}
+}
