@@ -24,6 +24,7 @@ import (
 
 	"github.com/regcap/regcap/internal/flagenv"
 	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/metrics"
 	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/registry"
@@ -41,6 +42,7 @@ type config struct {
 	platform                 string
 	fetchTimeout, cacheTTL   time.Duration
 	immutableTTL, drainLimit time.Duration
+	lockWait                 time.Duration
 	memorySize               uint64
 	concurrency, maxPending  int
 	metricsAddr              string
@@ -61,11 +63,12 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.fetchTimeout, "fetch-timeout", 10*time.Second, "deadline of one upstream fetch; past it the answer is 504")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", time.Minute, "how long an answer is cached, counted from its fetch")
 	fs.DurationVar(&c.immutableTTL, "immutable-ttl", 0, "cache TTL for digest references, whose answer cannot change (0: same as --cache-ttl)")
+	fs.DurationVar(&c.lockWait, "lock-wait", 0, "with Redis, how long to wait for another worker's fetch of the same key before fetching here (0: --fetch-timeout)")
 	fs.Uint64Var(&c.memorySize, "memory-cache-size", rediscache.DefaultMemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
 	fs.IntVar(&c.concurrency, "concurrency", 64, "upstream fetches run at once")
 	fs.IntVar(&c.maxPending, "max-pending", 1024, "requests waiting on Redis or a fetch; past it the answer is 503")
 	fs.DurationVar(&c.drainLimit, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cancelling them")
-	fs.StringVar(&c.metricsAddr, "metrics-addr", ":9090", "listen address for /healthz and /readyz; empty disables")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", ":9090", "listen address for /metrics, /healthz and /readyz; empty disables")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	fs.Int64Var(&c.manifestLimit, "max-manifest-size", registry.DefaultManifestLimit, "largest manifest accepted, in bytes; larger is 413")
@@ -147,7 +150,8 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 			zap.String("url", natsURL))
 	}
 
-	cacheOpts := []rediscache.Option{rediscache.WithLogger(log.Named("cache"))}
+	m := metrics.New()
+	cacheOpts := []rediscache.Option{rediscache.WithLogger(log.Named("cache")), rediscache.WithErrorHook(m.RedisError)}
 	if cfg.redisURL != "" {
 		rdb, err := rediscache.NewClient(cfg.redisURL)
 		if err != nil {
@@ -169,10 +173,13 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 		log.Warn("REDIS_URL not set: using an in-process cache that is not shared with other workers")
 	}
 	cache := rediscache.New(cfg.memorySize, cacheOpts...)
+	defer cache.Close()
 
 	reg := registry.New(
 		registry.WithUserAgent("regcap/"+version),
 		registry.WithLimits(cfg.manifestLimit, cfg.blobLimit),
+		// Counts and times every HTTP request to a registry.
+		registry.WithBaseTransport(m.WrapBase(func(string) http.RoundTripper { return http.DefaultTransport })),
 	)
 
 	nc, err := nats.Connect(natsURL,
@@ -185,6 +192,7 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 			log.Warn("NATS disconnected; reconnecting", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
+			m.NATSReconnected()
 			log.Info("NATS reconnected", zap.String("url", c.ConnectedUrlRedacted()))
 		}),
 	)
@@ -193,7 +201,7 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 	defer nc.Close()
 
-	w := queue.New(nc, handlers.NewFetcher(reg), cache,
+	qopts := []queue.Option{
 		queue.WithSubjectPrefix(cfg.prefix),
 		queue.WithQueueGroup(cfg.queueGroup),
 		queue.WithPlatform(platform),
@@ -202,7 +210,13 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 		queue.WithConcurrency(cfg.concurrency),
 		queue.WithMaxPending(cfg.maxPending),
 		queue.WithLogger(log.Named("queue")),
-	)
+		queue.WithObserver(m),
+	}
+	if cache.Shared() {
+		// One fetch per key across the fleet, not one per worker.
+		qopts = append(qopts, queue.WithFleetLock(cache, cfg.lockWait))
+	}
+	w := queue.New(nc, handlers.NewFetcher(reg), cache, qopts...)
 	if err := w.Start(); err != nil {
 		return err
 	}
@@ -213,13 +227,13 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
-		srv = &http.Server{Handler: probes(nc), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: probes(nc, m.Handler()), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics listener stopped", zap.Error(err))
 			}
 		}()
-		log.Info("serving probes", zap.String("addr", ln.Addr().String()))
+		log.Info("serving /metrics, /healthz and /readyz", zap.String("addr", ln.Addr().String()))
 	}
 
 	log.Info("worker started",
@@ -274,8 +288,9 @@ func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
 	return ns, nil
 }
 
-func probes(nc *nats.Conn) http.Handler {
+func probes(nc *nats.Conn, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

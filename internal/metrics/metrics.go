@@ -1,0 +1,148 @@
+// Package metrics provides regcap's Prometheus metrics: requests by
+// function and code, cache outcomes, upstream registry requests and
+// latency, the fetch pool, Redis errors and NATS reconnects. Each Metrics
+// has its own registry, so that tests and several workers in one process
+// never share counters.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/regcap/regcap/internal/handlers"
+)
+
+// Metrics holds the worker's collectors. It implements queue.Observer.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	cache           *prometheus.CounterVec
+	upstream        *prometheus.CounterVec
+	upstreamLatency *prometheus.HistogramVec
+	inflight        prometheus.Gauge
+	queued          prometheus.Gauge
+	redisErrors     *prometheus.CounterVec
+	natsReconnects  prometheus.Counter
+}
+
+// New returns Metrics registered, with the Go runtime and process
+// collectors (go_goroutines among them), on a registry of their own.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcap_requests_total",
+			Help: "Requests answered, by function and code (200 for a successful answer, else the Nats-Service-Error-Code).",
+		}, []string{"function", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "regcap_request_duration_seconds",
+			Help:    "Time from taking a request to answering it, by function.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"function"}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcap_cache_total",
+			Help: "Successful answers by Regcap-Cache outcome: hit (memory or Redis), miss (fetched for this request), shared (another request's or worker's fetch).",
+		}, []string{"result"}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcap_upstream_requests_total",
+			Help: "HTTP requests to registries, by registry host, method and status (the HTTP status, or \"error\" when no answer came).",
+		}, []string{"registry", "method", "status"}),
+		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "regcap_upstream_request_duration_seconds",
+			Help:    "Latency of HTTP requests to registries, to the response headers, by registry host and method.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"registry", "method"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regcap_fetch_inflight",
+			Help: "Fetch slots in use (at most --concurrency).",
+		}),
+		queued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regcap_fetch_queued",
+			Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending).",
+		}),
+		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcap_redis_errors_total",
+			Help: "Failed Redis commands, by operation; each one was absorbed (served from memory or the registry).",
+		}, []string{"op"}),
+		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regcap_nats_reconnects_total",
+			Help: "Reconnections to NATS.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
+		m.inflight, m.queued, m.redisErrors, m.natsReconnects,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry returns the registry the collectors are on.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Request counts one answered request (queue.Observer). code is 0 on
+// success.
+func (m *Metrics) Request(fn handlers.Function, code int, cache string, elapsed time.Duration) {
+	f := strings.TrimPrefix(string(fn), "v1/")
+	c := "200"
+	if code != 0 {
+		c = strconv.Itoa(code)
+	}
+	m.requests.WithLabelValues(f, c).Inc()
+	m.requestDuration.WithLabelValues(f).Observe(elapsed.Seconds())
+	if cache != "" {
+		m.cache.WithLabelValues(cache).Inc()
+	}
+}
+
+// Pool sets the fetch pool gauges (queue.Observer).
+func (m *Metrics) Pool(inFlight, queued int) {
+	m.inflight.Set(float64(inFlight))
+	m.queued.Set(float64(queued))
+}
+
+// RedisError counts a failed Redis command; use it as
+// rediscache.WithErrorHook.
+func (m *Metrics) RedisError(op string) { m.redisErrors.WithLabelValues(op).Inc() }
+
+// NATSReconnected counts a NATS reconnection; call it from the
+// connection's reconnect handler.
+func (m *Metrics) NATSReconnected() { m.natsReconnects.Inc() }
+
+// WrapBase wraps a registry base-transport function (as given to
+// registry.WithBaseTransport) so that every HTTP request to a registry,
+// retries and token exchanges included, is counted and timed.
+func (m *Metrics) WrapBase(base func(host string) http.RoundTripper) func(host string) http.RoundTripper {
+	return func(host string) http.RoundTripper { return &transport{m: m, next: base(host)} }
+}
+
+type transport struct {
+	m    *Metrics
+	next http.RoundTripper
+}
+
+func (t *transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(r)
+	// The request's host, not the one the transport was made for: a
+	// redirect to blob storage is counted as blob storage.
+	host := r.URL.Host
+	t.m.upstreamLatency.WithLabelValues(host, r.Method).Observe(time.Since(start).Seconds())
+	status := "error"
+	if err == nil {
+		status = strconv.Itoa(resp.StatusCode)
+	}
+	t.m.upstream.WithLabelValues(host, r.Method, status).Inc()
+	return resp, err
+}
