@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -61,8 +62,13 @@ func Classify(image string, err error) *Error {
 		unknown x509.UnknownAuthorityError
 		host    x509.HostnameError
 		recErr  tls.RecordHeaderError
+		ae      *registry.AccessError
 	)
 	switch {
+	case errors.Is(err, registry.ErrDenied):
+		// Before the network cases: a guard refusal surfaces as a dial
+		// error, but it is policy, not an unreachable registry.
+		e.Code, e.Cause = 403, rootCause(err)
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		e.Code, e.Cause = 504, "registry did not answer in time"
 	case errors.Is(err, context.Canceled):
@@ -80,17 +86,37 @@ func Classify(image string, err error) *Error {
 	case errors.As(err, &te):
 		e.Code, e.Cause = statusCode(te.StatusCode), rootCause(err)
 	case errors.As(err, &certErr) || errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &recErr):
-		e.Cause = "TLS handshake failed: " + rootCause(err) +
+		e.Cause = "TLS handshake with " + tlsHost(err) + " failed: " + rootCause(err) +
 			" (add the registry's CA to source_authorities, or the host to insecure_sources)"
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		// net/http's error for this has no type to match.
+		e.Cause = "registry speaks plain HTTP: " + rootCause(err) + " (add the host to insecure_sources to allow plain HTTP)"
 	case errors.As(err, &netErr):
 		e.Cause = "registry unreachable: " + rootCause(err)
 	default:
 		e.Cause = rootCause(err)
 	}
-	if e.Code == 401 && !strings.Contains(e.Cause, "credentials") {
+	if errors.As(err, &ae) && (e.Code == 401 || e.Code == 403) {
+		e.Cause = accessCause(ae, e.Code) + ": " + e.Cause
+	} else if e.Code == 401 && !strings.Contains(e.Cause, "credentials") {
 		e.Cause = "registry refused our credentials or asked for some: " + e.Cause
 	}
 	return e
+}
+
+// accessCause says why a registry refused us, and whether we had
+// credentials for it, without ever showing them.
+func accessCause(ae *registry.AccessError, code int) string {
+	switch {
+	case code == 401 && ae.CredentialsFound:
+		return "registry " + ae.Registry + " refused the credentials configured for it"
+	case code == 401:
+		return "registry " + ae.Registry + " asked for credentials and none were found for it (add an entry for " + ae.Registry + " to the docker config)"
+	case ae.CredentialsFound:
+		return "registry " + ae.Registry + " denied access with the credentials configured for it"
+	default:
+		return "registry " + ae.Registry + " denied anonymous access (no credentials were found for it)"
+	}
 }
 
 func statusCode(status int) int {
@@ -115,4 +141,16 @@ func rootCause(err error) string {
 		s = s[:400] + "…"
 	}
 	return s
+}
+
+// tlsHost names the host a TLS failure was with, from the URL error Go's
+// HTTP client wraps it in.
+func tlsHost(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil && u.Host != "" {
+			return u.Host
+		}
+	}
+	return "the registry"
 }

@@ -77,6 +77,41 @@ func (e *StatusError) Error() string {
 	return msg
 }
 
+// AccessError is a registry refusing access (401 or 403), with whether
+// credentials were configured for that registry, so that the answer can
+// tell "wrong credentials" from "no credentials". It never holds the
+// credentials themselves.
+type AccessError struct {
+	Registry         string
+	StatusCode       int
+	CredentialsFound bool
+	Err              error
+}
+
+func (e *AccessError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the registry's error.
+func (e *AccessError) Unwrap() error { return e.Err }
+
+// accessError wraps err in an *AccessError when it is a 401 or 403.
+func accessError(registry string, found bool, err error) error {
+	status := 0
+	var (
+		se *StatusError
+		te *transport.Error
+	)
+	switch {
+	case errors.As(err, &se):
+		status = se.StatusCode
+	case errors.As(err, &te):
+		status = te.StatusCode
+	}
+	if status != http.StatusUnauthorized && status != http.StatusForbidden {
+		return err
+	}
+	return &AccessError{Registry: registry, StatusCode: status, CredentialsFound: found, Err: err}
+}
+
 // Manifest is a manifest exactly as the registry sent it.
 type Manifest struct {
 	Body        []byte
@@ -89,6 +124,7 @@ type Client struct {
 	keychain      authn.Keychain
 	base          func(host string) http.RoundTripper
 	insecure      func(host string) bool
+	check         func(host string) error
 	userAgent     string
 	manifestLimit int64
 	blobLimit     int64
@@ -113,6 +149,18 @@ func WithBaseTransport(f func(host string) http.RoundTripper) Option {
 // (and HTTPS without verification). Loopback hosts always may.
 func WithInsecure(f func(host string) bool) Option { return func(c *Client) { c.insecure = f } }
 
+// WithRegistryCheck sets a check run before any connection to a registry
+// host, e.g. Guard.CheckRegistry for the allow-list. Its error is returned
+// as is.
+func WithRegistryCheck(f func(host string) error) Option { return func(c *Client) { c.check = f } }
+
+// A Reloader is a keychain whose source can change (a mounted secret that
+// rotates). The Client asks it before setting up a registry connection and
+// drops its cached transports, with their tokens, when it reports a change.
+type Reloader interface {
+	Reload() (changed bool, err error)
+}
+
 // WithUserAgent sets the User-Agent prefix sent to registries.
 func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
 
@@ -127,6 +175,7 @@ func New(opts ...Option) *Client {
 		keychain:      authn.NewMultiKeychain(), // anonymous
 		base:          func(string) http.RoundTripper { return http.DefaultTransport },
 		insecure:      func(string) bool { return false },
+		check:         func(string) error { return nil },
 		userAgent:     "regcap",
 		manifestLimit: DefaultManifestLimit,
 		blobLimit:     DefaultBlobLimit,
@@ -136,9 +185,9 @@ func New(opts ...Option) *Client {
 	}
 	c.transports = otter.Must(&otter.Options[string, http.RoundTripper]{
 		MaximumSize: 4096,
-		// A transport holds a bearer token that the registry will expire;
-		// ggcr refreshes it on 401, but rebuilding now and then also
-		// picks up rotated credentials.
+		// A transport refreshes its own bearer token (auth.go);
+		// rebuilding now and then re-pings the registry, in case its
+		// auth set-up changed.
 		ExpiryCalculator: otter.ExpiryWriting[string, http.RoundTripper](time.Hour),
 	})
 	return c
@@ -169,6 +218,17 @@ func (c *Client) plainHTTPAllowed(host string) bool {
 // transport returns the authenticated transport for repo, creating it once:
 // the ping and token exchange happen here, not on every call.
 func (c *Client) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	host := repo.RegistryStr()
+	if err := c.check(host); err != nil {
+		return nil, err
+	}
+	if r, ok := c.keychain.(Reloader); ok {
+		// A failed reload keeps the previous credentials; the next
+		// check tries again.
+		if changed, _ := r.Reload(); changed {
+			c.Flush()
+		}
+	}
 	key := repo.Name()
 	if rt, ok := c.transports.GetIfPresent(key); ok {
 		return rt, nil
@@ -177,7 +237,6 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 		if rt, ok := c.transports.GetIfPresent(key); ok {
 			return rt, nil
 		}
-		host := repo.RegistryStr()
 		reg := repo.Registry
 		if c.plainHTTPAllowed(host) {
 			// Lets ggcr's ping try plain HTTP after HTTPS.
@@ -196,9 +255,10 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 			transport.WithRetryBackoff(transport.Backoff{Duration: 100 * time.Millisecond, Factor: 3, Jitter: 0.1, Steps: 3}),
 			transport.WithRetryStatusCodes(), // statuses are the caller's to judge
 		), c.userAgent)
-		rt, err := transport.NewWithContext(ctx, reg, auth, inner, []string{repo.Scope(transport.PullScope)})
+		found := auth != authn.Anonymous
+		rt, err := newAuthTransport(ctx, reg, auth, found, inner, []string{repo.Scope(transport.PullScope)})
 		if err != nil {
-			return nil, err
+			return nil, accessError(host, found, err)
 		}
 		c.transports.Set(key, rt)
 		return rt, nil
@@ -246,7 +306,11 @@ func (c *Client) do(ctx context.Context, repo name.Repository, method, url strin
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		return nil, statusError(resp)
+		found := false
+		if at, ok := rt.(*authTransport); ok {
+			found = at.found
+		}
+		return nil, accessError(repo.RegistryStr(), found, statusError(resp))
 	}
 	return resp, nil
 }

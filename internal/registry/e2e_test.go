@@ -1,0 +1,348 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/internal/registry"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// The end-to-end tests run the CNCF distribution registry and reach it
+// under names in the reserved .test TLD ("secure.regcap.test"), which no
+// real resolver answers. The worker's transports resolve them through a
+// test lookup (registry.WithLookup) to loopback addresses, so that:
+//   - the registry is "non-loopback-looking": the worker treats the name
+//     like any remote host (HTTPS only unless insecure_sources says
+//     otherwise), which 127.0.0.x names would not be, as Docker and ggcr
+//     allow plain HTTP to loopback;
+//   - certificates are checked against the name, as in production;
+//   - every connection still goes to 127.0.0.0/8, and the SSRF guard sees
+//     the resolved address at dial time, exactly as with DNS.
+func testLookup(_ context.Context, host string) ([]string, error) {
+	switch host {
+	case "secure.regcap.test", "plain.regcap.test":
+		return []string{"127.0.0.1"}, nil
+	case "denied.regcap.test":
+		return []string{"127.0.0.5"}, nil
+	}
+	return nil, fmt.Errorf("test resolver: no such host %s", host)
+}
+
+// setup is what a worker is given: file contents, written to a temp dir.
+type setup struct {
+	sources      string // sources.yaml content; "" for none
+	dockerConfig string // config.json content; "" for none
+	deny         []string
+	allow        []string
+}
+
+type privateWorker struct {
+	cli          *client.Client
+	dockerConfig string // path of the docker config file
+}
+
+func startPrivateWorker(t *testing.T, s setup) *privateWorker {
+	t.Helper()
+	dir := t.TempDir()
+	pw := &privateWorker{dockerConfig: filepath.Join(dir, "config.json")}
+	srcPath := ""
+	if s.sources != "" {
+		srcPath = filepath.Join(dir, "sources.yaml")
+		testenv.Must(t, os.WriteFile(srcPath, []byte(s.sources), 0o600), "sources")
+	}
+	if s.dockerConfig != "" {
+		testenv.Must(t, os.WriteFile(pw.dockerConfig, []byte(s.dockerConfig), 0o600), "docker config")
+	} else {
+		testenv.Must(t, os.WriteFile(pw.dockerConfig, []byte(`{}`), 0o600), "docker config")
+	}
+	src, err := registry.LoadSources(srcPath)
+	testenv.Must(t, err, "loading sources")
+	// The folder, as Kubewarden's --docker-config-json-path takes it.
+	kc, err := registry.LoadDockerConfig(dir, registry.WithReloadInterval(0))
+	testenv.Must(t, err, "loading docker config")
+	deny := s.deny
+	if deny == nil {
+		deny = registry.DefaultDenyCIDRs
+	}
+	guard, err := registry.NewGuard(deny, s.allow)
+	testenv.Must(t, err, "guard")
+	tr := registry.NewTransports(registry.WithSources(src), registry.WithDialGuard(guard), registry.WithLookup(testLookup))
+	t.Cleanup(tr.CloseIdleConnections)
+
+	ns := testenv.StartNATS(t)
+	p, err := handlers.ParsePlatform("linux/amd64")
+	testenv.Must(t, err, "platform")
+	testenv.StartWorker(t, testenv.WorkerConfig{
+		NATSURL: ns.ClientURL(),
+		RegistryOpts: []registry.Option{
+			registry.WithKeychain(kc),
+			registry.WithBaseTransport(tr.For),
+			registry.WithInsecure(src.Insecure),
+			registry.WithRegistryCheck(guard.CheckRegistry),
+		},
+		QueueOpts: []queue.Option{queue.WithPlatform(p)},
+	})
+	pw.cli = testenv.Client(t, ns.ClientURL())
+	return pw
+}
+
+func dockerConfigFor(host, user, pass string) string {
+	return `{"auths":{"` + host + `":{"auth":"` + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + `"}}}`
+}
+
+func sourceAuthority(host string, ca *testenv.CA) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "source_authorities:\n  %q:\n    - type: Data\n      data: |\n", host)
+	for _, l := range strings.Split(strings.TrimSpace(string(ca.CertPEM)), "\n") {
+		b.WriteString("        " + l + "\n")
+	}
+	return b.String()
+}
+
+// checkAll checks the three functions for image against the bytes the
+// registry holds.
+func checkAll(t *testing.T, cli *client.Client, image, digest string, manifest, config []byte) {
+	t.Helper()
+	for _, c := range []struct {
+		fn   client.Function
+		want []byte
+	}{
+		{client.ManifestDigest, []byte(`{"digest":"` + digest + `"}`)},
+		{client.OCIManifest, manifest},
+		{client.OCIManifestConfig, config},
+	} {
+		r, err := cli.Image(context.Background(), c.fn, image)
+		if err != nil {
+			t.Fatalf("%s %s: %v", c.fn, image, err)
+		}
+		if !bytes.Equal(r.Body, c.want) {
+			t.Errorf("%s %s: body differs\n got: %s\nwant: %s", c.fn, image, r.Body, c.want)
+		}
+	}
+}
+
+func wantError(t *testing.T, cli *client.Client, image string, code int, contains ...string) string {
+	t.Helper()
+	_, err := cli.Image(context.Background(), client.ManifestDigest, image)
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("%s: want error %d, got %v", image, code, err)
+	}
+	if ce.Code != code {
+		t.Fatalf("%s: want code %d, got %d: %s", image, code, ce.Code, ce.Message)
+	}
+	t.Logf("%s: error %d: %s", image, ce.Code, ce.Message)
+	for _, c := range contains {
+		if !strings.Contains(ce.Message, c) {
+			t.Errorf("%s: message %q does not contain %q", image, ce.Message, c)
+		}
+	}
+	return ce.Message
+}
+
+// secureRegistry is mode 1's registry: HTTPS with a certificate from a
+// test CA, htpasswd auth for alice.
+type secureRegistry struct {
+	host   string // secure.regcap.test:PORT
+	ca     *testenv.CA
+	index  testenv.Index
+	single testenv.Image
+}
+
+const alicePassword = "alice-s3cret-pw"
+
+func startSecureRegistry(t *testing.T) *secureRegistry {
+	t.Helper()
+	ca := testenv.NewCA(t)
+	d := testenv.StartDistribution(t, testenv.DistributionConfig{
+		CA: ca, TLSHosts: []string{"secure.regcap.test"},
+		Users: map[string]string{"alice": alicePassword},
+	})
+	return &secureRegistry{
+		host:   "secure.regcap.test:" + strconv.Itoa(d.Port),
+		ca:     ca,
+		index:  d.Pusher.PushMultiPlatform(t, "team/app", "v1", testenv.OCIIndex),
+		single: d.Pusher.PushImage(t, "team/tool", "v2", testenv.DockerManifest, "linux/amd64"),
+	}
+}
+
+func (s *secureRegistry) checkFixtures(t *testing.T, cli *client.Client) {
+	t.Helper()
+	checkAll(t, cli, s.host+"/team/app:v1", s.index.Digest, s.index.Body, testenv.ConfigReply(s.index.Images[0]))
+	checkAll(t, cli, s.host+"/team/tool:v2", s.single.Digest, s.single.Manifest, testenv.ConfigReply(s.single))
+	// By digest too.
+	checkAll(t, cli, s.host+"/team/app@"+s.index.Images[1].Digest, s.index.Images[1].Digest,
+		s.index.Images[1].Manifest, testenv.ConfigReply(s.index.Images[1]))
+}
+
+// Mode 1 and 2: HTTPS with a private CA and htpasswd auth.
+func TestDistributionTLSAndCredentials(t *testing.T) {
+	reg := startSecureRegistry(t)
+	image := reg.host + "/team/app:v1"
+
+	t.Run("right credentials", func(t *testing.T) {
+		w := startPrivateWorker(t, setup{
+			sources:      sourceAuthority(reg.host, reg.ca),
+			dockerConfig: dockerConfigFor(reg.host, "alice", alicePassword),
+		})
+		reg.checkFixtures(t, w.cli)
+	})
+	t.Run("wrong credentials", func(t *testing.T) {
+		w := startPrivateWorker(t, setup{
+			sources:      sourceAuthority(reg.host, reg.ca),
+			dockerConfig: dockerConfigFor(reg.host, "alice", "not-the-password"),
+		})
+		msg := wantError(t, w.cli, image, 401, "refused the credentials configured for it", reg.host)
+		if strings.Contains(msg, "not-the-password") || strings.Contains(msg, "alice") {
+			t.Errorf("message shows credentials: %q", msg)
+		}
+	})
+	t.Run("no credentials", func(t *testing.T) {
+		w := startPrivateWorker(t, setup{
+			sources: sourceAuthority(reg.host, reg.ca),
+			// Credentials for another registry only: they must not be sent here.
+			dockerConfig: dockerConfigFor("other.regcap.test", "alice", alicePassword),
+		})
+		wantError(t, w.cli, image, 401, "none were found", reg.host)
+	})
+	t.Run("unknown CA", func(t *testing.T) {
+		w := startPrivateWorker(t, setup{dockerConfig: dockerConfigFor(reg.host, "alice", alicePassword)})
+		wantError(t, w.cli, image, 502, "TLS handshake with "+reg.host, "source_authorities", "insecure_sources")
+	})
+	t.Run("CA from a file, DER", func(t *testing.T) {
+		der := filepath.Join(t.TempDir(), "ca.der")
+		testenv.Must(t, os.WriteFile(der, reg.ca.Cert.Raw, 0o600), "ca")
+		w := startPrivateWorker(t, setup{
+			sources:      fmt.Sprintf(`{"source_authorities":{%q:[{"type":"Path","path":%q}]}}`, reg.host, der),
+			dockerConfig: dockerConfigFor(reg.host, "alice", alicePassword),
+		})
+		reg.checkFixtures(t, w.cli)
+	})
+}
+
+// The credentials file changes while the worker runs (a mounted secret
+// rotates): the next miss uses the new credentials, without a restart.
+func TestDistributionRotatedCredentials(t *testing.T) {
+	reg := startSecureRegistry(t)
+	image := reg.host + "/team/app:v1"
+	w := startPrivateWorker(t, setup{
+		sources:      sourceAuthority(reg.host, reg.ca),
+		dockerConfig: dockerConfigFor(reg.host, "alice", "old-password"),
+	})
+	wantError(t, w.cli, image, 401, "refused the credentials")
+
+	// Replace the file the way the kubelet does: write aside, rename over.
+	tmp := w.dockerConfig + ".new"
+	testenv.Must(t, os.WriteFile(tmp, []byte(dockerConfigFor(reg.host, "alice", alicePassword)), 0o600), "new config")
+	testenv.Must(t, os.Rename(tmp, w.dockerConfig), "rotating")
+	reg.checkFixtures(t, w.cli)
+}
+
+// Mode 3: plain HTTP under a name that is not loopback, allowed only
+// through insecure_sources.
+func TestDistributionInsecureSource(t *testing.T) {
+	d := testenv.StartDistribution(t, testenv.DistributionConfig{})
+	host := "plain.regcap.test:" + strconv.Itoa(d.Port)
+	idx := d.Pusher.PushMultiPlatform(t, "lib/app", "v3", testenv.DockerList)
+	img := d.Pusher.PushImage(t, "lib/one", "latest", testenv.OCIManifest, "linux/amd64")
+
+	t.Run("listed", func(t *testing.T) {
+		w := startPrivateWorker(t, setup{sources: "insecure_sources:\n  - " + host + "\n"})
+		checkAll(t, w.cli, host+"/lib/app:v3", idx.Digest, idx.Body, testenv.ConfigReply(idx.Images[0]))
+		checkAll(t, w.cli, host+"/lib/one", img.Digest, img.Manifest, testenv.ConfigReply(img))
+	})
+	t.Run("not listed", func(t *testing.T) {
+		w := startPrivateWorker(t, setup{})
+		wantError(t, w.cli, host+"/lib/app:v3", 502, "plain.regcap.test", "insecure_sources")
+	})
+}
+
+// countingListener accepts connections on addr and counts them.
+type countingListener struct {
+	ln       net.Listener
+	accepted atomic.Int64
+	sentinel chan struct{}
+}
+
+func listenCounting(t *testing.T, addr string) *countingListener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	testenv.Must(t, err, "listening on %s", addr)
+	t.Cleanup(func() { ln.Close() })
+	cl := &countingListener{ln: ln, sentinel: make(chan struct{})}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			cl.accepted.Add(1)
+			buf := make([]byte, 1)
+			if n, _ := c.Read(buf); n == 1 && buf[0] == '!' {
+				close(cl.sentinel)
+			}
+			c.Close()
+		}
+	}()
+	return cl
+}
+
+// countBefore returns how many connections were accepted before a sentinel
+// connection made now. The accept queue is FIFO, so any earlier connection
+// is counted by the time the sentinel is seen.
+func (cl *countingListener) countBefore(t *testing.T) int64 {
+	t.Helper()
+	c, err := net.Dial("tcp", cl.ln.Addr().String())
+	testenv.Must(t, err, "sentinel connection")
+	_, _ = c.Write([]byte("!"))
+	<-cl.sentinel
+	c.Close()
+	return cl.accepted.Load() - 1
+}
+
+// A name resolving to a denied address is refused at dial time: 403, and
+// the address sees no connection. The denied address is loopback
+// (127.0.0.5), never a real metadata address: a broken guard would
+// really connect.
+func TestGuardDeniesResolvedAddress(t *testing.T) {
+	cl := listenCounting(t, "127.0.0.5:0")
+	port := strconv.Itoa(cl.ln.Addr().(*net.TCPAddr).Port)
+	w := startPrivateWorker(t, setup{
+		deny:    []string{"127.0.0.5/32"},
+		sources: "insecure_sources:\n  - denied.regcap.test:" + port + "\n",
+	})
+	wantError(t, w.cli, "denied.regcap.test:"+port+"/x/y:z", 403, "refused by policy", "127.0.0.5", "--deny-cidrs")
+	wantError(t, w.cli, "127.0.0.5:"+port+"/x/y:z", 403, "refused by policy")
+	if n := cl.countBefore(t); n != 0 {
+		t.Fatalf("denied address saw %d connections, want 0", n)
+	}
+}
+
+// A registry outside --allow-registries is refused before any connection.
+func TestGuardAllowList(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	img := reg.PushImage(t, "ok/app", "v1", testenv.OCIManifest, "linux/amd64")
+	reg.ResetCounts()
+	w := startPrivateWorker(t, setup{allow: []string{"ghcr.io", "*.example.com"}})
+	wantError(t, w.cli, reg.Ref("ok/app", "v1"), 403, "not in the allowed registries", reg.Host)
+	if c := reg.Counts(); len(c) != 0 {
+		t.Fatalf("refused registry got requests: %v", c)
+	}
+
+	allowed := startPrivateWorker(t, setup{allow: []string{"127.0.0.1:*"}})
+	checkAll(t, allowed.cli, reg.Ref("ok/app", "v1"), img.Digest, img.Manifest, testenv.ConfigReply(img))
+}

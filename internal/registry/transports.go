@@ -1,0 +1,127 @@
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Transports is the base HTTP transport of every registry connection: one
+// *http.Transport per host, each with that host's TLS settings from
+// sources.yaml, the SSRF guard at dial time and the proxy from the
+// environment (HTTPS_PROXY, NO_PROXY). It routes by the request's host, so
+// a redirect to blob storage gets blob storage's settings, not the
+// registry's.
+type Transports struct {
+	sources *Sources
+	guard   *Guard
+	lookup  func(ctx context.Context, host string) ([]string, error)
+
+	mu    sync.Mutex
+	hosts map[string]*http.Transport
+}
+
+// TransportsOption configures Transports.
+type TransportsOption func(*Transports)
+
+// WithSources sets the insecure sources and certificate authorities.
+func WithSources(s *Sources) TransportsOption { return func(t *Transports) { t.sources = s } }
+
+// WithDialGuard refuses connections to addresses g denies.
+func WithDialGuard(g *Guard) TransportsOption { return func(t *Transports) { t.guard = g } }
+
+// WithLookup replaces DNS resolution of registry host names (not of IP
+// literals). Tests use it to give loopback registries names that do not
+// look like loopback, without touching /etc/hosts; the guard still checks
+// every address it returns.
+func WithLookup(f func(ctx context.Context, host string) ([]string, error)) TransportsOption {
+	return func(t *Transports) { t.lookup = f }
+}
+
+// NewTransports returns Transports.
+func NewTransports(opts ...TransportsOption) *Transports {
+	t := &Transports{hosts: map[string]*http.Transport{}}
+	for _, o := range opts {
+		o(t)
+	}
+	return t
+}
+
+// For is a WithBaseTransport function: every registry shares the router.
+func (t *Transports) For(string) http.RoundTripper { return t }
+
+// RoundTrip sends r over the transport of r's host.
+func (t *Transports) RoundTrip(r *http.Request) (*http.Response, error) {
+	return t.host(r.URL.Host).RoundTrip(r)
+}
+
+// CloseIdleConnections closes idle connections of every host.
+func (t *Transports) CloseIdleConnections() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, h := range t.hosts {
+		h.CloseIdleConnections()
+	}
+}
+
+func (t *Transports) host(host string) *http.Transport {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h, ok := t.hosts[host]; ok {
+		return h
+	}
+	h := t.newTransport(host)
+	t.hosts[host] = h
+	return h
+}
+
+func (t *Transports) newTransport(host string) *http.Transport {
+	h := http.DefaultTransport.(*http.Transport).Clone()
+	h.Proxy = http.ProxyFromEnvironment
+	h.DialContext = t.dial
+	h.MaxIdleConnsPerHost = 32
+	h.TLSClientConfig = &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		RootCAs:    t.sources.RootCAs(host),
+		// insecure_sources: HTTPS without verification is tried before
+		// plain HTTP, as in Kubewarden.
+		InsecureSkipVerify: t.sources.Insecure(host), //nolint:gosec // operator's explicit choice
+	}
+	return h
+}
+
+// dial resolves (through the lookup hook when set) and dials with the guard
+// as the dialer's Control, so the address checked is the address
+// connected to.
+func (t *Transports) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	if t.guard != nil {
+		d.Control = t.guard.Control
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || t.lookup == nil || net.ParseIP(host) != nil {
+		return d.DialContext(ctx, network, addr)
+	}
+	addrs, err := t.lookup(ctx, host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: err.Error(), Name: host}}
+	}
+	var firstErr error
+	for _, a := range addrs {
+		c, err := d.DialContext(ctx, network, net.JoinHostPort(a, port))
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr == nil {
+		firstErr = fmt.Errorf("dial %s: no addresses for %s", network, host)
+	}
+	return nil, firstErr
+}
