@@ -43,6 +43,7 @@ type config struct {
 	fetchTimeout, cacheTTL   time.Duration
 	immutableTTL, drainLimit time.Duration
 	lockWait                 time.Duration
+	probe                    string
 	memorySize               uint64
 	concurrency, maxPending  int
 	metricsAddr              string
@@ -69,6 +70,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxPending, "max-pending", 1024, "requests waiting on Redis or a fetch; past it the answer is 503")
 	fs.DurationVar(&c.drainLimit, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cancelling them")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", ":9090", "listen address for /metrics, /healthz and /readyz; empty disables")
+	fs.StringVar(&c.probe, "probe", "", "check a URL (e.g. http://127.0.0.1:9090/readyz) and exit 0 if it answers 200: a container healthcheck for images without curl")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	fs.Int64Var(&c.manifestLimit, "max-manifest-size", registry.DefaultManifestLimit, "largest manifest accepted, in bytes; larger is 413")
@@ -119,6 +121,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "worker:", err)
 		return 2
+	}
+	if cfg.probe != "" {
+		return probe(ctx, cfg.probe, stderr)
 	}
 	log, err := newLogger(cfg.logLevel, cfg.logFormat)
 	if err != nil {
@@ -302,4 +307,26 @@ func probes(nc *nats.Conn, metrics http.Handler) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+// probe is the container healthcheck: distroless images have no curl.
+func probe(ctx context.Context, url string, stderr io.Writer) int {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "worker: --probe:", err)
+		return 2
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "worker: --probe:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(stderr, "worker: --probe:", url, resp.Status)
+		return 1
+	}
+	return 0
 }

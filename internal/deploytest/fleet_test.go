@@ -1,0 +1,357 @@
+package deploytest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// buildBinary compiles ./cmd/<name> into a temporary folder.
+func buildBinary(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/"+name)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
+// proc is a worker process.
+type proc struct {
+	cmd     *exec.Cmd
+	metrics string // base URL of /metrics, /readyz
+	stderr  *bytes.Buffer
+	exited  chan struct{}
+	err     error
+}
+
+func startWorker(t *testing.T, bin, natsURL, redisURL string, extra ...string) *proc {
+	t.Helper()
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	args := append([]string{"--nats-url", natsURL, "--redis-url", redisURL, "--metrics-addr", addr,
+		"--fetch-timeout", "5s", "--lock-wait", "2s", "--log-level", "warn"}, extra...)
+	p := &proc{cmd: exec.Command(bin, args...), metrics: "http://" + addr, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
+	p.cmd.Stderr = &lockedWriter{w: p.stderr}
+	testenv.Must(t, p.cmd.Start(), "starting worker")
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("worker %s stderr:\n%s", addr, p.stderr.String())
+		}
+	})
+	testenv.Eventually(t, "worker ready", func() bool { return p.status("/readyz") == http.StatusOK })
+	return p
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+func (p *proc) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (p *proc) status(path string) int {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(p.metrics + path)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// metric returns the sum of the samples of name (any labels) on /metrics.
+func (p *proc) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(p.metrics + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping %s: %v", p.metrics, err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// stack is a registry with images, a NATS server, a Redis and three
+// worker processes.
+type stack struct {
+	reg     *testenv.Registry
+	redis   *testenv.Redis
+	ns      *natsserver.Server
+	natsURL string
+	images  []string
+	workers []*proc
+	bin     string
+}
+
+func startStack(t *testing.T, workerArgs ...string) *stack {
+	t.Helper()
+	s := &stack{bin: buildBinary(t, "worker"), reg: testenv.StartRegistry(t), redis: testenv.StartRedis(t)}
+	s.startNATS(t, -1)
+	for i := range 10 {
+		tag := fmt.Sprintf("v%d", i)
+		s.reg.PushImage(t, "load/app", tag, testenv.OCIManifest, "linux/amd64")
+		s.images = append(s.images, s.reg.Ref("load/app", tag))
+	}
+	for range 3 {
+		s.workers = append(s.workers, startWorker(t, s.bin, s.natsURL, s.redis.URL(), workerArgs...))
+	}
+	return s
+}
+
+// startNATS starts the server, on port (-1: a free one).
+func (s *stack) startNATS(t *testing.T, port int) {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
+	testenv.Must(t, err, "nats server")
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	s.ns, s.natsURL = ns, ns.ClientURL()
+}
+
+func (s *stack) client(t *testing.T) *client.Client {
+	nc := testenv.Connect(t, s.natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.RetryOnFailedConnect(true))
+	return client.New(nc, client.WithTimeout(2*time.Second))
+}
+
+var functions = []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig}
+
+// loadResult counts a load run.
+type loadResult struct {
+	ok, failed, retried atomic.Int64
+	mu                  sync.Mutex
+	errs                map[string]int
+}
+
+// load sends n requests over the images and functions from conc
+// goroutines; a request that times out or finds no responder is retried
+// once, as a policy host's client would. at is called once, in its own
+// goroutine, when `after` requests have been answered.
+func (s *stack) load(t *testing.T, cli *client.Client, n, conc, after int, at func()) *loadResult {
+	t.Helper()
+	r := &loadResult{errs: map[string]int{}}
+	jobs := make(chan int, n)
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	var answered atomic.Int64
+	var once sync.Once
+	var atDone sync.WaitGroup
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Go(func() {
+			for i := range jobs {
+				fn, img := functions[i%3], s.images[(i/3)%len(s.images)]
+				_, err := cli.Image(context.Background(), fn, img)
+				if errors.Is(err, client.ErrUnreachable) {
+					r.retried.Add(1)
+					_, err = cli.Image(context.Background(), fn, img)
+				}
+				if err != nil {
+					r.failed.Add(1)
+					r.mu.Lock()
+					r.errs[err.Error()]++
+					r.mu.Unlock()
+				} else {
+					r.ok.Add(1)
+				}
+				if answered.Add(1) == int64(after) && at != nil {
+					once.Do(func() { atDone.Go(at) })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	atDone.Wait()
+	return r
+}
+
+func (r *loadResult) String() string {
+	return fmt.Sprintf("ok %d, failed %d, retried %d, errors %v", r.ok.Load(), r.failed.Load(), r.retried.Load(), r.errs)
+}
+
+// TestKillWorkerUnderLoad: kill -9 of one of three workers during 2,000
+// requests, with one retry on timeout or no responders: nothing fails.
+func TestKillWorkerUnderLoad(t *testing.T) {
+	s := startStack(t)
+	cli := s.client(t)
+	victim := s.workers[0]
+	r := s.load(t, cli, 2000, 32, 300, func() {
+		_ = victim.cmd.Process.Signal(syscall.SIGKILL)
+		<-victim.exited
+	})
+	t.Logf("kill -9 under load: %s", r)
+	if victim.alive() {
+		t.Fatal("the victim was not killed during the load")
+	}
+	if r.failed.Load() != 0 {
+		t.Errorf("%d requests failed: %v", r.failed.Load(), r.errs)
+	}
+	for i, w := range s.workers[1:] {
+		if !w.alive() {
+			t.Errorf("worker %d died: %v", i+1, w.err)
+		}
+	}
+}
+
+// TestRedisRestartUnderLoad: Redis killed and started again during 2,000
+// requests: nothing fails, and the workers use Redis again afterwards.
+func TestRedisRestartUnderLoad(t *testing.T) {
+	// Without the memory tier every answer goes through Redis, so the
+	// outage is felt by every request rather than hidden by memory hits.
+	s := startStack(t, "--memory-cache-size", "0")
+	cli := s.client(t)
+	r := s.load(t, cli, 2000, 32, 300, func() {
+		s.redis.Stop()
+		time.Sleep(500 * time.Millisecond) // an outage long enough to be seen
+		s.redis.Start()
+	})
+	t.Logf("redis restart under load: %s", r)
+	if r.failed.Load() != 0 {
+		t.Errorf("%d requests failed: %v", r.failed.Load(), r.errs)
+	}
+	var redisErrors float64
+	for _, w := range s.workers {
+		if !w.alive() {
+			t.Fatalf("a worker died: %v", w.err)
+		}
+		redisErrors += w.metric(t, "regcap_redis_errors_total")
+	}
+	t.Logf("regcap_redis_errors_total over the fleet: %v", redisErrors)
+	if redisErrors == 0 {
+		t.Error("no Redis errors counted: the outage was not felt by the load")
+	}
+	// Redis is used again: a new key fetched now is in Redis.
+	s.reg.PushImage(t, "load/after", "v1", testenv.OCIManifest, "linux/amd64")
+	if _, err := cli.Image(context.Background(), client.ManifestDigest, s.reg.Ref("load/after", "v1")); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	rdb := s.redis.Client(t)
+	testenv.Eventually(t, "the answer stored in Redis again", func() bool {
+		keys, _ := rdb.Keys(context.Background(), "regcap:v1:manifest_digest:*load/after*").Result()
+		return len(keys) == 1
+	})
+}
+
+// TestNATSRestartUnderLoad: the NATS server goes away and comes back on
+// the same port during a load. The workers say they are not ready while
+// disconnected, reconnect, serve again, and hold no more goroutines than
+// before.
+func TestNATSRestartUnderLoad(t *testing.T) {
+	s := startStack(t)
+	natsPort := s.ns.ClientURL()[strings.LastIndex(s.ns.ClientURL(), ":")+1:]
+	p, _ := strconv.Atoi(natsPort)
+
+	cli := s.client(t)
+	// Warm up, then take the goroutine baseline.
+	if r := s.load(t, cli, 300, 16, 0, nil); r.failed.Load() != 0 {
+		t.Fatalf("warm-up: %s", r)
+	}
+	before := make([]float64, len(s.workers))
+	for i, w := range s.workers {
+		before[i] = w.metric(t, "go_goroutines")
+	}
+
+	r := s.load(t, cli, 2000, 32, 300, func() {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+		// Not in the test's goroutine: no t.Fatal here.
+		for i, w := range s.workers {
+			deadline := time.Now().Add(10 * time.Second)
+			for w.status("/readyz") != http.StatusServiceUnavailable {
+				if time.Now().After(deadline) {
+					t.Errorf("worker %d: /readyz still ready with NATS down", i)
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		s.startNATS(t, p)
+	})
+	t.Logf("NATS restart under load (failures expected while the server is down): %s", r)
+
+	for i, w := range s.workers {
+		if !w.alive() {
+			t.Fatalf("worker %d died: %v", i, w.err)
+		}
+		testenv.Eventually(t, "readyz after the restart", func() bool { return w.status("/readyz") == http.StatusOK })
+		if n := w.metric(t, "regcap_nats_reconnects_total"); n < 1 {
+			t.Errorf("worker %d: regcap_nats_reconnects_total %v, want at least 1", i, n)
+		}
+	}
+	// Serving again: a load after the restart has no failures.
+	if r := s.load(t, cli, 600, 16, 0, nil); r.failed.Load() != 0 {
+		t.Errorf("after the restart: %s", r)
+	}
+	// No leak: goroutines settle back near the baseline (idle HTTP and
+	// Redis connections may differ by a few).
+	for i, w := range s.workers {
+		var after float64
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			after = w.metric(t, "go_goroutines")
+			if after <= before[i]+10 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("worker %d: go_goroutines %v before, %v after", i, before[i], after)
+		if after > before[i]+10 {
+			t.Errorf("worker %d: %v goroutines after the restart, %v before: a leak", i, after, before[i])
+		}
+	}
+}
