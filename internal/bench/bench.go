@@ -41,7 +41,8 @@ type Options struct {
 	Runs int
 	// Fresh, when set, makes the run cold: it returns n references never
 	// asked for before (new tags of Images), so every request is a cache
-	// miss and a registry fetch. Requests must be set.
+	// miss and a registry fetch. Requests must be set; the echo is then
+	// measured for Duration.
 	Fresh func(ctx context.Context, n int) ([]string, error)
 }
 
@@ -134,9 +135,12 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 			}
 			regLoad, echoLoad := load, load
 			if opts.Fresh != nil {
-				// A warm-up would use up fresh tags and fill the cache;
-				// the echo has no cache to miss and only needs warming.
-				regLoad.Warmup, echoLoad.Warmup = 0, time.Second
+				// A warm-up would use up fresh tags and fill the cache. The
+				// echo has no cache to miss: it runs for Duration, as in warm
+				// mode, since a few hundred echoes are over before the
+				// figures settle.
+				regLoad.Warmup = 0
+				echoLoad = Load{Concurrency: c, Duration: max(opts.Duration, time.Second), Warmup: time.Second}
 			}
 			regs = append(regs, Measure(ctx, call, regLoad))
 			if echoCall != nil && ctx.Err() == nil {

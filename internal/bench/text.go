@@ -24,6 +24,9 @@ func WriteText(w io.Writer, rep *Report) {
 		fmt.Fprintf(w, ", median of %d runs", rep.Runs)
 	}
 	fmt.Fprintln(w)
+	if rep.Mode == "cold" && len(rep.Levels) > 0 && rep.Levels[0].Echo != nil {
+		fmt.Fprintf(w, "every regcap request asks for a new tag (a miss and a registry fetch); the echo runs %.3gs per run\n", rep.Levels[0].Echo.Seconds)
+	}
 	if rep.Interrupted {
 		fmt.Fprintln(w, "interrupted: figures cover the runs that finished")
 	}

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Reproduces the Performance figures of README.md (docs/performance.md):
+# one worker with its embedded NATS server and a Redis, a CNCF distribution
+# registry (Debian package docker-registry) seeded with small images, and
+# `requester bench` on the warm path (c=1 and c=32, hit path vs NATS echo)
+# and on the cold path (a new tag per request: a registry fetch each).
+#
+# Everything listens on 127.0.0.1 only. Everything started here is stopped
+# on exit. Results (text tables and JSON) go to $OUT.
+#
+#   scripts/bench.sh                 # defaults below
+#   RUNS=5 DURATION=5s scripts/bench.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-/tmp/regcap-bench}
+RUNS=${RUNS:-5}             # each figure is the median of RUNS runs
+DURATION=${DURATION:-5s}    # one warm measurement
+WARMUP=${WARMUP:-1s}
+COLD_REQUESTS=${COLD_REQUESTS:-1000} # requests per cold measurement
+LEVELS=${LEVELS:-1,32}
+IMAGES=${IMAGES:-8}
+NATS_PORT=${NATS_PORT:-14222}
+REDIS_PORT=${REDIS_PORT:-16379}
+REG_PORT=${REG_PORT:-15000}
+REG=127.0.0.1:$REG_PORT
+
+mkdir -p "$OUT"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building worker and requester" >&2
+CGO_ENABLED=0 go build -trimpath -o "$work/bin/" ./cmd/worker ./cmd/requester
+worker=$work/bin/worker
+requester=$work/bin/requester
+
+wait_port() { # host:port
+	for _ in $(seq 100); do
+		if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	echo "nothing listens on $1" >&2
+	return 1
+}
+
+echo "starting redis on 127.0.0.1:$REDIS_PORT" >&2
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+	--dir "$work" --protected-mode no >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_port "127.0.0.1:$REDIS_PORT"
+
+echo "starting docker-registry on $REG" >&2
+mkdir -p "$work/registry"
+cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: $REG
+EOF
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_port "$REG"
+
+# push_blob REPO FILE: monolithic upload, prints the digest.
+push_blob() {
+	local repo=$1 file=$2 d loc sep
+	d=sha256:$(sha256sum <"$file" | cut -d' ' -f1)
+	loc=$(curl -sSf -X POST -D - -o /dev/null "http://$REG/v2/$repo/blobs/uploads/" |
+		tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
+	case $loc in http*) ;; *) loc="http://$REG$loc" ;; esac
+	sep='?'
+	case $loc in *\?*) sep='&' ;; esac
+	curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' \
+		--data-binary "@$file" "$loc${sep}digest=$d"
+	echo "$d"
+}
+
+# seed REPO TAG: a small OCI image (config + one 4 KiB layer).
+seed() {
+	local repo=$1 tag=$2 cfg layer m
+	printf '{"architecture":"amd64","os":"linux","config":{"Env":["IMAGE=%s"]},"rootfs":{"type":"layers","diff_ids":[]}}' \
+		"$repo:$tag" >"$work/cfg.json"
+	head -c 4096 /dev/urandom >"$work/layer"
+	cfg=$(push_blob "$repo" "$work/cfg.json")
+	layer=$(push_blob "$repo" "$work/layer")
+	m='{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+	m+='"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"'$cfg'","size":'$(stat -c %s "$work/cfg.json")'},'
+	m+='"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"'$layer'","size":4096}]}'
+	curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+		--data-binary "$m" "http://$REG/v2/$repo/manifests/$tag"
+}
+
+echo "seeding $IMAGES images" >&2
+: >"$OUT/images.txt"
+for i in $(seq 0 $((IMAGES - 1))); do
+	seed "bench/app$i" v1
+	echo "$REG/bench/app$i:v1" >>"$OUT/images.txt"
+done
+
+echo "starting the worker (embedded NATS on 127.0.0.1:$NATS_PORT, Redis)" >&2
+# A TTL longer than the whole run, so that the warm figures are all hits
+# (the cache column of the tables shows it).
+"$worker" --embedded-nats-addr "127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+	--metrics-addr "" --cache-ttl 30m --log-level warn >"$work/worker.log" 2>&1 &
+pids+=($!)
+wait_port "127.0.0.1:$NATS_PORT"
+export NATS_URL=nats://127.0.0.1:$NATS_PORT
+
+{
+	echo "# $(date -u +%FT%TZ), $(nproc) cores, $(git describe --always --dirty 2>/dev/null || echo unknown)"
+	echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+} >"$OUT/machine.txt"
+
+run() { # NAME ARGS...
+	local name=$1
+	shift
+	echo "requester bench $* -o json > $OUT/$name.json" >&2
+	"$requester" bench "$@" -o json >"$OUT/$name.json"
+}
+
+# Warm: the hit path against the echo floor.
+for fn in digest config; do
+	run "warm-$fn" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
+		--duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS"
+done
+# Cold: every request a new tag, so a miss and a registry fetch.
+for fn in digest config; do
+	run "cold-$fn" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
+		--cold --requests "$COLD_REQUESTS" --runs "$RUNS"
+done
+
+# The markdown table of docs/performance.md, from the JSON reports.
+python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
+import json, sys, os
+out = sys.argv[1]
+print("| path | function | c | regcap req/s | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+def us(x):
+    return f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
+for mode in ("warm", "cold"):
+    for fn in ("digest", "config"):
+        path = os.path.join(out, f"{mode}-{fn}.json")
+        if not os.path.exists(path):
+            continue
+        r = json.load(open(path))
+        for l in r["levels"]:
+            g, e, q = l["regcap"], l.get("echo"), l.get("ratio")
+            cache = ", ".join(f"{k} {v}" for k, v in sorted((g.get("cache") or {}).items()))
+            row = [f"{mode} ({cache})", fn, str(l["concurrency"]), f"{g['throughput_per_second']:.0f}", us(g["p50_us"]), us(g["p99_us"])]
+            if e:
+                row += [f"{e['throughput_per_second']:.0f}", us(e["p50_us"]), us(e["p99_us"]), f"{q['throughput']:.2f}"]
+            else:
+                row += ["-"] * 4
+            print("| " + " | ".join(row) + " |")
+PY
+echo "results in $OUT" >&2
