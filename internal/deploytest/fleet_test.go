@@ -109,7 +109,8 @@ func (p *proc) metric(t *testing.T, name string) float64 {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") &&
+			!(strings.HasSuffix(name, "}") && strings.HasPrefix(line, name)) {
 			continue
 		}
 		f := strings.Fields(line)
@@ -241,10 +242,19 @@ func TestKillWorkerUnderLoad(t *testing.T) {
 	if r.failed.Load() != 0 {
 		t.Errorf("%d requests failed: %v", r.failed.Load(), r.errs)
 	}
+	var requests, hits, upstream float64
 	for i, w := range s.workers[1:] {
 		if !w.alive() {
-			t.Errorf("worker %d died: %v", i+1, w.err)
+			t.Fatalf("worker %d died: %v", i+1, w.err)
 		}
+		requests += w.metric(t, "regcap_requests_total")
+		hits += w.metric(t, `regcap_cache_total{result="hit"}`)
+		upstream += w.metric(t, "regcap_upstream_requests_total")
+	}
+	// The survivors' metrics saw the load: most requests, hits among
+	// them, and the registry requests of their fetches.
+	if requests < 1000 || hits == 0 || upstream == 0 {
+		t.Errorf("metrics of the surviving workers: %v requests, %v hits, %v upstream requests", requests, hits, upstream)
 	}
 }
 
