@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/regcap/regcap/internal/discovery"
 	"github.com/regcap/regcap/internal/flagenv"
 	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/metrics"
@@ -206,6 +207,14 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 	defer nc.Close()
 
+	// `nats micro ls/info/stats` see the worker; the subjects stay ours.
+	disc, err := discovery.Start(nc, discovery.Config{Version: version, Prefix: cfg.prefix, QueueGroup: cfg.queueGroup,
+		Description: "kubewarden/oci registry capabilities for a fleet of policy hosts"})
+	if err != nil {
+		return err
+	}
+	defer disc.Stop()
+
 	qopts := []queue.Option{
 		queue.WithSubjectPrefix(cfg.prefix),
 		queue.WithQueueGroup(cfg.queueGroup),
@@ -215,7 +224,7 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 		queue.WithConcurrency(cfg.concurrency),
 		queue.WithMaxPending(cfg.maxPending),
 		queue.WithLogger(log.Named("queue")),
-		queue.WithObserver(m),
+		queue.WithObserver(observers{m, disc}),
 	}
 	if cache.Shared() {
 		// One fetch per key across the fleet, not one per worker.
@@ -252,6 +261,7 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 
 	<-ctx.Done()
 	log.Info("stopping: draining subscriptions and answering requests in flight")
+	disc.Stop()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.drainLimit)
 	defer cancel()
 	err = w.Shutdown(sctx)
@@ -329,4 +339,19 @@ func probe(ctx context.Context, url string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// observers hands every request outcome to each of its members.
+type observers []queue.Observer
+
+func (o observers) Request(fn handlers.Function, code int, cache string, elapsed time.Duration) {
+	for _, x := range o {
+		x.Request(fn, code, cache, elapsed)
+	}
+}
+
+func (o observers) Pool(inFlight, queued int) {
+	for _, x := range o {
+		x.Pool(inFlight, queued)
+	}
 }

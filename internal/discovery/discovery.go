@@ -1,0 +1,155 @@
+// Package discovery makes a worker visible to NATS service discovery
+// (`nats micro ls`, `nats micro info regcap`, `nats micro stats regcap`)
+// without handing its subscriptions to nats.go/micro: the worker keeps its
+// own queue group, reply headers and in-callback memory hits, and this
+// package answers the $SRV.PING, $SRV.INFO and $SRV.STATS control subjects
+// with micro's wire types, filled from the worker's request outcomes.
+package discovery
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/regcap/regcap/internal/handlers"
+)
+
+// Name is the service name regcap announces.
+const Name = "regcap"
+
+// Config describes the worker being announced.
+type Config struct {
+	Version     string // semver-like; "dev" is sent as 0.0.0-dev
+	Prefix      string // subject prefix
+	QueueGroup  string
+	Description string
+	Metadata    map[string]string
+}
+
+// Service answers the discovery subjects for one worker. It implements
+// queue.Observer to count requests per endpoint.
+type Service struct {
+	nc      *nats.Conn
+	id      string
+	cfg     Config
+	started time.Time
+
+	mu    sync.Mutex
+	stats map[handlers.Function]*micro.EndpointStats
+	subs  []*nats.Subscription
+}
+
+// Start subscribes to the control subjects.
+func Start(nc *nats.Conn, cfg Config) (*Service, error) {
+	b := make([]byte, 11)
+	_, _ = rand.Read(b)
+	s := &Service{nc: nc, id: strings.ToUpper(hex.EncodeToString(b)), cfg: cfg, started: time.Now().UTC(),
+		stats: map[handlers.Function]*micro.EndpointStats{}}
+	if s.cfg.Version == "" || s.cfg.Version == "dev" {
+		s.cfg.Version = "0.0.0-dev"
+	}
+	for _, fn := range handlers.Functions() {
+		s.stats[fn] = &micro.EndpointStats{Name: endpointName(fn), Subject: fn.Subject(cfg.Prefix), QueueGroup: cfg.QueueGroup}
+	}
+	for _, verb := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+		for _, ids := range [][2]string{{"", ""}, {Name, ""}, {Name, s.id}} {
+			subj, err := micro.ControlSubject(verb, ids[0], ids[1])
+			if err != nil {
+				s.Stop()
+				return nil, err
+			}
+			sub, err := nc.Subscribe(subj, s.handle(verb))
+			if err != nil {
+				s.Stop()
+				return nil, fmt.Errorf("subscribing to %s: %w", subj, err)
+			}
+			s.subs = append(s.subs, sub)
+		}
+	}
+	return s, nil
+}
+
+// ID is this instance's service id.
+func (s *Service) ID() string { return s.id }
+
+// Stop unsubscribes from the control subjects.
+func (s *Service) Stop() {
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe() // a closed connection has dropped them already
+	}
+	s.subs = nil
+}
+
+// Request counts a request for its endpoint (queue.Observer).
+func (s *Service) Request(fn handlers.Function, code int, _ string, elapsed time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.stats[fn]
+	if e == nil {
+		return
+	}
+	e.NumRequests++
+	e.ProcessingTime += elapsed
+	e.AverageProcessingTime = e.ProcessingTime / time.Duration(e.NumRequests)
+	if code != 0 {
+		e.NumErrors++
+		e.LastError = strconv.Itoa(code)
+	}
+}
+
+// Pool is part of queue.Observer; discovery does not report it.
+func (s *Service) Pool(int, int) {}
+
+func (s *Service) identity() micro.ServiceIdentity {
+	md := map[string]string{"queue_group": s.cfg.QueueGroup, "subject_prefix": s.cfg.Prefix}
+	for k, v := range s.cfg.Metadata {
+		md[k] = v
+	}
+	return micro.ServiceIdentity{Name: Name, ID: s.id, Version: s.cfg.Version, Metadata: md}
+}
+
+func (s *Service) handle(verb micro.Verb) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		var v any
+		switch verb {
+		case micro.PingVerb:
+			v = micro.Ping{ServiceIdentity: s.identity(), Type: micro.PingResponseType}
+		case micro.InfoVerb:
+			info := micro.Info{ServiceIdentity: s.identity(), Type: micro.InfoResponseType, Description: s.cfg.Description}
+			for _, fn := range handlers.Functions() {
+				info.Endpoints = append(info.Endpoints, micro.EndpointInfo{
+					Name: endpointName(fn), Subject: fn.Subject(s.cfg.Prefix), QueueGroup: s.cfg.QueueGroup,
+					Metadata: map[string]string{"operation": string(fn)},
+				})
+			}
+			v = info
+		case micro.StatsVerb:
+			st := micro.Stats{ServiceIdentity: s.identity(), Type: micro.StatsResponseType, Started: s.started}
+			s.mu.Lock()
+			for _, fn := range handlers.Functions() {
+				e := *s.stats[fn]
+				st.Endpoints = append(st.Endpoints, &e)
+			}
+			s.mu.Unlock()
+			v = st
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return
+		}
+		_ = m.Respond(b)
+	}
+}
+
+// endpointName is the function without its version: manifest_digest.
+func endpointName(fn handlers.Function) string {
+	return strings.TrimPrefix(string(fn), "v1/")
+}
