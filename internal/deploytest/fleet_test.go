@@ -365,3 +365,69 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestKillLockHolder: the worker holding the fleet lock for a key is
+// killed (kill -9) mid-fetch. The workers waiting on its lock take over
+// after --lock-wait (2s), long before the dead lock expires (fetch
+// timeout 20s + 2s), and every request is answered.
+func TestKillLockHolder(t *testing.T) {
+	s := startStack(t, "--fetch-timeout", "20s", "--lock-wait", "2s")
+	img := s.reg.PushImage(t, "held/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := s.reg.Ref("held/app", "v1")
+	gate := s.reg.Hold("/held/app/manifests/v1")
+
+	cli := client.New(testenv.Connect(t, s.natsURL), client.WithTimeout(5*time.Second))
+	call := func() error {
+		r, err := cli.Image(context.Background(), client.ManifestDigest, ref)
+		if errors.Is(err, client.ErrUnreachable) {
+			r, err = cli.Image(context.Background(), client.ManifestDigest, ref)
+		}
+		if err == nil && string(r.Body) != `{"digest":"`+img.Digest+`"}` {
+			err = fmt.Errorf("wrong body %s", r.Body)
+		}
+		return err
+	}
+	errs := make(chan error, 21)
+	go func() { errs <- call() }()
+	<-gate.Arrived()
+	// The holder is the worker with a fetch in flight.
+	var holder *proc
+	testenv.Eventually(t, "the lock holder's fetch in flight", func() bool {
+		for _, w := range s.workers {
+			if w.metric(t, "regcap_fetch_inflight") == 1 {
+				holder = w
+				return true
+			}
+		}
+		return false
+	})
+	for range 20 {
+		go func() { errs <- call() }()
+	}
+	testenv.Eventually(t, "another worker waiting on the lock", func() bool {
+		for _, w := range s.workers {
+			if w != holder && w.metric(t, "regcap_fetch_queued") >= 1 {
+				return true
+			}
+		}
+		return false
+	})
+	testenv.Must(t, holder.cmd.Process.Signal(syscall.SIGKILL), "kill -9 the holder")
+	<-holder.exited
+	gate.Release()
+
+	failed := 0
+	for range 21 {
+		if err := <-errs; err != nil {
+			failed++
+			t.Errorf("request failed: %v", err)
+		}
+	}
+	t.Logf("lock holder killed: %d of 21 requests failed, registry saw %d HEADs", failed, s.reg.CountManifest("HEAD", "held/app", "v1"))
+	rdb := s.redis.Client(t)
+	left, err := rdb.PTTL(context.Background(), "regcap:lock:regcap:v1:manifest_digest:"+ref).Result()
+	testenv.Must(t, err, "PTTL of the lock")
+	if left <= 0 {
+		t.Errorf("the dead holder's lock is gone (PTTL %s): the others did not take over within --lock-wait", left)
+	}
+}
