@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// buildBinary compiles ./cmd/<name> into a temporary folder.
+func buildBinary(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", bin, "../"+name)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
+// TestSIGTERMAnswersRequestsInFlight runs the worker as a process: a
+// request whose fetch is held at the registry when SIGTERM arrives still
+// gets its reply, new requests find no responder once the subscriptions
+// are drained, and the process exits 0.
+func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
+	bin := buildBinary(t, "worker")
+	ns := testenv.StartNATS(t)
+	reg := testenv.StartRegistry(t)
+	img := reg.PushImage(t, "inflight", "v1", testenv.OCIManifest, "linux/amd64")
+	gate := reg.Hold("/inflight/manifests/")
+
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, "--nats-url", ns.ClientURL(), "--metrics-addr", "", "--log-format", "console")
+	cmd.Env = append(os.Environ(), "REDIS_URL=")
+	cmd.Stderr = &stderr
+	testenv.Must(t, cmd.Start(), "starting worker")
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("worker stderr:\n%s", stderr.String())
+		}
+	})
+
+	nc := testenv.Connect(t, ns.ClientURL())
+	cli := client.New(nc, client.WithTimeout(30*time.Second))
+	// Subscribed once a bad request is answered with its 400.
+	testenv.Eventually(t, "the worker to subscribe", func() bool {
+		for _, fn := range []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig} {
+			_, err := cli.Call(context.Background(), fn, []byte(`""`))
+			var ce *client.Error
+			if !errors.As(err, &ce) || ce.Code != 400 {
+				return false
+			}
+		}
+		return true
+	})
+
+	reply := make(chan *client.Reply, 1)
+	replyErr := make(chan error, 1)
+	go func() {
+		r, err := cli.Image(context.Background(), client.OCIManifest, reg.Ref("inflight", "v1"))
+		if err != nil {
+			replyErr <- err
+			return
+		}
+		reply <- r
+	}()
+	select {
+	case <-gate.Arrived():
+	case err := <-replyErr:
+		t.Fatalf("request failed before reaching the registry: %v", err)
+	}
+	testenv.Must(t, cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+
+	// Drained: the subjects have no responder any more, while the fetch
+	// taken before SIGTERM is still held.
+	testenv.Eventually(t, "the subscriptions to drain", func() bool {
+		_, err := nc.Request(client.OCIManifest.Subject("kubewarden"), []byte(`"x"`), 2*time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	select {
+	case err := <-exited:
+		t.Fatalf("worker exited with a request in flight: %v", err)
+	default:
+	}
+	gate.Release()
+
+	select {
+	case r := <-reply:
+		if !bytes.Equal(r.Body, img.Manifest) {
+			t.Fatalf("reply after SIGTERM: %s", r.Body)
+		}
+	case err := <-replyErr:
+		t.Fatalf("request in flight at SIGTERM failed: %v", err)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("worker exit: %v", err)
+	}
+}
+
+// TestHelpListsEveryFlagWithItsVariable checks `worker --help` and that
+// the environment sets flags.
+func TestHelpListsEveryFlagWithItsVariable(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
+		t.Fatalf("--help exit %d", code)
+	}
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	_ = fs
+	for _, want := range []string{"--nats-url", "env NATS_URL", "--redis-url", "env REDIS_URL", "--cache-ttl", "env REGCAP_CACHE_TTL", "--fetch-timeout", "--concurrency", "--max-pending", "--metrics-addr", "--subject-prefix", "--queue-group", "--platform", "--log-format", "--memory-cache-size"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+
+	t.Setenv("REGCAP_CACHE_TTL", "90s")
+	t.Setenv("REGCAP_CONCURRENCY", "7")
+	cfg, err := parse([]string{"--concurrency", "9"}, &out)
+	testenv.Must(t, err, "parse")
+	if cfg.cacheTTL != 90*time.Second {
+		t.Errorf("REGCAP_CACHE_TTL ignored: %v", cfg.cacheTTL)
+	}
+	if cfg.concurrency != 9 {
+		t.Errorf("a flag on the command line must win over the environment: %d", cfg.concurrency)
+	}
+
+	t.Setenv("REGCAP_FETCH_TIMEOUT", "soon")
+	if _, err := parse(nil, &out); err == nil || !strings.Contains(err.Error(), "REGCAP_FETCH_TIMEOUT") {
+		t.Errorf("a bad variable must be named in the error, got %v", err)
+	}
+}
+
+func TestBadFlagsExit2(t *testing.T) {
+	for _, args := range [][]string{{"--no-such-flag"}, {"--log-format", "xml"}, {"--platform", "linux"}, {"extra"}} {
+		var out bytes.Buffer
+		code := run(context.Background(), append(args, "--metrics-addr", ""), &out)
+		if code == 0 {
+			t.Errorf("%v: exit 0, output %s", args, out.String())
+		}
+		_ = fmt.Sprint(code)
+	}
+}
