@@ -50,6 +50,8 @@ type config struct {
 	metricsAddr              string
 	logLevel, logFormat      string
 	manifestLimit, blobLimit int64
+	dockerConfig, sources    string
+	denyCIDRs, allowRegs     string
 }
 
 func parse(args []string, stderr io.Writer) (*config, error) {
@@ -76,6 +78,10 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "json", "json or console")
 	fs.Int64Var(&c.manifestLimit, "max-manifest-size", registry.DefaultManifestLimit, "largest manifest accepted, in bytes; larger is 413")
 	fs.Int64Var(&c.blobLimit, "max-config-size", registry.DefaultBlobLimit, "largest config blob accepted, in bytes; larger is 413")
+	fs.StringVar(&c.dockerConfig, "docker-config", "", "Docker config with registry credentials: a config.json, a .dockerconfigjson pull secret, or the folder holding one; re-read when it changes (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json)")
+	fs.StringVar(&c.sources, "sources", "", "Kubewarden sources.yaml (or JSON): insecure_sources and source_authorities")
+	fs.StringVar(&c.denyCIDRs, "deny-cidrs", strings.Join(registry.DefaultDenyCIDRs, ","), "networks never connected to, checked on the resolved address at dial time; replaces the default list (empty: deny nothing)")
+	fs.StringVar(&c.allowRegs, "allow-registries", "", "comma-separated globs of the only registries that may be asked (e.g. ghcr.io,*.example.com,registry.local:5000); empty allows all")
 	fs.Usage = flagenv.Usage(fs, "Usage: worker [flags]\n\nAnswers kubewarden/oci registry capabilities over NATS for a fleet of policy hosts.", "REGCAP_", envOverrides)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -181,12 +187,16 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 	cache := rediscache.New(cfg.memorySize, cacheOpts...)
 	defer cache.Close()
 
-	reg := registry.New(
+	acc, err := newAccess(cfg, log.Named("registry"))
+	if err != nil {
+		return err
+	}
+	reg := registry.New(append(acc.options(),
 		registry.WithUserAgent("regcap/"+version),
 		registry.WithLimits(cfg.manifestLimit, cfg.blobLimit),
 		// Counts and times every HTTP request to a registry.
-		registry.WithBaseTransport(m.WrapBase(func(string) http.RoundTripper { return http.DefaultTransport })),
-	)
+		registry.WithBaseTransport(m.WrapBase(acc.transports.For)),
+	)...)
 
 	nc, err := nats.Connect(natsURL,
 		nats.Name("regcap-worker"),

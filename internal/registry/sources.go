@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -35,6 +36,8 @@ type sourcesFile struct {
 	SourceAuthorities map[string][]Authority `yaml:"source_authorities"`
 }
 
+var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
 // LoadSources reads a sources.yaml (or its JSON form). An empty path gives
 // empty Sources. Unknown keys are an error naming the key, so that a typo
 // does not silently turn TLS verification back on.
@@ -60,7 +63,10 @@ func ParseSources(b []byte) (*Sources, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w (known keys: insecure_sources, source_authorities; entries: type, path, data)", err)
+		// yaml.v3 says "field X not found in type registry.sourcesFile";
+		// operators know keys, not Go types.
+		msg := unknownField.ReplaceAllString(err.Error(), "unknown key $1")
+		return nil, fmt.Errorf("%s (known keys: insecure_sources, source_authorities; entries: type, path, data)", msg)
 	}
 	s := &Sources{insecure: map[string]bool{}, authorities: map[string]*x509.CertPool{}, certs: map[string][]*x509.Certificate{}}
 	for _, h := range f.InsecureSources {

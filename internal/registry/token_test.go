@@ -1,0 +1,276 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/regcap/regcap/internal/registry"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// tokenRegistry is go-containerregistry's registry behind the distribution
+// token protocol (as Docker Hub, GHCR, Harbor speak it), with a token
+// endpoint that counts exchanges, tokens that the test can revoke, and blob
+// GETs redirected to a separate "blob storage" server, as S3-backed
+// registries do.
+type tokenRegistry struct {
+	host  string
+	srv   *httptest.Server
+	blobs *httptest.Server
+	push  *testenv.Registry
+
+	exchanges   atomic.Int64 // requests to the token endpoint
+	unauthed    atomic.Int64 // 401s served to registry requests
+	blobAuth    atomic.Int64 // blob-storage requests that carried Authorization
+	blobServed  atomic.Int64
+	mu          sync.Mutex
+	valid       map[string]bool
+	gate        chan struct{} // when set, the token endpoint waits for it
+	gateAfter   int64         // close gate once this many 401s were served
+	gateClosing *sync.Once
+}
+
+const tokenUser, tokenPass = "robot", "robot-pw"
+
+func startTokenRegistry(t *testing.T) *tokenRegistry {
+	t.Helper()
+	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	tr := &tokenRegistry{valid: map[string]bool{}}
+	tr.blobs = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			tr.blobAuth.Add(1)
+		}
+		tr.blobServed.Add(1)
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(tr.blobs.Close)
+	tr.srv = httptest.NewServer(http.HandlerFunc(tr.serve(inner)))
+	t.Cleanup(tr.srv.Close)
+	tr.host = strings.TrimPrefix(tr.srv.URL, "http://")
+	pushSrv := httptest.NewServer(inner) // fixtures go in without auth
+	t.Cleanup(pushSrv.Close)
+	tr.push = &testenv.Registry{Host: strings.TrimPrefix(pushSrv.URL, "http://"), Server: pushSrv}
+	return tr
+}
+
+func (tr *tokenRegistry) serve(inner http.Handler) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			tr.exchanges.Add(1)
+			if u, p, ok := r.BasicAuth(); !ok || u != tokenUser || p != tokenPass {
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}`, http.StatusUnauthorized)
+				return
+			}
+			tr.mu.Lock()
+			gate := tr.gate
+			tr.mu.Unlock()
+			if gate != nil {
+				select {
+				case <-gate:
+				case <-time.After(20 * time.Second): // the assertions will say what went wrong
+				}
+			}
+			tok := fmt.Sprintf("token-%d", tr.exchanges.Load())
+			tr.mu.Lock()
+			tr.valid[tok] = true
+			tr.mu.Unlock()
+			_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "expires_in": 300})
+			return
+		}
+		tr.mu.Lock()
+		ok := tr.valid[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+		tr.mu.Unlock()
+		if !ok {
+			scope := ""
+			if parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/v2/"), "/manifests/", 2); len(parts) == 2 {
+				scope = fmt.Sprintf(`,scope="repository:%s:pull"`, parts[0])
+			}
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="regcap-test"%s`, tr.host, scope))
+			w.WriteHeader(http.StatusUnauthorized)
+			tr.mu.Lock()
+			gate, after, once := tr.gate, tr.gateAfter, tr.gateClosing
+			tr.mu.Unlock()
+			if n := tr.unauthed.Add(1); after > 0 && n >= after {
+				once.Do(func() { close(gate) })
+			}
+			return
+		}
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+			http.Redirect(w, r, tr.blobs.URL+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}
+}
+
+// expire revokes every token; the next token exchange waits until n
+// requests have been refused, so that all n are in flight together when
+// the refresh happens.
+func (tr *tokenRegistry) expire(n int64) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.valid = map[string]bool{}
+	tr.unauthed.Store(0)
+	tr.gate = make(chan struct{})
+	tr.gateAfter = n
+	tr.gateClosing = &sync.Once{}
+}
+
+func tokenClient(t *testing.T, host string) *registry.Client {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := dockerConfigFor(host, tokenUser, tokenPass)
+	testenv.Must(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600), "config")
+	kc, err := registry.LoadDockerConfig(filepath.Join(dir, "config.json"))
+	testenv.Must(t, err, "docker config")
+	return registry.New(registry.WithKeychain(kc))
+}
+
+// concurrently runs f n times at once and fails on any error.
+func concurrently(t *testing.T, n int, f func() error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestTokenReuse counts token-endpoint requests: N cold requests for one
+// repository make one exchange; after the token expires, N concurrent
+// requests make one refresh between them; another repository (scope) gets
+// its own token. Blob redirects to storage work and carry no credentials.
+func TestTokenReuse(t *testing.T) {
+	const n = 16
+	tr := startTokenRegistry(t)
+	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	other := tr.push.PushImage(t, "team/other", "v1", testenv.OCIManifest, "linux/amd64")
+	c := tokenClient(t, tr.host)
+	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	testenv.Must(t, err, "ref")
+	var m struct {
+		Config struct{ Digest string }
+	}
+	testenv.Must(t, json.Unmarshal(img.Manifest, &m), "manifest")
+	cfgDigest, err := v1.NewHash(m.Config.Digest)
+	testenv.Must(t, err, "digest")
+
+	fetch := func() error {
+		got, err := c.Manifest(context.Background(), ref)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got.Body, img.Manifest) {
+			return fmt.Errorf("manifest differs: %s", got.Body)
+		}
+		return nil
+	}
+
+	concurrently(t, n, fetch)
+	if got := tr.exchanges.Load(); got != 1 {
+		t.Fatalf("%d cold requests made %d token exchanges, want 1", n, got)
+	}
+	t.Logf("cold: %d concurrent requests, %d token exchange(s)", n, tr.exchanges.Load())
+
+	concurrently(t, n, func() error {
+		b, err := c.Blob(context.Background(), ref.Context(), cfgDigest)
+		if err == nil && !bytes.Equal(b, img.Config) {
+			err = fmt.Errorf("config differs: %s", b)
+		}
+		return err
+	})
+	if tr.blobServed.Load() != n {
+		t.Errorf("blob storage served %d requests, want %d (redirects not followed?)", tr.blobServed.Load(), n)
+	}
+	if tr.blobAuth.Load() != 0 {
+		t.Errorf("%d requests to blob storage carried the registry's Authorization", tr.blobAuth.Load())
+	}
+	if got := tr.exchanges.Load(); got != 1 {
+		t.Fatalf("token exchanges after blob fetches: %d, want 1", got)
+	}
+
+	tr.expire(n)
+	concurrently(t, n, fetch)
+	if got := tr.unauthed.Load(); got != n {
+		t.Errorf("%d requests saw the expired token, want all %d in flight together", got, n)
+	}
+	if got := tr.exchanges.Load() - 1; got != 1 {
+		t.Fatalf("after expiry, %d concurrent requests made %d refreshes, want 1", n, got)
+	}
+	t.Logf("after expiry: %d concurrent requests, %d refresh(es)", n, tr.exchanges.Load()-1)
+
+	// Another repository is another scope: its own token, once.
+	oref, err := name.ParseReference(tr.host + "/team/other:v1")
+	testenv.Must(t, err, "ref")
+	concurrently(t, n, func() error {
+		got, err := c.Manifest(context.Background(), oref)
+		if err == nil && !bytes.Equal(got.Body, other.Manifest) {
+			err = fmt.Errorf("other manifest differs")
+		}
+		return err
+	})
+	if got := tr.exchanges.Load(); got != 3 {
+		t.Fatalf("token exchanges after a second repository: %d, want 3", got)
+	}
+}
+
+// TestTokenRefreshBaseline measures what ggcr's own bearer transport does
+// in the same situation, to record why regcap does not use it: it
+// refreshes once per request that sees the expired token.
+func TestTokenRefreshBaseline(t *testing.T) {
+	const n = 16
+	tr := startTokenRegistry(t)
+	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	repo, err := name.NewRepository(tr.host + "/team/app")
+	testenv.Must(t, err, "repo")
+	auth := authn.FromConfig(authn.AuthConfig{Username: tokenUser, Password: tokenPass})
+	rt, err := transport.NewWithContext(context.Background(), repo.Registry, auth, http.DefaultTransport, []string{repo.Scope(transport.PullScope)})
+	testenv.Must(t, err, "ggcr transport")
+	get := func() error {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+tr.host+"/v2/team/app/manifests/v1", nil)
+		req.Header.Set("Accept", testenv.OCIManifest)
+		resp, err := (&http.Client{Transport: rt}).Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	before := tr.exchanges.Load()
+	tr.expire(n)
+	concurrently(t, n, get)
+	t.Logf("ggcr bearer transport, after expiry: %d concurrent requests, %d refreshes (regcap: 1)", n, tr.exchanges.Load()-before)
+}
