@@ -1,0 +1,101 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// BenchmarkHitPath measures a cached digest request through NATS, from the
+// memory tier and from Redis (memory tier off), against a plain NATS echo
+// responder with a reply of the same size on the same server: the floor.
+// Compare the three in one run:
+//
+//	go test -run '^$' -bench HitPath -benchtime 3s ./internal/queue/
+func BenchmarkHitPath(b *testing.B) {
+	rd := testenv.StartRedis(b)
+	ns := testenv.StartNATS(b)
+	reg := testenv.StartRegistry(b)
+	img := reg.PushImage(b, "bench", "v1", testenv.OCIManifest, "linux/amd64")
+	image := reg.Ref("bench", "v1")
+	payload := []byte(`"` + image + `"`)
+	reply := digestBody(img.Digest)
+
+	for _, conc := range []int{1, 32} {
+		b.Run(fmt.Sprintf("echo/c=%d", conc), func(b *testing.B) {
+			nc := testenv.Connect(b, ns.ClientURL())
+			sub, err := nc.QueueSubscribe("bench.echo", "echo", func(m *nats.Msg) { _ = m.Respond(reply) })
+			testenv.Must(b, err, "echo subscribe")
+			defer sub.Unsubscribe()
+			testenv.Must(b, nc.Flush(), "flush")
+			cli := testenv.Connect(b, ns.ClientURL())
+			runParallel(b, conc, func() error {
+				_, err := cli.Request("bench.echo", payload, 10*time.Second)
+				return err
+			})
+		})
+		for _, tier := range []struct {
+			name     string
+			noMemory bool
+		}{{"memory-hit", false}, {"redis-hit", true}} {
+			b.Run(fmt.Sprintf("%s/c=%d", tier.name, conc), func(b *testing.B) {
+				w := testenv.StartWorker(b, testenv.WorkerConfig{NATSURL: ns.ClientURL(), RedisAddr: rd.Addr(), NoMemory: tier.noMemory, Logger: zap.NewNop()})
+				cli := testenv.Client(b, ns.ClientURL())
+				if _, err := cli.Image(context.Background(), client.ManifestDigest, image); err != nil {
+					b.Fatal(err)
+				}
+				runParallel(b, conc, func() error {
+					r, err := cli.Call(context.Background(), client.ManifestDigest, payload)
+					if err == nil && r.Cache != "hit" {
+						err = fmt.Errorf("not a hit: %s", r.Cache)
+					}
+					return err
+				})
+				b.StopTimer()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = w.Shutdown(ctx)
+			})
+		}
+	}
+}
+
+// runParallel runs b.N calls of fn from conc goroutines and reports
+// requests per second.
+func runParallel(b *testing.B, conc int, fn func() error) {
+	b.Helper()
+	b.ReportAllocs()
+	work := make(chan struct{}, b.N)
+	for i := 0; i < b.N; i++ {
+		work <- struct{}{}
+	}
+	close(work)
+	errs := make(chan error, conc)
+	start := time.Now()
+	b.ResetTimer()
+	for g := 0; g < conc; g++ {
+		go func() {
+			for range work {
+				if err := fn(); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for g := 0; g < conc; g++ {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+}
