@@ -49,13 +49,13 @@ type authTransport struct {
 
 // newAuthTransport pings the registry and, for a bearer challenge, makes the
 // first token exchange.
-func newAuthTransport(ctx context.Context, reg name.Registry, auth authn.Authenticator, found bool, inner http.RoundTripper, scopes []string) (*authTransport, error) {
+func newAuthTransport(ctx context.Context, reg name.Registry, auth authn.Authenticator, found bool, inner http.RoundTripper, scopes []string, now func() time.Time) (*authTransport, error) {
 	pr, err := transport.Ping(ctx, reg, inner)
 	if err != nil {
 		return nil, err
 	}
 	t := &authTransport{reg: reg, inner: inner, auth: auth, challenge: pr, scopes: scopes,
-		scheme: "https", found: found, now: time.Now}
+		scheme: "https", found: found, now: now}
 	if pr.Insecure {
 		t.scheme = "http"
 	}

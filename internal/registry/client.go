@@ -125,6 +125,7 @@ type Client struct {
 	base          func(host string) http.RoundTripper
 	insecure      func(host string) bool
 	check         func(host string) error
+	now           func() time.Time // token expiry clock; tests move it
 	userAgent     string
 	manifestLimit int64
 	blobLimit     int64
@@ -176,6 +177,7 @@ func New(opts ...Option) *Client {
 		base:          func(string) http.RoundTripper { return http.DefaultTransport },
 		insecure:      func(string) bool { return false },
 		check:         func(string) error { return nil },
+		now:           time.Now,
 		userAgent:     "regcap",
 		manifestLimit: DefaultManifestLimit,
 		blobLimit:     DefaultBlobLimit,
@@ -256,7 +258,7 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 			transport.WithRetryStatusCodes(), // statuses are the caller's to judge
 		), c.userAgent)
 		found := auth != authn.Anonymous
-		rt, err := newAuthTransport(ctx, reg, auth, found, inner, []string{repo.Scope(transport.PullScope)})
+		rt, err := newAuthTransport(ctx, reg, auth, found, inner, []string{repo.Scope(transport.PullScope)}, c.now)
 		if err != nil {
 			return nil, accessError(host, found, err)
 		}

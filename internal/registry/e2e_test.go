@@ -223,6 +223,14 @@ func TestDistributionTLSAndCredentials(t *testing.T) {
 		w := startPrivateWorker(t, setup{dockerConfig: dockerConfigFor(reg.host, "alice", alicePassword)})
 		wantError(t, w.cli, image, 502, "TLS handshake with "+reg.host, "source_authorities", "insecure_sources")
 	})
+	t.Run("insecure source over TLS", func(t *testing.T) {
+		// insecure_sources: HTTPS without verification comes first.
+		w := startPrivateWorker(t, setup{
+			sources:      "insecure_sources: [" + reg.host + "]\n",
+			dockerConfig: dockerConfigFor(reg.host, "alice", alicePassword),
+		})
+		reg.checkFixtures(t, w.cli)
+	})
 	t.Run("CA from a file, DER", func(t *testing.T) {
 		der := filepath.Join(t.TempDir(), "ca.der")
 		testenv.Must(t, os.WriteFile(der, reg.ca.Cert.Raw, 0o600), "ca")

@@ -135,14 +135,14 @@ func (tr *tokenRegistry) expire(n int64) {
 	tr.gateClosing = &sync.Once{}
 }
 
-func tokenClient(t *testing.T, host string) *registry.Client {
+func tokenClient(t *testing.T, host string, opts ...registry.Option) *registry.Client {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := dockerConfigFor(host, tokenUser, tokenPass)
 	testenv.Must(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600), "config")
 	kc, err := registry.LoadDockerConfig(filepath.Join(dir, "config.json"))
 	testenv.Must(t, err, "docker config")
-	return registry.New(registry.WithKeychain(kc))
+	return registry.New(append([]registry.Option{registry.WithKeychain(kc)}, opts...)...)
 }
 
 // concurrently runs f n times at once and fails on any error.
@@ -273,4 +273,45 @@ func TestTokenRefreshBaseline(t *testing.T) {
 	tr.expire(n)
 	concurrently(t, n, get)
 	t.Logf("ggcr bearer transport, after expiry: %d concurrent requests, %d refreshes (regcap: 1)", n, tr.exchanges.Load()-before)
+}
+
+// TestTokenExpiresIn: a token past its expires_in is refreshed before it
+// is sent, once for all concurrent requests, and no request is refused.
+func TestTokenExpiresIn(t *testing.T) {
+	const n = 16
+	tr := startTokenRegistry(t)
+	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	var now atomic.Int64
+	now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	c := tokenClient(t, tr.host, registry.WithClock(func() time.Time { return time.Unix(0, now.Load()) }))
+	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	testenv.Must(t, err, "ref")
+	fetch := func() error {
+		got, err := c.Manifest(context.Background(), ref)
+		if err == nil && !bytes.Equal(got.Body, img.Manifest) {
+			err = fmt.Errorf("manifest differs")
+		}
+		return err
+	}
+	concurrently(t, n, fetch)
+	if got := tr.exchanges.Load(); got != 1 {
+		t.Fatalf("cold: %d exchanges, want 1", got)
+	}
+	// Still valid (the registry says 300 s): no exchange.
+	now.Add(int64(200 * time.Second))
+	concurrently(t, n, fetch)
+	if got := tr.exchanges.Load(); got != 1 {
+		t.Fatalf("within expires_in: %d exchanges, want 1", got)
+	}
+	// Past it: one refresh for all, before sending, so no 401s. (The
+	// cold phase's ping was refused, as pings are: reset the count.)
+	tr.unauthed.Store(0)
+	now.Add(int64(200 * time.Second))
+	concurrently(t, n, fetch)
+	if got := tr.exchanges.Load(); got != 2 {
+		t.Fatalf("past expires_in: %d exchanges, want 2", got)
+	}
+	if got := tr.unauthed.Load(); got != 0 {
+		t.Errorf("%d requests were sent with an expired token", got)
+	}
 }
