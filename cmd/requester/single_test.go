@@ -1,0 +1,59 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// TestSingleRequests runs `requester digest|manifest|config` against a
+// real worker: the reply body on stdout and exit 0; an error reply as
+// "error <code>: <message>" on stderr and exit 1; no responders exit 2.
+func TestSingleRequests(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	reg := testenv.StartRegistry(t)
+	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	idx := reg.PushMultiPlatform(t, "app", "v1", testenv.OCIIndex)
+	image := reg.Ref("app", "v1")
+	url := ns.ClientURL()
+
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{"digest", []string{"digest", image, "--nats-url", url}, 0, `{"digest":"` + idx.Digest + `"}`, ""},
+		{"flags first", []string{"digest", "--nats-url", url, image}, 0, `{"digest":"` + idx.Digest + `"}`, ""},
+		{"manifest", []string{"manifest", image, "--nats-url=" + url}, 0, string(idx.Body), ""},
+		{"config arm64", []string{"config", image, "--platform", "linux/arm64", "--nats-url", url}, 0, string(testenv.ConfigReply(idx.Images[1])), ""},
+		{"unknown tag", []string{"digest", reg.Ref("app", "nope"), "--nats-url", url}, 1, "", "error 404: " + reg.Ref("app", "nope")},
+		{"bad reference", []string{"manifest", "Not Valid", "--nats-url", url}, 1, "", "error 400: invalid image reference"},
+		{"no platform match", []string{"config", image, "--platform", "windows/amd64", "--nats-url", url}, 1, "", "error 404: " + image + ": index has no manifest for windows/amd64"},
+		{"no responders", []string{"digest", image, "--nats-url", url, "--subject-prefix", "nobody"}, 2, "", "no worker subscribed to nobody.oci.v1.manifest_digest"},
+		{"no image", []string{"digest", "--nats-url", url}, 2, "", "want exactly one IMAGE"},
+		{"unknown command", []string{"pull", image}, 2, "", `unknown command "pull"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := cli(t, "", tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stderr: %s", code, tc.code, stderr)
+			}
+			if stdout != tc.stdout {
+				t.Fatalf("stdout differs:\n got: %q\nwant: %q", stdout, tc.stdout)
+			}
+			if !strings.Contains(stderr, tc.stderr) {
+				t.Fatalf("stderr %q lacks %q", stderr, tc.stderr)
+			}
+		})
+	}
+
+	// NATS not reachable at all.
+	code, _, stderr := cli(t, "", "digest", image, "--nats-url", "nats://127.0.0.1:1", "--timeout", "1s")
+	if code != 2 || !strings.Contains(stderr, "connecting to NATS") {
+		t.Fatalf("unreachable NATS: exit %d, %s", code, stderr)
+	}
+}
