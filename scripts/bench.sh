@@ -146,8 +146,11 @@ done
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os
 out = sys.argv[1]
-print("| path | function | c | regcap req/s | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s |")
+print("| path | function | c | regcap req/s (runs min–max) | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s |")
 print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+def rate(s):
+    runs = s.get("run_throughputs") or [s["throughput_per_second"]]
+    return f"{s['throughput_per_second']:.0f} ({min(runs):.0f}–{max(runs):.0f})"
 def us(x):
     return f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
 for mode in ("warm", "cold"):
@@ -159,7 +162,7 @@ for mode in ("warm", "cold"):
         for l in r["levels"]:
             g, e, q = l["regcap"], l.get("echo"), l.get("ratio")
             cache = ", ".join(f"{k} {v}" for k, v in sorted((g.get("cache") or {}).items()))
-            row = [f"{mode} ({cache})", fn, str(l["concurrency"]), f"{g['throughput_per_second']:.0f}", us(g["p50_us"]), us(g["p99_us"])]
+            row = [f"{mode} ({cache})", fn, str(l["concurrency"]), rate(g), us(g["p50_us"]), us(g["p99_us"])]
             if e:
                 row += [f"{e['throughput_per_second']:.0f}", us(e["p50_us"]), us(e["p99_us"]), f"{q['throughput']:.2f}"]
             else:

@@ -247,6 +247,9 @@ func MedianStats(runs []Stats) Stats {
 		}
 	}
 	out.Throughput = pick(func(s Stats) float64 { return s.Throughput })
+	for _, r := range runs {
+		out.RunThroughputs = append(out.RunThroughputs, r.Throughput)
+	}
 	out.Elapsed = dur(func(s Stats) time.Duration { return s.Elapsed })
 	out.Seconds = out.Elapsed.Seconds()
 	out.P50 = dur(func(s Stats) time.Duration { return s.P50 })

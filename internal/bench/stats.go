@@ -29,6 +29,9 @@ type Stats struct {
 	P90us float64 `json:"p90_us"`
 	P99us float64 `json:"p99_us"`
 	MaxUs float64 `json:"max_us"`
+	// RunThroughputs are the throughputs of each run when Stats is a
+	// median of several (MedianStats), to show their spread.
+	RunThroughputs []float64 `json:"run_throughputs,omitempty"`
 	// Cache counts regcap replies by Regcap-Cache (hit, miss, shared), so
 	// that a "warm" figure can be checked to be made of hits.
 	Cache map[string]int `json:"cache,omitempty"`

@@ -156,6 +156,9 @@ func TestMedianStats(t *testing.T) {
 	if m.Cache["hit"] != 6 || m.Cache["miss"] != 1 {
 		t.Fatalf("cache %v", m.Cache)
 	}
+	if !slices.Equal(m.RunThroughputs, []float64{3, 4, 1}) {
+		t.Fatalf("run throughputs %v, want them in run order", m.RunThroughputs)
+	}
 	if m.P50us != 5000 {
 		t.Fatalf("p50us %v", m.P50us)
 	}
