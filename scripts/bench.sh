@@ -122,6 +122,7 @@ export NATS_URL=nats://127.0.0.1:$NATS_PORT
 {
 	echo "# $(date -u +%FT%TZ), $(nproc) cores, $(git describe --always --dirty 2>/dev/null || echo unknown)"
 	echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+	echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/machine.txt"
 
 run() { # NAME ARGS...
@@ -169,4 +170,6 @@ for mode in ("warm", "cold"):
                 row += ["-"] * 4
             print("| " + " | ".join(row) + " |")
 PY
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+cat "$OUT/machine.txt"
 echo "results in $OUT" >&2
