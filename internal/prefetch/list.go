@@ -61,14 +61,11 @@ func Unique(refs []string) []string {
 	return out
 }
 
-// k8sObject is the part of a Kubernetes object that can hold images. Pods
+// workload is the part of a Kubernetes object that holds images: Pods
 // have a pod spec at spec, workloads at spec.template.spec, CronJobs at
-// spec.jobTemplate.spec.template.spec, and lists (kubectl get -o yaml)
-// hold objects in items.
-type k8sObject struct {
-	Kind  string      `yaml:"kind"`
-	Items []k8sObject `yaml:"items"`
-	Spec  struct {
+// spec.jobTemplate.spec.template.spec.
+type workload struct {
+	Spec struct {
 		podSpec  `yaml:",inline"`
 		Template struct {
 			Spec podSpec `yaml:"spec"`
@@ -105,23 +102,50 @@ func (p *podSpec) images() []string {
 	return out
 }
 
-func (o *k8sObject) images() []string {
-	switch o.Kind {
-	case "Pod":
-		return o.Spec.podSpec.images()
-	case "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "PodTemplate":
-		return o.Spec.Template.Spec.images()
-	case "CronJob":
-		return o.Spec.JobTemplate.Spec.Template.Spec.images()
-	case "List", "PodList", "DeploymentList", "StatefulSetList", "DaemonSetList",
-		"ReplicaSetList", "ReplicationControllerList", "JobList", "CronJobList":
-		var out []string
-		for i := range o.Items {
-			out = append(out, o.Items[i].images()...)
-		}
-		return out
+// images returns the images of the object in n. Only the kinds that hold
+// pod specs are decoded further, so that other objects (CRDs, ConfigMaps)
+// whose fields happen to share names never make the stream fail.
+func images(n *yaml.Node) ([]string, error) {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
 	}
-	return nil
+	if n.Kind != yaml.MappingNode {
+		return nil, nil
+	}
+	var head struct {
+		Kind  string      `yaml:"kind"`
+		Items []yaml.Node `yaml:"items"`
+	}
+	if err := n.Decode(&head); err != nil {
+		return nil, nil // not an object with a kind: nothing to prefetch
+	}
+	if strings.HasSuffix(head.Kind, "List") {
+		var out []string
+		for i := range head.Items {
+			imgs, err := images(&head.Items[i])
+			if err != nil {
+				return nil, fmt.Errorf("item %d: %w", i+1, err)
+			}
+			out = append(out, imgs...)
+		}
+		return out, nil
+	}
+	var w workload
+	switch head.Kind {
+	case "Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob":
+		if err := n.Decode(&w); err != nil {
+			return nil, fmt.Errorf("%s: %w", head.Kind, err)
+		}
+	default:
+		return nil, nil
+	}
+	switch head.Kind {
+	case "Pod":
+		return w.Spec.podSpec.images(), nil
+	case "CronJob":
+		return w.Spec.JobTemplate.Spec.Template.Spec.images(), nil
+	}
+	return w.Spec.Template.Spec.images(), nil
 }
 
 // FromK8sYAML returns the image of every container, init container and
@@ -133,14 +157,18 @@ func FromK8sYAML(r io.Reader) ([]string, error) {
 	dec := yaml.NewDecoder(r)
 	var out []string
 	for n := 1; ; n++ {
-		var o k8sObject
-		err := dec.Decode(&o)
+		var doc yaml.Node
+		err := dec.Decode(&doc)
 		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("YAML document %d: %w", n, err)
 		}
-		out = append(out, o.images()...)
+		imgs, err := images(&doc)
+		if err != nil {
+			return nil, fmt.Errorf("YAML document %d: %w", n, err)
+		}
+		out = append(out, imgs...)
 	}
 }

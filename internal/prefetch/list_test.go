@@ -97,6 +97,10 @@ func TestFromK8sYAMLErrors(t *testing.T) {
 		{"json document", `{"kind":"Pod","spec":{"containers":[{"image":"a:1"}]}}`, false, 1},
 		{"only separators", "---\n---\n", false, 0},
 		{"broken yaml", "kind: Pod\nspec: [\n", true, 0},
+		{"a pod whose containers are not a list", "kind: Pod\nspec:\n  containers: nginx\n", true, 0},
+		{"other kinds may shape spec as they like", "kind: Rollout\nspec:\n  template: a string\n---\nkind: Pod\nspec:\n  containers: [{image: a:1}]\n", false, 1},
+		{"scalar and sequence documents are skipped", "just text\n---\n- a\n- b\n", false, 0},
+		{"typed list", "kind: PodList\nitems:\n- kind: Pod\n  spec:\n    containers: [{image: a:1}, {image: b:2}]\n", false, 2},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
