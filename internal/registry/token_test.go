@@ -23,6 +23,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -313,5 +314,79 @@ func TestTokenExpiresIn(t *testing.T) {
 	}
 	if got := tr.unauthed.Load(); got != 0 {
 		t.Errorf("%d requests were sent with an expired token", got)
+	}
+}
+
+// A registry's 401 at the token endpoint and its 403 on a repository are
+// explained: whether credentials were configured, never what they are.
+func TestAccessErrorsExplained(t *testing.T) {
+	tr := startTokenRegistry(t)
+	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	testenv.Must(t, err, "ref")
+
+	dir := t.TempDir()
+	p := filepath.Join(dir, "config.json")
+	testenv.Must(t, os.WriteFile(p, []byte(dockerConfigFor(tr.host, tokenUser, "wrong-pw-123")), 0o600), "config")
+	kc, err := registry.LoadDockerConfig(p)
+	testenv.Must(t, err, "config")
+	_, err = registry.New(registry.WithKeychain(kc)).Manifest(context.Background(), ref)
+	e := handlers.Classify(ref.Name(), err)
+	if e.Code != 401 || !strings.Contains(e.Cause, "refused the credentials configured") || strings.Contains(e.Error(), "wrong-pw-123") {
+		t.Errorf("wrong password at the token endpoint: %d %q", e.Code, e.Error())
+	}
+
+	_, err = registry.New().Manifest(context.Background(), ref)
+	e = handlers.Classify(ref.Name(), err)
+	if e.Code != 401 || !strings.Contains(e.Cause, "none were found") {
+		t.Errorf("anonymous at the token endpoint: %d %q", e.Code, e.Error())
+	}
+
+	// The registry denies the repository to these (valid) credentials.
+	tr.srv.Config.Handler = denyRepo(tr.srv.Config.Handler, "/v2/team/app/manifests/")
+	_, err = tokenClient(t, tr.host).Manifest(context.Background(), ref)
+	e = handlers.Classify(ref.Name(), err)
+	if e.Code != 403 || !strings.Contains(e.Cause, "denied access with the credentials configured") {
+		t.Errorf("403: %d %q", e.Code, e.Error())
+	}
+}
+
+func denyRepo(next http.Handler, prefix string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, prefix) && r.Header.Get("Authorization") != "" {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}`))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// A redirect (to "blob storage") that points at a denied address is
+// refused at dial time too, and the address sees no connection.
+func TestGuardDeniesRedirect(t *testing.T) {
+	cl := listenCounting(t, "127.0.0.5:0")
+	reg := testenv.StartRegistry(t)
+	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
+	reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/blobs/sha256:") },
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "http://"+cl.ln.Addr().String()+r.URL.Path, http.StatusTemporaryRedirect)
+		}))
+	g, err := registry.NewGuard([]string{"127.0.0.5/32"}, nil)
+	testenv.Must(t, err, "guard")
+	tr := registry.NewTransports(registry.WithDialGuard(g))
+	c := registry.New(registry.WithBaseTransport(tr.For))
+	var m struct{ Config struct{ Digest string } }
+	testenv.Must(t, json.Unmarshal(img.Manifest, &m), "manifest")
+	d, err := v1.NewHash(m.Config.Digest)
+	testenv.Must(t, err, "digest")
+	repo, err := name.NewRepository(reg.Host + "/r/app")
+	testenv.Must(t, err, "repo")
+	_, err = c.Blob(context.Background(), repo, d)
+	if e := handlers.Classify(repo.Name(), err); e.Code != 403 || !strings.Contains(e.Cause, "127.0.0.5") {
+		t.Fatalf("redirect to a denied address: %v", e)
+	}
+	if n := cl.countBefore(t); n != 0 {
+		t.Fatalf("denied address saw %d connections, want 0", n)
 	}
 }
