@@ -84,7 +84,7 @@ func newAuthTransport(ctx context.Context, reg name.Registry, auth authn.Authent
 // exchange gets a new token unless one newer than generation gen already
 // exists; concurrent callers share one exchange.
 func (t *authTransport) exchange(ctx context.Context, gen uint64) (string, error) {
-	v, err, _ := t.refresh.Do(fmt.Sprint(gen), func() (any, error) {
+	ch := t.refresh.DoChan(fmt.Sprint(gen), func() (any, error) {
 		t.mu.RLock()
 		cur, curGen := t.token, t.gen
 		t.mu.RUnlock()
@@ -116,10 +116,17 @@ func (t *authTransport) exchange(ctx context.Context, gen uint64) (string, error
 		t.mu.Unlock()
 		return s, nil
 	})
-	if err != nil {
-		return "", err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		// This caller's deadline passed; the exchange goes on for the
+		// others.
+		return "", ctx.Err()
 	}
-	return v.(string), nil
 }
 
 func (t *authTransport) bearer() bool { return strings.EqualFold(t.challenge.Scheme, "bearer") }
