@@ -24,6 +24,7 @@ type compose struct {
 		Command     []string          `yaml:"command"`
 		Entrypoint  []string          `yaml:"entrypoint"`
 		Environment map[string]string `yaml:"environment"`
+		Volumes     []string          `yaml:"volumes"`
 		Deploy      struct {
 			Replicas int `yaml:"replicas"`
 		} `yaml:"deploy"`
@@ -116,6 +117,24 @@ func TestComposeFile(t *testing.T) {
 		t.Errorf("worker build: %v", err)
 	}
 	checkFlags(t, "worker command", w.Command, flags)
+	// Bind-mounted files exist, and flags pointing into a mount name a
+	// mounted file.
+	mounted := map[string]bool{}
+	for _, v := range w.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) < 2 || !strings.HasPrefix(parts[0], ".") {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(root, parts[0])); err != nil {
+			t.Errorf("worker volume %s: %v", v, err)
+		}
+		mounted[parts[1]] = true
+	}
+	for _, a := range w.Command {
+		if v, ok := strings.CutPrefix(a, "--sources="); ok && !mounted[v] {
+			t.Errorf("worker --sources=%s is not a mounted file", v)
+		}
+	}
 	checkFlags(t, "worker healthcheck", w.Healthcheck.Test, flags)
 	if !strings.Contains(strings.Join(w.Healthcheck.Test, " "), "/readyz") {
 		t.Errorf("worker healthcheck does not ask /readyz: %v", w.Healthcheck.Test)
