@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,30 +19,18 @@ import (
 	"github.com/regcap/regcap/internal/testenv"
 )
 
-// buildBinary compiles ./cmd/<name> into a temporary folder.
-func buildBinary(t *testing.T, name string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command("go", "build", "-o", bin, "../"+name)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", name, err, out)
-	}
-	return bin
-}
-
 // TestSIGTERMAnswersRequestsInFlight runs the worker as a process: a
 // request whose fetch is held at the registry when SIGTERM arrives still
 // gets its reply, new requests find no responder once the subscriptions
 // are drained, and the process exits 0.
 func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
-	bin := buildBinary(t, "worker")
+	bin := testenv.BuildCommand(t, "worker")
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
 	img := reg.PushImage(t, "inflight", "v1", testenv.OCIManifest, "linux/amd64")
 	gate := reg.Hold("/inflight/manifests/")
 
-	var stderr bytes.Buffer
+	var stderr testenv.SyncBuffer
 	cmd := exec.Command(bin, "--nats-url", ns.ClientURL(), "--metrics-addr", "", "--log-format", "console")
 	cmd.Env = append(os.Environ(), "REDIS_URL=")
 	cmd.Stderr = &stderr
@@ -154,5 +141,21 @@ func TestBadFlagsExit2(t *testing.T) {
 			t.Errorf("%v: exit 0, output %s", args, out.String())
 		}
 		_ = fmt.Sprint(code)
+	}
+}
+
+// TestSIGTERMWithoutNATS: a worker that never reached NATS still stops
+// cleanly and at once; it has taken nothing, so there is nothing to flush.
+func TestSIGTERMWithoutNATS(t *testing.T) {
+	bin := testenv.BuildCommand(t, "worker")
+	var stderr testenv.SyncBuffer
+	cmd := exec.Command(bin, "--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", testenv.FreePort(t)), "--metrics-addr", "", "--shutdown-timeout", "60s")
+	cmd.Env = append(os.Environ(), "REDIS_URL=")
+	cmd.Stderr = &stderr
+	testenv.Must(t, cmd.Start(), "starting worker")
+	testenv.Eventually(t, "the worker to start", func() bool { return strings.Contains(stderr.String(), "worker started") })
+	testenv.Must(t, cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, stderr.String())
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/regcap/regcap/internal/testenv"
 )
 
 const root = "../.."
@@ -81,7 +83,7 @@ func TestComposeFile(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &c); err != nil {
 		t.Fatalf("docker-compose.yaml: %v", err)
 	}
-	flags := workerFlags(t, buildBinary(t, "worker"))
+	flags := workerFlags(t, testenv.BuildCommand(t, "worker"))
 
 	for _, name := range []string{"nats", "redis", "registry", "worker"} {
 		s, ok := c.Services[name]

@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,18 +22,6 @@ import (
 	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/internal/testenv"
 )
-
-// buildBinary compiles ./cmd/<name> into a temporary folder.
-func buildBinary(t *testing.T, name string) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/"+name)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", name, err, out)
-	}
-	return bin
-}
 
 // proc is a worker process.
 type proc struct {
@@ -136,7 +122,7 @@ type stack struct {
 
 func startStack(t *testing.T, workerArgs ...string) *stack {
 	t.Helper()
-	s := &stack{bin: buildBinary(t, "worker"), reg: testenv.StartRegistry(t), redis: testenv.StartRedis(t)}
+	s := &stack{bin: testenv.BuildCommand(t, "worker"), reg: testenv.StartRegistry(t), redis: testenv.StartRedis(t)}
 	s.startNATS(t, -1)
 	for i := range 10 {
 		tag := fmt.Sprintf("v%d", i)

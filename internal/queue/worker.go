@@ -255,8 +255,13 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	w.hardStop()
-	if ferr := w.nc.Flush(); ferr != nil && err == nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
-		err = ferr
+	// Push the last replies out. Without a connection there is nothing
+	// to flush: replies were buffered for a reconnect that will not come,
+	// and waiting for it would only delay the exit.
+	if w.nc.IsConnected() {
+		if ferr := w.nc.FlushTimeout(5 * time.Second); ferr != nil && err == nil {
+			err = ferr
+		}
 	}
 	return err
 }
