@@ -167,12 +167,21 @@ feed:
 	if rep.Seconds > 0 {
 		rep.Rate = float64(done) / rep.Seconds
 	}
-	sort.Slice(rep.Failures, func(i, j int) bool {
+	// Failures in the order of the input, whatever order they finished in.
+	imageAt := make(map[string]int, len(images))
+	for i, img := range images {
+		imageAt[img] = i
+	}
+	fnAt := make(map[string]int, len(fns))
+	for i, fn := range fns {
+		fnAt[string(fn)] = i
+	}
+	sort.SliceStable(rep.Failures, func(i, j int) bool {
 		a, b := rep.Failures[i], rep.Failures[j]
 		if a.Reference != b.Reference {
-			return a.Reference < b.Reference
+			return imageAt[a.Reference] < imageAt[b.Reference]
 		}
-		return a.Function < b.Function
+		return fnAt[a.Function] < fnAt[b.Function]
 	})
 	return rep
 }

@@ -104,6 +104,13 @@ func TestPrefetchFailuresByCode(t *testing.T) {
 	if len(rep.Failures) != 8 {
 		t.Fatalf("want 8 failures listed, got %d", len(rep.Failures))
 	}
+	// Listed in input order: image by image, function by function.
+	wantOrder := []string{images[1], images[1], images[3], images[3], images[4], images[4], images[5], images[5]}
+	for i, f := range rep.Failures {
+		if f.Reference != wantOrder[i] || f.Function != []string{"v1/manifest_digest", "v1/oci_manifest_config"}[i%2] {
+			t.Errorf("failure %d is %s %s, want %s in input order", i, f.Function, f.Reference, wantOrder[i])
+		}
+	}
 	for _, f := range rep.Failures {
 		if f.Reference == "" || f.Function == "" || f.Message == "" || f.Attempts != 1 {
 			t.Errorf("incomplete failure: %+v", f)
