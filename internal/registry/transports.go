@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -20,6 +22,7 @@ type Transports struct {
 	sources *Sources
 	guard   *Guard
 	lookup  func(ctx context.Context, host string) ([]string, error)
+	proxy   func(*http.Request) (*url.URL, error)
 
 	mu    sync.Mutex
 	hosts map[string]*http.Transport
@@ -42,9 +45,16 @@ func WithLookup(f func(ctx context.Context, host string) ([]string, error)) Tran
 	return func(t *Transports) { t.lookup = f }
 }
 
+// WithProxy replaces http.ProxyFromEnvironment as the function choosing a
+// proxy for a request (nil: no proxy). net/http reads the environment only
+// once per process, so tests use this to set a proxy.
+func WithProxy(f func(*http.Request) (*url.URL, error)) TransportsOption {
+	return func(t *Transports) { t.proxy = f }
+}
+
 // NewTransports returns Transports.
 func NewTransports(opts ...TransportsOption) *Transports {
-	t := &Transports{hosts: map[string]*http.Transport{}}
+	t := &Transports{hosts: map[string]*http.Transport{}, proxy: http.ProxyFromEnvironment}
 	for _, o := range opts {
 		o(t)
 	}
@@ -81,7 +91,7 @@ func (t *Transports) host(host string) *http.Transport {
 
 func (t *Transports) newTransport(host string) *http.Transport {
 	h := http.DefaultTransport.(*http.Transport).Clone()
-	h.Proxy = http.ProxyFromEnvironment
+	h.Proxy = t.guardedProxy
 	h.DialContext = t.dial
 	h.MaxIdleConnsPerHost = 32
 	h.TLSClientConfig = &tls.Config{
@@ -92,6 +102,53 @@ func (t *Transports) newTransport(host string) *http.Transport {
 		InsecureSkipVerify: t.sources.Insecure(host), //nolint:gosec // operator's explicit choice
 	}
 	return h
+}
+
+// guardedProxy is the transports' Proxy function. Through a proxy, the
+// dial-time guard only sees the proxy's address, so when a proxy is to be
+// used the target host is checked here first: an IP literal directly, a
+// name after resolving it (through the lookup hook when set) with every
+// address it resolves to checked. The proxy resolves the name again on its
+// own; a name whose answer changes in between (DNS rebinding) is beyond
+// what can be checked from here.
+func (t *Transports) guardedProxy(r *http.Request) (*url.URL, error) {
+	if t.proxy == nil {
+		return nil, nil
+	}
+	u, err := t.proxy(r)
+	if err != nil || u == nil || t.guard == nil {
+		return u, err
+	}
+	if err := t.checkTarget(r.Context(), r.URL.Hostname()); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// checkTarget refuses host (a name or an IP literal, without port) when it
+// is, or resolves to, an address the guard denies.
+func (t *Transports) checkTarget(ctx context.Context, host string) error {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return t.guard.CheckAddr(ip.WithZone(""))
+	}
+	lookup := t.lookup
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupHost
+	}
+	addrs, err := lookup(ctx, host)
+	if err != nil {
+		return &net.OpError{Op: "proxy", Net: "tcp", Err: &net.DNSError{Err: err.Error(), Name: host}}
+	}
+	for _, a := range addrs {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("%s resolved to %q, not an address: %w", host, a, ErrDenied)
+		}
+		if err := t.guard.CheckAddr(ip.WithZone("")); err != nil {
+			return fmt.Errorf("%s (through the proxy): %w", host, err)
+		}
+	}
+	return nil
 }
 
 // dial resolves (through the lookup hook when set) and dials with the guard
