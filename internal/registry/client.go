@@ -217,6 +217,14 @@ func (c *Client) plainHTTPAllowed(host string) bool {
 	return IsLoopback(host) || c.insecure(host)
 }
 
+// setupTimeout bounds the set-up of a repository's transport (credential
+// lookup, ping, first token exchange). The set-up runs on a context of its
+// own, detached from the caller who happened to start it, so that this
+// caller giving up does not fail the others waiting for the same set-up;
+// this bound keeps a registry that never answers from holding it forever.
+// Each caller still waits only until its own deadline.
+const setupTimeout = 30 * time.Second
+
 // transport returns the authenticated transport for repo, creating it once:
 // the ping and token exchange happen here, not on every call.
 func (c *Client) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
@@ -235,10 +243,12 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 	if rt, ok := c.transports.GetIfPresent(key); ok {
 		return rt, nil
 	}
-	v, err, _ := c.group.Do(key, func() (any, error) {
+	ch := c.group.DoChan(key, func() (any, error) {
 		if rt, ok := c.transports.GetIfPresent(key); ok {
 			return rt, nil
 		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), setupTimeout)
+		defer cancel()
 		reg := repo.Registry
 		if c.plainHTTPAllowed(host) {
 			// Lets ggcr's ping try plain HTTP after HTTPS.
@@ -265,10 +275,17 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 		c.transports.Set(key, rt)
 		return rt, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(http.RoundTripper), nil
+	case <-ctx.Done():
+		// This caller's deadline passed; the set-up goes on for the
+		// others.
+		return nil, ctx.Err()
 	}
-	return v.(http.RoundTripper), nil
 }
 
 // schemeGuard refuses plain HTTP to hosts that are neither loopback nor

@@ -2,11 +2,14 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -14,6 +17,8 @@ import (
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/docker/cli/cli/config/credentials"
 	"github.com/docker/cli/cli/config/types"
+	helperclient "github.com/docker/docker-credential-helpers/client"
+	helpercreds "github.com/docker/docker-credential-helpers/credentials"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 )
@@ -28,6 +33,8 @@ type DockerConfig struct {
 	interval time.Duration
 	now      func() time.Time
 	onError  func(error)
+	// helperTimeout bounds one run of a docker-credential helper.
+	helperTimeout time.Duration
 
 	mu      sync.Mutex
 	cf      *configfile.ConfigFile
@@ -53,13 +60,22 @@ func WithReloadErrors(f func(error)) DockerConfigOption {
 	return func(c *DockerConfig) { c.onError = f }
 }
 
+// DefaultHelperTimeout bounds one run of a docker-credential helper.
+const DefaultHelperTimeout = 10 * time.Second
+
+// WithHelperTimeout sets how long a docker-credential helper may run
+// before it is killed and the lookup fails (default DefaultHelperTimeout).
+func WithHelperTimeout(d time.Duration) DockerConfigOption {
+	return func(c *DockerConfig) { c.helperTimeout = d }
+}
+
 // LoadDockerConfig reads the Docker config at path: a config.json, a
 // .dockerconfigjson file, or a folder holding either. An empty path looks
 // where Docker does ($DOCKER_CONFIG/config.json, then
 // ~/.docker/config.json) and is not an error when nothing is there: pulls
 // are then anonymous.
 func LoadDockerConfig(path string, opts ...DockerConfigOption) (*DockerConfig, error) {
-	d := &DockerConfig{interval: time.Second, now: time.Now, cf: configfile.New("")}
+	d := &DockerConfig{interval: time.Second, now: time.Now, cf: configfile.New(""), helperTimeout: DefaultHelperTimeout}
 	for _, o := range opts {
 		o(d)
 	}
@@ -171,7 +187,13 @@ func (d *DockerConfig) current() *configfile.ConfigFile {
 // Resolve implements authn.Keychain: the credentials for target's registry,
 // or authn.Anonymous when the file has none for it.
 func (d *DockerConfig) Resolve(target authn.Resource) (authn.Authenticator, error) {
-	ac, ok, err := lookupAuth(d.current(), target.RegistryStr())
+	return d.ResolveContext(context.Background(), target)
+}
+
+// ResolveContext implements authn.ContextKeychain: Resolve, with a
+// credential helper run under ctx and the helper timeout.
+func (d *DockerConfig) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
+	ac, ok, err := lookupAuth(ctx, d.current(), target.RegistryStr(), d.helperTimeout)
 	if err != nil || !ok {
 		return authn.Anonymous, err
 	}
@@ -207,7 +229,7 @@ func sameRegistry(key, host string) bool {
 // lookupAuth finds host's credentials: a credential helper named for the
 // host in credHelpers wins, then credsStore, then auths (any spelling of
 // the host, including Docker Hub's several).
-func lookupAuth(cf *configfile.ConfigFile, host string) (types.AuthConfig, bool, error) {
+func lookupAuth(ctx context.Context, cf *configfile.ConfigFile, host string, timeout time.Duration) (types.AuthConfig, bool, error) {
 	if cf == nil {
 		return types.AuthConfig{}, false, nil
 	}
@@ -226,7 +248,7 @@ func lookupAuth(cf *configfile.ConfigFile, host string) (types.AuthConfig, bool,
 		helper = cf.CredentialsStore
 	}
 	if helper != "" {
-		ac, err := credentials.NewNativeStore(cf, helper).Get(helperKey)
+		ac, err := helperGet(ctx, helper, helperKey, timeout)
 		if err != nil {
 			// The helper's error names the helper, never the secret.
 			return types.AuthConfig{}, false, fmt.Errorf("credential helper docker-credential-%s for %s: %w", helper, host, err)
@@ -248,6 +270,50 @@ func lookupAuth(cf *configfile.ConfigFile, host string) (types.AuthConfig, bool,
 	}
 	return types.AuthConfig{}, false, nil
 }
+
+// helperGet asks docker-credential-<helper> for serverAddress's
+// credentials, as Docker's native store does, but killed when ctx ends or
+// timeout passes: a helper that hangs (waiting for a keyring unlock, a
+// network call) must not hang the set-up of registry connections.
+func helperGet(ctx context.Context, helper, serverAddress string, timeout time.Duration) (types.AuthConfig, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	prog := func(args ...string) helperclient.Program {
+		cmd := exec.CommandContext(ctx, "docker-credential-"+helper, args...)
+		cmd.Stderr = os.Stderr
+		// A helper's children may hold its stdout open after it is
+		// killed; do not wait for them.
+		cmd.WaitDelay = time.Second
+		return &helperProgram{cmd: cmd}
+	}
+	creds, err := helperclient.Get(prog, serverAddress)
+	if err != nil {
+		if helpercreds.IsErrCredentialsNotFound(err) {
+			return types.AuthConfig{}, nil
+		}
+		if ctx.Err() != nil {
+			return types.AuthConfig{}, fmt.Errorf("no answer in time (helper timeout %s): %w", timeout, ctx.Err())
+		}
+		return types.AuthConfig{}, err
+	}
+	ac := types.AuthConfig{ServerAddress: serverAddress}
+	if creds.Username == "<token>" {
+		// Docker's convention for an identity token.
+		ac.IdentityToken = creds.Secret
+	} else {
+		ac.Username, ac.Password = creds.Username, creds.Secret
+	}
+	return ac, nil
+}
+
+// helperProgram is a credential helper run (helperclient.Program).
+type helperProgram struct{ cmd *exec.Cmd }
+
+func (p *helperProgram) Output() ([]byte, error) { return p.cmd.Output() }
+func (p *helperProgram) Input(in io.Reader)      { p.cmd.Stdin = in }
 
 func emptyAuth(ac types.AuthConfig) bool {
 	return ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == ""

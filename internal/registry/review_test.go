@@ -2,12 +2,16 @@ package registry_test
 
 import (
 	"context"
+	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 
@@ -58,5 +62,107 @@ func TestGuardWithProxy(t *testing.T) {
 	// sentinel connection of countBefore.
 	if n := proxy.accepted.Load(); n <= 1 {
 		t.Fatal("the proxy saw no connection for an allowed target")
+	}
+}
+
+// waitErr waits (at most 10 s) for an error sent on ch.
+func waitErr(t *testing.T, what string, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not return", what)
+		return nil
+	}
+}
+
+// A registry that never answers the ping: a caller joining the set-up
+// returns at its own deadline, the caller that started the set-up can
+// give up without failing the others, and the set-up, once the registry
+// answers, serves a later joiner.
+func TestTransportSetupJoinersOwnContext(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
+	reg.ResetCounts()
+	gate := reg.Hold("/v2/")
+	c := registry.New()
+	ref, err := name.ParseReference(reg.Ref("r/app", "v1"))
+	testenv.Must(t, err, "ref")
+	fetch := func(ctx context.Context) <-chan error {
+		ch := make(chan error, 1)
+		go func() {
+			m, err := c.Manifest(ctx, ref)
+			if err == nil && string(m.Body) != string(img.Manifest) {
+				err = errors.New("manifest differs")
+			}
+			ch <- err
+		}()
+		return ch
+	}
+
+	first, cancelFirst := context.WithCancel(context.Background())
+	defer cancelFirst()
+	errFirst := fetch(first)
+	<-gate.Arrived()
+
+	start := time.Now()
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+	if err := waitErr(t, "a joiner with a 300ms deadline", fetch(short)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("joiner with a short deadline: %v, want its deadline", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("joiner with a 300ms deadline returned after %s", d)
+	}
+
+	cancelFirst()
+	if err := waitErr(t, "the cancelled first caller", errFirst); !errors.Is(err, context.Canceled) {
+		t.Errorf("first caller: %v, want its cancellation", err)
+	}
+
+	long, cancelLong := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancelLong()
+	errLong := fetch(long)
+	time.Sleep(100 * time.Millisecond) // let it join the set-up in flight
+	gate.Release()
+	if err := waitErr(t, "a joiner with a long deadline", errLong); err != nil {
+		t.Errorf("after the first caller gave up, a joiner failed: %v", err)
+	}
+	if n := reg.Count("GET", "ping"); n != 1 {
+		t.Errorf("%d pings, want 1 shared set-up", n)
+	}
+}
+
+// A credential helper that hangs is killed after the helper timeout, and
+// the lookup fails instead of hanging the set-up.
+func TestCredentialHelperTimeout(t *testing.T) {
+	dir := t.TempDir()
+	testenv.Must(t, os.WriteFile(filepath.Join(dir, "docker-credential-hang"), []byte("#!/bin/sh\nexec sleep 60\n"), 0o755), "helper")
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	p := filepath.Join(dir, "config.json")
+	testenv.Must(t, os.WriteFile(p, []byte(`{"credsStore":"hang"}`), 0o600), "config")
+	kc, err := registry.LoadDockerConfig(p, registry.WithHelperTimeout(200*time.Millisecond))
+	testenv.Must(t, err, "config")
+	repo, err := name.NewRepository("registry.regcap.test/x/y")
+	testenv.Must(t, err, "repo")
+	start := time.Now()
+	ch := make(chan error, 1)
+	go func() { _, err := kc.Resolve(repo); ch <- err }()
+	err = waitErr(t, "a hanging credential helper", ch)
+	if err == nil || !strings.Contains(err.Error(), "docker-credential-hang") {
+		t.Errorf("hanging helper: %v, want an error naming it", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("hanging helper returned after %s, want about the 200ms timeout", d)
+	}
+	// The caller's context ends it too.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	kc2, err := registry.LoadDockerConfig(p)
+	testenv.Must(t, err, "config")
+	go func() { _, err := kc2.ResolveContext(ctx, repo); ch <- err }()
+	if err := waitErr(t, "a hanging credential helper under a deadline", ch); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("hanging helper under a 100ms deadline: %v", err)
 	}
 }
