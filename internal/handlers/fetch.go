@@ -74,10 +74,15 @@ func (f *Fetcher) digest(ctx context.Context, ref name.Reference) ([]byte, error
 }
 
 // headFallback reports whether a GET may succeed where HEAD failed. A GET
-// cannot help once the deadline passed, and after a rate limit it would
-// only spend more of the quota.
+// cannot help once the deadline passed, after a rate limit it would only
+// spend more of the quota, and a policy refusal (ErrDenied) or the
+// registry refusing access (401, 403) would only be repeated.
 func headFallback(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.Is(err, registry.ErrDigestMismatch) {
+	if ctx.Err() != nil || errors.Is(err, registry.ErrDigestMismatch) || errors.Is(err, registry.ErrDenied) {
+		return false
+	}
+	var ae *registry.AccessError
+	if errors.As(err, &ae) && (ae.StatusCode == 401 || ae.StatusCode == 403) {
 		return false
 	}
 	var se *registry.StatusError
