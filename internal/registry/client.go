@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -321,7 +322,7 @@ func (c *Client) do(ctx context.Context, repo name.Repository, method, url strin
 	}
 	resp, err := (&http.Client{Transport: rt}).Do(req)
 	if err != nil {
-		return nil, err
+		return nil, redactURLError(err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
@@ -332,6 +333,22 @@ func (c *Client) do(ctx context.Context, repo name.Repository, method, url strin
 		return nil, accessError(repo.RegistryStr(), found, statusError(resp))
 	}
 	return resp, nil
+}
+
+// redactURLError drops the query and fragment from the URL of the
+// *url.Error in err: a redirect to blob storage carries a presigned URL
+// (X-Amz-Signature=…) that must not reach answers or logs.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+			ue.URL = u.String()
+		} else if i := strings.IndexAny(ue.URL, "?#"); i >= 0 {
+			ue.URL = ue.URL[:i]
+		}
+	}
+	return err
 }
 
 func statusError(resp *http.Response) error {

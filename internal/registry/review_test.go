@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
@@ -165,4 +167,36 @@ func TestCredentialHelperTimeout(t *testing.T) {
 	if err := waitErr(t, "a hanging credential helper under a deadline", ch); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("hanging helper under a 100ms deadline: %v", err)
 	}
+}
+
+// A redirect to a presigned blob URL that fails: the answer names the
+// host but never the signature in the query.
+func TestPresignedURLRedacted(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
+	closed := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/blobs/sha256:") },
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "http://"+closed+r.URL.Path+"?X-Amz-Signature=secret-sig&X-Amz-Credential=secret-cred", http.StatusTemporaryRedirect)
+		}))
+	d := configDigest(t, img.Manifest)
+	repo, err := name.NewRepository(reg.Host + "/r/app")
+	testenv.Must(t, err, "repo")
+	_, err = registry.New().Blob(context.Background(), repo, d)
+	if err == nil {
+		t.Fatal("blob from a closed port succeeded")
+	}
+	e := handlers.Classify(repo.Name(), err)
+	if strings.Contains(e.Error(), "secret") || strings.Contains(err.Error(), "secret") || !strings.Contains(e.Error(), closed) {
+		t.Fatalf("presigned URL in the error: %d %q", e.Code, e.Error())
+	}
+}
+
+func configDigest(t *testing.T, manifest []byte) v1.Hash {
+	t.Helper()
+	var m struct{ Config struct{ Digest string } }
+	testenv.Must(t, json.Unmarshal(manifest, &m), "manifest")
+	d, err := v1.NewHash(m.Config.Digest)
+	testenv.Must(t, err, "digest")
+	return d
 }
