@@ -79,6 +79,11 @@ func Classify(image string, err error) *Error {
 		e.Cause = "registry sent corrupt content: " + rootCause(err)
 	case errors.As(err, &se):
 		e.Code, e.Cause = statusCode(se.StatusCode), se.Error()
+		if se.Elsewhere && (se.StatusCode == 401 || se.StatusCode == 403) {
+			// Blob storage refusing a (presigned) redirect is an upstream
+			// fault, not the registry refusing us.
+			e.Code = 502
+		}
 		if se.StatusCode == http.StatusTooManyRequests {
 			e.RetryAfter = se.RetryAfter
 			e.Cause = "registry rate-limited us" + retryAfterText(se.RetryAfter)

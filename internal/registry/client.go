@@ -68,10 +68,18 @@ type StatusError struct {
 	RetryAfter string
 	// Detail is what the registry said in its error body, if anything.
 	Detail string
+	// Elsewhere is set when the answer came from another host than the
+	// registry (blob storage, after a redirect): its 401 or 403 is not
+	// the registry's access decision.
+	Elsewhere bool
 }
 
 func (e *StatusError) Error() string {
-	msg := fmt.Sprintf("%s %s: registry answered %d %s", e.Method, e.URL, e.StatusCode, http.StatusText(e.StatusCode))
+	who := "registry"
+	if e.Elsewhere {
+		who = "blob storage (redirect target)"
+	}
+	msg := fmt.Sprintf("%s %s: %s answered %d %s", e.Method, e.URL, who, e.StatusCode, http.StatusText(e.StatusCode))
 	if e.Detail != "" {
 		msg += ": " + e.Detail
 	}
@@ -330,7 +338,14 @@ func (c *Client) do(ctx context.Context, repo name.Repository, method, url strin
 		if at, ok := rt.(*authTransport); ok {
 			found = at.found
 		}
-		return nil, accessError(repo.RegistryStr(), found, statusError(resp))
+		se := statusError(resp)
+		if resp.Request.URL.Host != repo.RegistryStr() {
+			// Blob storage after a redirect: a plain status error,
+			// naming its host, never the registry's access error.
+			se.Elsewhere = true
+			return nil, se
+		}
+		return nil, accessError(repo.RegistryStr(), found, se)
 	}
 	return resp, nil
 }
@@ -351,7 +366,7 @@ func redactURLError(err error) error {
 	return err
 }
 
-func statusError(resp *http.Response) error {
+func statusError(resp *http.Response) *StatusError {
 	se := &StatusError{
 		Method:     resp.Request.Method,
 		URL:        resp.Request.URL.Scheme + "://" + resp.Request.URL.Host + resp.Request.URL.Path,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -199,4 +200,31 @@ func configDigest(t *testing.T, manifest []byte) v1.Hash {
 	d, err := v1.NewHash(m.Config.Digest)
 	testenv.Must(t, err, "digest")
 	return d
+}
+
+// Blob storage answering 401 or 403 to a redirect is an upstream fault
+// (502) naming its host, not the registry refusing our credentials.
+func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
+	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden} {
+		storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(status) }))
+		t.Cleanup(storage.Close)
+		storageHost := strings.TrimPrefix(storage.URL, "http://")
+		reg := testenv.StartRegistry(t)
+		img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
+		reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/blobs/sha256:") },
+			http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, storage.URL+r.URL.Path, http.StatusTemporaryRedirect)
+			}))
+		repo, err := name.NewRepository(reg.Host + "/r/app")
+		testenv.Must(t, err, "repo")
+		_, err = registry.New().Blob(context.Background(), repo, configDigest(t, img.Manifest))
+		var ae *registry.AccessError
+		if errors.As(err, &ae) {
+			t.Errorf("blob storage %d reported as the registry's access error: %v", status, err)
+		}
+		e := handlers.Classify(repo.Name(), err)
+		if e.Code != 502 || !strings.Contains(e.Cause, storageHost) || strings.Contains(e.Cause, "credentials") {
+			t.Errorf("blob storage %d: %d %q, want 502 naming %s", status, e.Code, e.Cause, storageHost)
+		}
+	}
 }
