@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -96,9 +97,10 @@ func (t *authTransport) exchange(ctx context.Context, gen uint64) (string, error
 		// not fail the others waiting for the same token.
 		xctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		tok, err := transport.Exchange(xctx, t.reg, t.auth, t.inner, t.scopes, t.challenge)
+		rec := &tokenRecorder{inner: t.inner}
+		tok, err := transport.Exchange(xctx, t.reg, t.auth, rec, t.scopes, t.challenge)
 		if err != nil {
-			return "", err
+			return "", rec.wrap(err)
 		}
 		s := tok.Token
 		if s == "" {
@@ -127,6 +129,46 @@ func (t *authTransport) exchange(ctx context.Context, gen uint64) (string, error
 		// others.
 		return "", ctx.Err()
 	}
+}
+
+// tokenRecorder keeps what ggcr's token exchange drops: the Retry-After of
+// a token endpoint that rate-limits us.
+type tokenRecorder struct {
+	inner http.RoundTripper
+
+	mu      sync.Mutex
+	limited *StatusError
+}
+
+func (r *tokenRecorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.inner.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+		r.mu.Lock()
+		r.limited = &StatusError{
+			Method:     req.Method,
+			URL:        req.URL.Scheme + "://" + req.URL.Host + req.URL.Path,
+			StatusCode: resp.StatusCode,
+			RetryAfter: resp.Header.Get("Retry-After"),
+			Detail:     "token endpoint rate-limited us",
+		}
+		r.mu.Unlock()
+	}
+	return resp, err
+}
+
+// wrap turns a 429 from the token endpoint into a *StatusError carrying
+// its Retry-After; other errors are returned as they are.
+func (r *tokenRecorder) wrap(err error) error {
+	var te *transport.Error
+	if !errors.As(err, &te) || te.StatusCode != http.StatusTooManyRequests {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.limited == nil {
+		return err
+	}
+	return r.limited
 }
 
 func (t *authTransport) bearer() bool { return strings.EqualFold(t.challenge.Scheme, "bearer") }

@@ -328,16 +328,18 @@ func (c *Client) do(ctx context.Context, repo name.Repository, method, url strin
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
+	found := false
+	if at, ok := rt.(*authTransport); ok {
+		found = at.found
+	}
 	resp, err := (&http.Client{Transport: rt}).Do(req)
 	if err != nil {
-		return nil, redactURLError(err)
+		// A token refresh refused (401/403) on the way is an access
+		// error of the registry, saying whether we had credentials.
+		return nil, accessError(repo.RegistryStr(), found, redactURLError(err))
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		found := false
-		if at, ok := rt.(*authTransport); ok {
-			found = at.found
-		}
 		se := statusError(resp)
 		if resp.Request.URL.Host != repo.RegistryStr() {
 			// Blob storage after a redirect: a plain status error,

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,5 +227,34 @@ func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
 		if e.Code != 502 || !strings.Contains(e.Cause, storageHost) || strings.Contains(e.Cause, "credentials") {
 			t.Errorf("blob storage %d: %d %q, want 502 naming %s", status, e.Code, e.Cause, storageHost)
 		}
+	}
+}
+
+// Token-endpoint failures during a request (a refresh after expiry): a 401
+// says credentials were configured and refused; a 429 carries Retry-After.
+func TestTokenEndpointFailuresExplained(t *testing.T) {
+	tr := startTokenRegistry(t)
+	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	var now atomic.Int64
+	now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	c := tokenClient(t, tr.host, registry.WithClock(func() time.Time { return time.Unix(0, now.Load()) }))
+	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	testenv.Must(t, err, "ref")
+	_, err = c.Manifest(context.Background(), ref)
+	testenv.Must(t, err, "first manifest")
+
+	tr.tokenFail.Store(http.StatusUnauthorized)
+	now.Add(int64(time.Hour)) // past expires_in: the next request refreshes
+	_, err = c.Manifest(context.Background(), ref)
+	e := handlers.Classify(ref.Name(), err)
+	if e.Code != 401 || !strings.Contains(e.Cause, "refused the credentials configured") {
+		t.Errorf("token endpoint 401 during a request: %d %q", e.Code, e.Cause)
+	}
+
+	tr.tokenFail.Store(http.StatusTooManyRequests)
+	_, err = c.Manifest(context.Background(), ref)
+	e = handlers.Classify(ref.Name(), err)
+	if e.Code != 429 || e.RetryAfter != "7" || !strings.Contains(e.Cause, "retry after 7s") {
+		t.Errorf("token endpoint 429 during a request: %d %q (Retry-After %q)", e.Code, e.Cause, e.RetryAfter)
 	}
 }

@@ -43,6 +43,7 @@ type tokenRegistry struct {
 	unauthed    atomic.Int64 // 401s served to registry requests
 	blobAuth    atomic.Int64 // blob-storage requests that carried Authorization
 	blobServed  atomic.Int64
+	tokenFail   atomic.Int64 // when set, the token endpoint answers this status
 	mu          sync.Mutex
 	valid       map[string]bool
 	gate        chan struct{} // when set, the token endpoint waits for it
@@ -77,6 +78,13 @@ func (tr *tokenRegistry) serve(inner http.Handler) func(http.ResponseWriter, *ht
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/token" {
 			tr.exchanges.Add(1)
+			if code := int(tr.tokenFail.Load()); code != 0 {
+				if code == http.StatusTooManyRequests {
+					w.Header().Set("Retry-After", "7")
+				}
+				w.WriteHeader(code)
+				return
+			}
 			if u, p, ok := r.BasicAuth(); !ok || u != tokenUser || p != tokenPass {
 				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}`, http.StatusUnauthorized)
 				return
