@@ -80,7 +80,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.Int64Var(&c.blobLimit, "max-config-size", registry.DefaultBlobLimit, "largest config blob accepted, in bytes; larger is 413")
 	fs.StringVar(&c.dockerConfig, "docker-config", "", "Docker config with registry credentials: a config.json, a .dockerconfigjson pull secret, or the folder holding one; re-read when it changes (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json)")
 	fs.StringVar(&c.sources, "sources", "", "Kubewarden sources.yaml (or JSON): insecure_sources and source_authorities")
-	fs.StringVar(&c.denyCIDRs, "deny-cidrs", strings.Join(registry.DefaultDenyCIDRs, ","), "networks never connected to, checked on the resolved address at dial time; replaces the default list (empty: deny nothing)")
+	fs.StringVar(&c.denyCIDRs, "deny-cidrs", strings.Join(registry.DefaultDenyCIDRs(), ","), "networks never connected to, checked on the resolved address at dial time; replaces the default list (empty: deny nothing)")
 	fs.StringVar(&c.allowRegs, "allow-registries", "", "comma-separated globs of the only registries that may be asked (e.g. ghcr.io,*.example.com,registry.local:5000); empty allows all")
 	fs.Usage = flagenv.Usage(fs, "Usage: worker [flags]\n\nAnswers kubewarden/oci registry capabilities over NATS for a fleet of policy hosts.", "REGCAP_", envOverrides)
 	if err := fs.Parse(args); err != nil {

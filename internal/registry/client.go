@@ -33,10 +33,10 @@ const (
 	DefaultBlobLimit     = 8 << 20
 )
 
-// ManifestAccept lists the manifest media types regcap asks for. Schema 1
+// manifestAccept lists the manifest media types regcap asks for. Schema 1
 // types are included so that such a manifest is answered with a clear
-// "unsupported" rather than a registry 404.
-var ManifestAccept = []string{
+// "unsupported" rather than a registry 404. Never modified.
+var manifestAccept = []string{
 	"application/vnd.oci.image.index.v1+json",
 	"application/vnd.docker.distribution.manifest.list.v2+json",
 	"application/vnd.oci.image.manifest.v1+json",
@@ -45,7 +45,7 @@ var ManifestAccept = []string{
 	"application/vnd.docker.distribution.manifest.v1+json",
 }
 
-var acceptHeader = strings.Join(ManifestAccept, ", ")
+var acceptHeader = strings.Join(manifestAccept, ", ")
 
 // Sentinel errors; callers match them with errors.Is.
 var (

@@ -161,7 +161,7 @@ esac
 }
 
 func TestGuardRules(t *testing.T) {
-	g, err := registry.NewGuard(registry.DefaultDenyCIDRs, []string{"ghcr.io", "*.example.com", "registry.local:5000", "docker.io"})
+	g, err := registry.NewGuard(registry.DefaultDenyCIDRs(), []string{"ghcr.io", "*.example.com", "registry.local:5000", "docker.io"})
 	testenv.Must(t, err, "guard")
 	for host, ok := range map[string]bool{
 		"ghcr.io": true, "ghcr.io:443": true, "a.example.com": true, "a.b.example.com:8443": true,

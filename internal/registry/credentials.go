@@ -205,7 +205,8 @@ func (d *DockerConfig) ResolveContext(ctx context.Context, target authn.Resource
 	}), nil
 }
 
-// hubHosts are the spellings of Docker Hub found in config files.
+// hubHosts are the spellings of Docker Hub found in config files. It is
+// unexported and only ever read, never modified.
 var hubHosts = map[string]bool{"index.docker.io": true, "docker.io": true, "registry-1.docker.io": true}
 
 // authKeys lists the config keys that may hold host's credentials, the

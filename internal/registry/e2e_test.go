@@ -76,7 +76,7 @@ func startPrivateWorker(t *testing.T, s setup) *privateWorker {
 	testenv.Must(t, err, "loading docker config")
 	deny := s.deny
 	if deny == nil {
-		deny = registry.DefaultDenyCIDRs
+		deny = registry.DefaultDenyCIDRs()
 	}
 	guard, err := registry.NewGuard(deny, s.allow)
 	testenv.Must(t, err, "guard")

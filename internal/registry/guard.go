@@ -14,10 +14,13 @@ import (
 // refuses a connection. Callers answer it with 403.
 var ErrDenied = errors.New("refused by policy")
 
-// DefaultDenyCIDRs are the networks the worker never connects to unless
-// told otherwise: link-local (where cloud metadata services live) and the
-// AWS IPv6 metadata address.
-var DefaultDenyCIDRs = []string{"169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"}
+// DefaultDenyCIDRs returns the networks the worker never connects to
+// unless told otherwise: link-local (where cloud metadata services live)
+// and the AWS IPv6 metadata address. Each call returns a new slice, so
+// that no caller can change the default for the others.
+func DefaultDenyCIDRs() []string {
+	return []string{"169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"}
+}
 
 // Guard decides which registries may be asked at all (allow-list, checked
 // before any connection) and which addresses may be dialled (deny-list,

@@ -258,3 +258,12 @@ func TestTokenEndpointFailuresExplained(t *testing.T) {
 		t.Errorf("token endpoint 429 during a request: %d %q (Retry-After %q)", e.Code, e.Cause, e.RetryAfter)
 	}
 }
+
+// The default deny list cannot be changed by a caller for the others.
+func TestDefaultDenyCIDRsIsACopy(t *testing.T) {
+	d := registry.DefaultDenyCIDRs()
+	d[0] = "127.0.0.0/8"
+	if got := registry.DefaultDenyCIDRs(); got[0] != "169.254.0.0/16" {
+		t.Fatalf("a caller changed the default deny list: %v", got)
+	}
+}
