@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -266,4 +267,36 @@ func TestDefaultDenyCIDRsIsACopy(t *testing.T) {
 	if got := registry.DefaultDenyCIDRs(); got[0] != "169.254.0.0/16" {
 		t.Fatalf("a caller changed the default deny list: %v", got)
 	}
+}
+
+// The per-host transports are bounded, and an evicted host's idle
+// connections are closed.
+func TestTransportsBounded(t *testing.T) {
+	const n, max = 12, 2
+	var opened, closed atomic.Int64
+	tr := registry.NewTransports(registry.WithMaxHosts(max))
+	t.Cleanup(tr.CloseIdleConnections)
+	hc := &http.Client{Transport: tr}
+	for range n {
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
+		srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				opened.Add(1)
+			case http.StateClosed:
+				closed.Add(1)
+			}
+		}
+		srv.Start()
+		t.Cleanup(srv.Close)
+		resp, err := hc.Get(srv.URL + "/v2/")
+		testenv.Must(t, err, "GET")
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if h := tr.Hosts(); h > max {
+		t.Errorf("%d hosts keep a transport, want at most %d", h, max)
+	}
+	testenv.Eventually(t, "idle connections of evicted hosts closed", func() bool { return closed.Load() >= n/2 })
+	t.Logf("%d connections opened, %d closed by eviction", opened.Load(), closed.Load())
 }

@@ -8,12 +8,19 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"sync"
 	"time"
+
+	"github.com/maypok86/otter/v2"
 )
 
+// DefaultMaxHosts bounds how many hosts (registries and blob storage
+// hosts) keep a transport, with its idle connections, at a time.
+const DefaultMaxHosts = 1024
+
 // Transports is the base HTTP transport of every registry connection: one
-// *http.Transport per host, each with that host's TLS settings from
+// *http.Transport per host (at most maxHosts kept; an evicted host's idle
+// connections are closed, and connections still in use when it is evicted
+// close after the transport's idle timeout), each with that host's TLS settings from
 // sources.yaml, the SSRF guard at dial time and the proxy from the
 // environment (HTTPS_PROXY, NO_PROXY). It routes by the request's host, so
 // a redirect to blob storage gets blob storage's settings, not the
@@ -24,8 +31,8 @@ type Transports struct {
 	lookup  func(ctx context.Context, host string) ([]string, error)
 	proxy   func(*http.Request) (*url.URL, error)
 
-	mu    sync.Mutex
-	hosts map[string]*http.Transport
+	maxHosts int
+	hosts    *otter.Cache[string, *http.Transport]
 }
 
 // TransportsOption configures Transports.
@@ -54,10 +61,16 @@ func WithProxy(f func(*http.Request) (*url.URL, error)) TransportsOption {
 
 // NewTransports returns Transports.
 func NewTransports(opts ...TransportsOption) *Transports {
-	t := &Transports{hosts: map[string]*http.Transport{}, proxy: http.ProxyFromEnvironment}
+	t := &Transports{proxy: http.ProxyFromEnvironment, maxHosts: DefaultMaxHosts}
 	for _, o := range opts {
 		o(t)
 	}
+	t.hosts = otter.Must(&otter.Options[string, *http.Transport]{
+		MaximumSize: t.maxHosts,
+		OnDeletion: func(e otter.DeletionEvent[string, *http.Transport]) {
+			e.Value.CloseIdleConnections()
+		},
+	})
 	return t
 }
 
@@ -71,21 +84,16 @@ func (t *Transports) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // CloseIdleConnections closes idle connections of every host.
 func (t *Transports) CloseIdleConnections() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, h := range t.hosts {
+	for h := range t.hosts.Values() {
 		h.CloseIdleConnections()
 	}
 }
 
 func (t *Transports) host(host string) *http.Transport {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if h, ok := t.hosts[host]; ok {
+	if h, ok := t.hosts.GetIfPresent(host); ok {
 		return h
 	}
-	h := t.newTransport(host)
-	t.hosts[host] = h
+	h, _ := t.hosts.SetIfAbsent(host, t.newTransport(host))
 	return h
 }
 
