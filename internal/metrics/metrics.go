@@ -53,11 +53,11 @@ func New() *Metrics {
 		}, []string{"result"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcap_upstream_requests_total",
-			Help: "HTTP requests to registries, by registry host, method and status (the HTTP status, or \"error\" when no answer came).",
+			Help: "HTTP requests to registries, by registry host (\"blob-storage\" for redirects to other hosts, \"auth\" for token endpoints on other hosts), method and status (the HTTP status, or \"error\" when no answer came).",
 		}, []string{"registry", "method", "status"}),
 		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "regcap_upstream_request_duration_seconds",
-			Help:    "Latency of HTTP requests to registries, to the response headers, by registry host and method.",
+			Help:    "Latency of HTTP requests to registries, to the response headers, by registry host (\"blob-storage\" for redirects to other hosts, \"auth\" for token endpoints on other hosts) and method.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"registry", "method"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -124,20 +124,34 @@ func (m *Metrics) NATSReconnected() { m.natsReconnects.Inc() }
 // registry.WithBaseTransport) so that every HTTP request to a registry,
 // retries and token exchanges included, is counted and timed.
 func (m *Metrics) WrapBase(base func(host string) http.RoundTripper) func(host string) http.RoundTripper {
-	return func(host string) http.RoundTripper { return &transport{m: m, next: base(host)} }
+	return func(host string) http.RoundTripper { return &transport{m: m, next: base(host), registry: host} }
 }
 
 type transport struct {
-	m    *Metrics
-	next http.RoundTripper
+	m        *Metrics
+	next     http.RoundTripper
+	registry string // the registry host the transport was made for
+}
+
+// label is the registry label of r. Redirect targets and token endpoints
+// are hosts a registry chooses, so they are not labels of their own: the
+// label set stays bounded.
+func (t *transport) label(r *http.Request) string {
+	switch {
+	case r.URL.Host == t.registry:
+		return t.registry
+	case r.Response != nil: // followed a redirect
+		return "blob-storage"
+	default:
+		return "auth"
+	}
 }
 
 func (t *transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := t.next.RoundTrip(r)
-	// The request's host, not the one the transport was made for: a
-	// redirect to blob storage is counted as blob storage.
-	host := r.URL.Host
+	// A redirect to blob storage is counted as blob storage.
+	host := t.label(r)
 	t.m.upstreamLatency.WithLabelValues(host, r.Method).Observe(time.Since(start).Seconds())
 	status := "error"
 	if err == nil {

@@ -86,3 +86,28 @@ func TestObserverAndTransport(t *testing.T) {
 		t.Error("a new Metrics sees another's counters")
 	}
 }
+
+// Redirect targets are counted as "blob-storage", not by their host, so
+// that registries cannot grow the label set.
+func TestUpstreamRedirectLabelBounded(t *testing.T) {
+	m := metrics.New()
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "{}") }))
+	defer storage.Close()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, storage.URL+r.URL.Path+"?sig=x", http.StatusTemporaryRedirect)
+	}))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	c := http.Client{Transport: m.WrapBase(func(string) http.RoundTripper { return http.DefaultTransport })(host)}
+	resp, err := c.Get(reg.URL + "/v2/a/blobs/sha256:00")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	body := scrape(t, m)
+	wantLine(t, body, `regcap_upstream_requests_total{method="GET",registry="`+host+`",status="307"} 1`)
+	wantLine(t, body, `regcap_upstream_requests_total{method="GET",registry="blob-storage",status="200"} 1`)
+	if strings.Contains(body, strings.TrimPrefix(storage.URL, "http://")) {
+		t.Errorf("blob storage's host is a label:\n%s", body)
+	}
+}
