@@ -86,6 +86,11 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	if err != nil {
 		return nil, Errorf(400, "", "invalid image reference %s", quote([]byte(s)))
 	}
+	// Every registry in use digests with sha256; accepting another
+	// algorithm would mean answering bodies nobody verified.
+	if d, ok := ref.(name.Digest); ok && !strings.HasPrefix(d.DigestStr(), "sha256:") {
+		return nil, Errorf(400, "", "unsupported digest algorithm in %s: only sha256 digests are accepted", quote([]byte(s)))
+	}
 	return ref, nil
 }
 

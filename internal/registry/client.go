@@ -433,8 +433,16 @@ func (c *Client) Manifest(ctx context.Context, ref name.Reference) (*Manifest, e
 	}
 	got := sha256Hash(body)
 	want := resp.Header.Get("Docker-Content-Digest")
+	if strings.Contains(resp.Header.Get("Content-Type"), "manifest.v1+") {
+		// A signed schema 1 manifest's announced digest covers the body
+		// without its signatures; the caller refuses schema 1 anyway.
+		want = ""
+	}
 	if d, isDigest := ref.(name.Digest); isDigest {
 		want = d.DigestStr()
+		if !strings.HasPrefix(want, "sha256:") {
+			return nil, fmt.Errorf("cannot verify %s: only sha256 digests are supported: %w", want, ErrDigestMismatch)
+		}
 	}
 	if strings.HasPrefix(want, "sha256:") && want != got.String() {
 		return nil, fmt.Errorf("manifest body hashes to %s, expected %s: %w", got, want, ErrDigestMismatch)
@@ -455,10 +463,11 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, digest v1.Hash)
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", digest, err)
 	}
-	if digest.Algorithm == "sha256" {
-		if got := sha256Hash(body); got != digest {
-			return nil, fmt.Errorf("blob hashes to %s, expected %s: %w", got, digest, ErrDigestMismatch)
-		}
+	if digest.Algorithm != "sha256" {
+		return nil, fmt.Errorf("cannot verify blob %s: only sha256 digests are supported: %w", digest, ErrDigestMismatch)
+	}
+	if got := sha256Hash(body); got != digest {
+		return nil, fmt.Errorf("blob hashes to %s, expected %s: %w", got, digest, ErrDigestMismatch)
 	}
 	return body, nil
 }
