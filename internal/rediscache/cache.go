@@ -36,8 +36,13 @@ type Cache struct {
 	onError   func(op string)
 
 	redisDown atomic.Bool
+	lastProbe atomic.Int64 // unix nanoseconds of the last command tried during an outage
 	lock      lockState
 }
+
+// probeInterval is how often, during an outage, one command is let
+// through to see whether Redis is back.
+const probeInterval = time.Second
 
 // Option configures a Cache.
 type Option func(*Cache)
@@ -104,7 +109,7 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool) {
 	if b, ok := c.Local(key); ok {
 		return b, true
 	}
-	if c.rdb == nil {
+	if c.rdb == nil || c.skipRedis() {
 		return nil, false
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
@@ -143,7 +148,7 @@ func (c *Cache) Set(ctx context.Context, key string, body []byte, expires time.T
 		return
 	}
 	c.setLocal(key, body, expires)
-	if c.rdb == nil {
+	if c.rdb == nil || c.skipRedis() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
@@ -172,9 +177,25 @@ func (c *Cache) setLocal(key string, body []byte, expires time.Time) {
 // Available reports whether the shared tier answered its last command.
 func (c *Cache) Available() bool { return c.rdb == nil || !c.redisDown.Load() }
 
+// skipRedis reports whether to leave Redis alone. During an outage only
+// one command a second goes to it, as a probe: a Redis that drops packets
+// would otherwise cost every request its command timeouts.
+func (c *Cache) skipRedis() bool {
+	if !c.redisDown.Load() {
+		return false
+	}
+	now := c.now().UnixNano()
+	last := c.lastProbe.Load()
+	if now-last < int64(probeInterval) {
+		return true
+	}
+	return !c.lastProbe.CompareAndSwap(last, now)
+}
+
 func (c *Cache) redisFailed(op string, err error) {
 	c.onError(op)
 	if c.redisDown.CompareAndSwap(false, true) {
+		c.lastProbe.Store(c.now().UnixNano())
 		c.log.Warn("redis unavailable: answering from memory and registries until it is back",
 			zap.String("op", op), zap.Error(err))
 	}

@@ -99,7 +99,7 @@ type lockState struct {
 // Waiter when another worker is fetching, or neither when there is no
 // shared tier or it failed: then the caller fetches on its own.
 func (c *Cache) Lock(ctx context.Context, key string, hold time.Duration) (*Lease, *Waiter) {
-	if c.rdb == nil {
+	if c.rdb == nil || c.skipRedis() {
 		return nil, nil
 	}
 	c.startListener()
