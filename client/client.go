@@ -73,13 +73,14 @@ type Option func(*Client)
 // WithSubjectPrefix sets the subject prefix (default "kubewarden").
 func WithSubjectPrefix(p string) Option { return func(c *Client) { c.prefix = p } }
 
-// WithTimeout bounds a call whose context has no deadline (default 15s,
-// a little over the worker's default fetch timeout).
+// WithTimeout bounds a call whose context has no deadline (default 30s:
+// a worker answers within --lock-wait + --fetch-timeout, 20s by default,
+// so a slow registry is reported as the worker's 504, not as a timeout).
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
 // New returns a Client over nc.
 func New(nc *nats.Conn, opts ...Option) *Client {
-	c := &Client{nc: nc, prefix: "kubewarden", timeout: 15 * time.Second}
+	c := &Client{nc: nc, prefix: "kubewarden", timeout: 30 * time.Second}
 	for _, o := range opts {
 		o(c)
 	}

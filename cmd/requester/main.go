@@ -83,7 +83,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	}
 	fs.StringVar(&c.url, "nats-url", def, "NATS server URL(s), comma-separated (env NATS_URL)")
 	fs.StringVar(&c.prefix, "subject-prefix", "kubewarden", "subject prefix of the fleet")
-	fs.DurationVar(&c.timeout, "timeout", 15*time.Second, "how long to wait for one reply")
+	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for one reply (a worker answers within --lock-wait + --fetch-timeout, 20s by default)")
 	fs.StringVar(&c.creds, "creds", "", "NATS user credentials file")
 	fs.StringVar(&c.nkey, "nkey", "", "NATS NKey seed file")
 	fs.StringVar(&c.tlsCA, "tlsca", "", "CA certificate to verify the NATS server")

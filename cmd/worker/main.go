@@ -71,7 +71,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.Uint64Var(&c.memorySize, "memory-cache-size", rediscache.DefaultMemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
 	fs.IntVar(&c.concurrency, "concurrency", 64, "upstream fetches run at once")
 	fs.IntVar(&c.maxPending, "max-pending", 1024, "requests waiting on Redis or a fetch; past it the answer is 503")
-	fs.DurationVar(&c.drainLimit, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long to wait for requests in flight before cancelling them")
+	fs.DurationVar(&c.drainLimit, "shutdown-timeout", 25*time.Second, "on SIGTERM, how long to wait for requests in flight before cancelling them (keep it under the pod's terminationGracePeriodSeconds)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", ":9090", "listen address for /metrics, /healthz and /readyz; empty disables")
 	fs.StringVar(&c.probe, "probe", "", "check a URL (e.g. http://127.0.0.1:9090/readyz) and exit 0 if it answers 200: a container healthcheck for images without curl")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -181,6 +181,8 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 			log.Info("sharing the cache through redis", zap.String("addr", rdb.Options().Addr))
 		}
 		cancel()
+	} else if cfg.memorySize == 0 {
+		log.Warn("REDIS_URL not set and --memory-cache-size 0: nothing is cached, every request goes to the registry")
 	} else {
 		log.Warn("REDIS_URL not set: using an in-process cache that is not shared with other workers")
 	}

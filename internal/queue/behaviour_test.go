@@ -376,18 +376,24 @@ func TestRedisOutage(t *testing.T) {
 	}
 
 	rd.Start()
-	// go-redis reconnects by itself; wait until the worker's own client
-	// can reach Redis again.
-	testenv.Eventually(t, "the worker's redis client to reconnect", func() bool {
-		return f.worker.Cache.Redis().Ping(context.Background()).Err() == nil
+	// The worker shares again: during an outage it probes Redis once a
+	// second, so within a few requests a new answer reaches Redis again.
+	rdb := rd.Client(t)
+	next := 5
+	testenv.Eventually(t, "a new answer to reach redis", func() bool {
+		tag := fmt.Sprintf("after%d", next)
+		img := f.reg.PushImage(t, "outage", tag, testenv.OCIManifest, "linux/amd64")
+		call(t, f.cli, client.OCIManifest, f.reg.Ref("outage", tag))
+		v, err := rdb.Get(context.Background(), "regcap:v1:oci_manifest:"+f.reg.Ref("outage", tag)).Bytes()
+		if err == nil && bytes.Equal(v, img.Manifest) {
+			imgs[5] = img
+			return true
+		}
+		next++
+		time.Sleep(100 * time.Millisecond)
+		return false
 	})
-	// The worker shares again: a new answer reaches Redis, and a worker
-	// with an empty memory tier gets it as a hit.
-	call(t, f.cli, client.OCIManifest, ref(5))
-	v, err := rd.Client(t).Get(context.Background(), "regcap:v1:oci_manifest:"+ref(5)).Bytes()
-	if err != nil || !bytes.Equal(v, imgs[5].Manifest) {
-		t.Fatalf("the answer did not reach redis after it came back: %v", err)
-	}
+	ref5 := f.reg.Ref("outage", fmt.Sprintf("after%d", next))
 	if !f.worker.Cache.Available() {
 		t.Fatal("cache still reports redis unavailable")
 	}
@@ -401,8 +407,54 @@ func TestRedisOutage(t *testing.T) {
 	other := testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: f.natsURL, RedisAddr: rd.Addr(), QueueOpts: []queue.Option{queue.WithQueueGroup("other")}, NoMemory: true})
 	f.worker.Shutdown(context.Background())
 	_ = other
-	if r := call(t, f.cli, client.OCIManifest, ref(5)); r.Cache != queue.CacheHit || !bytes.Equal(r.Body, imgs[5].Manifest) {
+	if r := call(t, f.cli, client.OCIManifest, ref5); r.Cache != queue.CacheHit || !bytes.Equal(r.Body, imgs[5].Manifest) {
 		t.Fatalf("after redis came back: cache %q", r.Cache)
+	}
+}
+
+// TestBlackholedRedis: a Redis that accepts connections and never answers
+// costs the first request its command timeout; after that the worker only
+// probes it once a second, so requests are served from the registry
+// without waiting on it.
+func TestBlackholedRedis(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	testenv.Must(t, err, "listen")
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		silent.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	f := newFleet(t, testenv.WorkerConfig{RedisAddr: silent.Addr().String(), Logger: zap.NewNop()})
+	const n = 20
+	for i := 0; i < n; i++ {
+		img := f.reg.PushImage(t, "blackhole", fmt.Sprint(i), testenv.OCIManifest, "linux/amd64")
+		if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("blackhole", fmt.Sprint(i))); !bytes.Equal(r.Body, img.Manifest) {
+			t.Fatalf("request %d: %s", i, r.Body)
+		}
+	}
+	// Without the outage gate each request would try three commands, each
+	// on a new connection after the previous one timed out.
+	mu.Lock()
+	got := len(conns)
+	mu.Unlock()
+	if got >= n {
+		t.Fatalf("%d connections to a dead redis for %d requests: the outage is not short-circuited", got, n)
 	}
 }
 
@@ -442,6 +494,8 @@ func TestBadInput(t *testing.T) {
 	f.reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/schema1/manifests/") },
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v1+prettyjws")
+			// As distribution does: the digest of the unsigned payload.
+			w.Header().Set("Docker-Content-Digest", testenv.Digest([]byte("payload without signatures")))
 			_, _ = w.Write([]byte(`{"schemaVersion":1,"name":"schema1","tag":"v1","fsLayers":[]}`))
 		}))
 	f.reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/limited/") },
@@ -483,6 +537,7 @@ func TestBadInput(t *testing.T) {
 		{"empty string", client.ManifestDigest, []byte(`""`), 400, "empty image reference"},
 		{"over 4 KiB", client.ManifestDigest, []byte(`"` + strings.Repeat("a", 5000) + `"`), 400, "over the 4096-byte limit"},
 		{"invalid reference", client.ManifestDigest, []byte(`"Not/Valid:ref:"`), 400, "invalid image reference"},
+		{"sha512 digest", client.OCIManifest, q(f.reg.Host + "/good@sha512:" + strings.Repeat("ab", 64)), 400, "only sha256"},
 		{"unknown tag", client.ManifestDigest, q(f.reg.Ref("good", "nope")), 404, f.reg.Ref("good", "nope")},
 		{"unknown repository", client.OCIManifest, q(f.reg.Ref("nothing", "v1")), 404, "404"},
 		{"nothing listens", client.ManifestDigest, q(fmt.Sprintf("127.0.0.1:%d/x:y", closedPort)), 502, "unreachable"},

@@ -87,11 +87,13 @@ type Worker struct {
 	fleet        FleetLock     // nil: per-worker singleflight only
 	lockWait     time.Duration // 0: fetchTimeout
 
-	keys    *otter.Cache[string, string] // raw request → cache key
-	pool    chan struct{}                // fetch slots
-	pending atomic.Int64                 // requests taken and not answered beyond memory
-	group   singleflight.Group
-	tokens  atomic.Uint64
+	keys *otter.Cache[string, string] // raw request → cache key
+	// repliedOffline is set when a reply went to the reconnect buffer.
+	repliedOffline atomic.Bool
+	pool           chan struct{} // fetch slots
+	pending        atomic.Int64  // requests taken and not answered beyond memory
+	group          singleflight.Group
+	tokens         atomic.Uint64
 
 	life     context.Context // cancelled only by a hard stop
 	hardStop context.CancelFunc
@@ -230,17 +232,16 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() {
-		// Drained subscriptions become invalid once their callbacks ran;
-		// only then is the in-flight count final.
+		// Once every message the client holds has gone through its
+		// callback, the in-flight count is final: a drained subscription
+		// becomes invalid then, and a disconnected one gets no more
+		// messages, so an empty pending queue is enough.
 		t := time.NewTicker(5 * time.Millisecond)
 		defer t.Stop()
-		for w.subsValid() && w.nc.IsConnected() {
+		for w.subsValid() && !(!w.nc.IsConnected() && w.subsIdle()) && w.life.Err() == nil {
 			select {
 			case <-t.C:
 			case <-w.life.Done():
-			}
-			if w.life.Err() != nil {
-				break
 			}
 		}
 		w.inflight.Wait()
@@ -255,15 +256,35 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	w.hardStop()
-	// Push the last replies out. Without a connection there is nothing
-	// to flush: replies were buffered for a reconnect that will not come,
-	// and waiting for it would only delay the exit.
+	// Replies written while disconnected wait in the reconnect buffer:
+	// give the reconnect the rest of ctx, then push them out. A worker
+	// that answered nothing offline (or never connected) returns at once.
+	if w.repliedOffline.Load() {
+		t := time.NewTicker(10 * time.Millisecond)
+		for !w.nc.IsConnected() && ctx.Err() == nil && !w.nc.IsClosed() {
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+		}
+		t.Stop()
+	}
 	if w.nc.IsConnected() {
 		if ferr := w.nc.FlushTimeout(5 * time.Second); ferr != nil && err == nil {
 			err = ferr
 		}
 	}
 	return err
+}
+
+// subsIdle reports whether no subscription holds undelivered messages.
+func (w *Worker) subsIdle() bool {
+	for _, s := range w.subs {
+		if n, _, err := s.Pending(); err == nil && n > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *Worker) subsValid() bool {
@@ -373,11 +394,17 @@ func (w *Worker) serveMiss(m *nats.Msg, req handlers.Request, key string, start 
 // lock it also runs once per key across the fleet: the other workers wait
 // for the holder's answer.
 func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result, error) {
+	// One budget for the whole shared fetch, so that every request taken
+	// is answered within Budget(): waits for a slot and for another
+	// worker's fetch come out of it, and the fetch gets at most
+	// --fetch-timeout of what is left.
+	ctx, cancel := context.WithTimeout(w.life, w.Budget())
+	defer cancel()
 	// The fetch that just finished may have filled the cache.
-	if body, ok := w.cache.Get(w.life, key); ok {
+	if body, ok := w.cache.Get(ctx, key); ok {
 		return result{body: body, outcome: CacheHit, leader: leader}, nil
 	}
-	if err := w.acquireSlot(req); err != nil {
+	if err := w.acquireSlot(ctx, req); err != nil {
 		return result{}, err
 	}
 	// The slot is taken before the lock so that the lock is held only
@@ -386,35 +413,36 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 	var lease *rediscache.Lease
 	if w.fleet != nil {
 		var waiter *rediscache.Waiter
-		lease, waiter = w.fleet.Lock(w.life, key, w.fetchTimeout+lockMargin)
+		lease, waiter = w.fleet.Lock(ctx, key, w.fetchTimeout+lockMargin)
 		if waiter != nil {
 			// Waiting is not fetching: give the slot to others meanwhile.
 			w.releaseSlot()
-			if ans := waiter.Wait(w.life, w.lockWait); ans != nil {
+			if ans := waiter.Wait(ctx, w.lockWait); ans != nil {
 				if f := ans.Failure; f != nil {
 					return result{}, &handlers.Error{Code: f.Code, Image: req.Ref.Name(), Cause: f.Message, RetryAfter: f.RetryAfter}
 				}
 				return result{body: ans.Body, outcome: CacheShared, leader: leader}, nil
 			}
 			// No answer in time, or the holder gave up or died: fetch here.
-			if err := w.acquireSlot(req); err != nil {
+			if err := w.acquireSlot(ctx, req); err != nil {
 				return result{}, err
 			}
 		}
 		if lease != nil {
 			// The holder before us may have stored it since our look.
-			if body, ok := w.cache.Get(w.life, key); ok {
+			if body, ok := w.cache.Get(ctx, key); ok {
 				w.releaseSlot()
 				lease.Done(w.life, nil)
 				return result{body: body, outcome: CacheHit, leader: leader}, nil
 			}
 		}
 	}
-	body, err := w.fetchUpstream(req, key)
+	body, err := w.fetchUpstream(ctx, req, key)
 	w.releaseSlot()
 	if err != nil {
+		he := handlers.Classify(req.Ref.Name(), err)
 		if lease != nil {
-			if he := handlers.Classify(req.Ref.Name(), err); he.Code == 503 {
+			if he.Code == 503 {
 				// This worker is stopping or overloaded, which says
 				// nothing about the image: let the waiters try.
 				lease.Abandon(w.life)
@@ -422,7 +450,7 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 				lease.Done(w.life, &rediscache.Failure{Code: he.Code, Message: he.Cause, RetryAfter: he.RetryAfter})
 			}
 		}
-		return result{}, err
+		return result{}, he
 	}
 	if lease != nil {
 		lease.Done(w.life, nil)
@@ -430,21 +458,28 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 	return result{body: body, outcome: CacheMiss, leader: leader}, nil
 }
 
+// Budget is the longest a request waits beyond the memory tier before it
+// is answered: --fetch-timeout, plus --lock-wait with a fleet lock.
+func (w *Worker) Budget() time.Duration {
+	if w.fleet != nil {
+		return w.lockWait + w.fetchTimeout
+	}
+	return w.fetchTimeout
+}
+
 // lockMargin is how much longer than a fetch the fleet lock is held: the
 // re-check before the fetch and the store after it.
 const lockMargin = 2 * time.Second
 
-// acquireSlot waits, at most a fetch timeout, for a fetch slot.
-func (w *Worker) acquireSlot(req handlers.Request) error {
-	wait, cancel := context.WithTimeout(w.life, w.fetchTimeout)
-	defer cancel()
+// acquireSlot waits for a fetch slot until ctx, the request's budget, ends.
+func (w *Worker) acquireSlot(ctx context.Context, req handlers.Request) error {
 	select {
 	case w.pool <- struct{}{}:
-	case <-wait.Done():
+	case <-ctx.Done():
 		if w.life.Err() != nil {
 			return handlers.Errorf(503, req.Ref.Name(), "worker shutting down")
 		}
-		return handlers.Errorf(503, req.Ref.Name(), "all %d fetch slots busy for %s; retry", cap(w.pool), w.fetchTimeout)
+		return handlers.Errorf(503, req.Ref.Name(), "all %d fetch slots stayed busy; retry", cap(w.pool))
 	}
 	w.reportPool()
 	return nil
@@ -462,8 +497,8 @@ func (w *Worker) reportPool() {
 
 // fetchUpstream asks the registry and stores the answer. The caller holds
 // a fetch slot.
-func (w *Worker) fetchUpstream(req handlers.Request, key string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(w.life, w.fetchTimeout)
+func (w *Worker) fetchUpstream(ctx context.Context, req handlers.Request, key string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.fetchTimeout)
 	defer cancel()
 	fetched := time.Now()
 	body, err := w.fetcher.Fetch(ctx, req)
@@ -478,13 +513,21 @@ func (w *Worker) fetchUpstream(req handlers.Request, key string) ([]byte, error)
 	return body, nil
 }
 
+// respond sends r, noting when it can only be buffered for a reconnect.
+func (w *Worker) respond(m *nats.Msg, fn handlers.Function, r *nats.Msg) {
+	if !w.nc.IsConnected() {
+		w.repliedOffline.Store(true)
+	}
+	if err := m.RespondMsg(r); err != nil {
+		w.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
+	}
+}
+
 func (w *Worker) reply(m *nats.Msg, fn handlers.Function, body []byte, outcome string, start time.Time) {
 	r := nats.NewMsg(m.Reply)
 	r.Header.Set(HeaderCache, outcome)
 	r.Data = body
-	if err := m.RespondMsg(r); err != nil {
-		w.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
-	}
+	w.respond(m, fn, r)
 	w.obs.Request(fn, 0, outcome, time.Since(start))
 }
 
@@ -499,9 +542,7 @@ func (w *Worker) replyError(m *nats.Msg, fn handlers.Function, err error, start 
 	if he.RetryAfter != "" {
 		r.Header.Set(HeaderRetryAfter, headerSafe(he.RetryAfter))
 	}
-	if err := m.RespondMsg(r); err != nil {
-		w.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
-	}
+	w.respond(m, fn, r)
 	lvl := zap.InfoLevel
 	if he.Code >= 500 {
 		lvl = zap.WarnLevel
