@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the Performance figures of README.md (docs/performance.md):
+# Reproduces the Performance figures of README.md :
 # one worker with its embedded NATS server and a Redis, a CNCF distribution
 # registry (Debian package docker-registry) seeded with small images, and
 # `requester bench` on the warm path (c=1 and c=32, hit path vs NATS echo)
@@ -143,7 +143,7 @@ for fn in digest config; do
 		--cold --requests "$COLD_REQUESTS" --runs "$RUNS"
 done
 
-# The markdown table of docs/performance.md, from the JSON reports.
+# The markdown table of README.md (Performance), from the JSON reports.
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os
 out = sys.argv[1]
