@@ -4,20 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/docker/cli/cli/config/credentials"
 	"github.com/docker/cli/cli/config/types"
-	helperclient "github.com/docker/docker-credential-helpers/client"
 	helpercreds "github.com/docker/docker-credential-helpers/credentials"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -258,7 +258,10 @@ func lookupAuth(ctx context.Context, cf *configfile.ConfigFile, host string, tim
 			return ac, true, nil
 		}
 	}
-	auths := cf.GetAuthConfigs()
+	// cf.AuthConfigs, read directly: GetAuthConfigs writes an empty map
+	// into a nil one ("auths": null), a data race between concurrent
+	// lookups. Ranging over and indexing a nil map are fine.
+	auths := cf.AuthConfigs
 	for _, k := range keys {
 		if ac, ok := auths[k]; ok && !emptyAuth(ac) {
 			return ac, true, nil
@@ -276,29 +279,42 @@ func lookupAuth(ctx context.Context, cf *configfile.ConfigFile, host string, tim
 // credentials, as Docker's native store does, but killed when ctx ends or
 // timeout passes: a helper that hangs (waiting for a keyring unlock, a
 // network call) must not hang the set-up of registry connections.
+//
+// Nothing the helper prints ever reaches an error or a log: its stdout is
+// where the secret is, and a helper that fails may still have printed it
+// (or part of it), and its stderr is the helper's own business (debug
+// output of some helpers includes tokens). Errors say only how it failed:
+// its exit status, a timeout, or an answer that is not credentials JSON.
+// (docker-credential-helpers' client.Get quotes the whole stdout in its
+// error, which is why it is not used here.)
 func helperGet(ctx context.Context, helper, serverAddress string, timeout time.Duration) (types.AuthConfig, error) {
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	prog := func(args ...string) helperclient.Program {
-		cmd := exec.CommandContext(ctx, "docker-credential-"+helper, args...)
-		cmd.Stderr = os.Stderr
-		// A helper's children may hold its stdout open after it is
-		// killed; do not wait for them.
-		cmd.WaitDelay = time.Second
-		return &helperProgram{cmd: cmd}
-	}
-	creds, err := helperclient.Get(prog, serverAddress)
+	cmd := exec.CommandContext(ctx, "docker-credential-"+helper, helpercreds.ActionGet)
+	cmd.Stdin = strings.NewReader(serverAddress)
+	// Counted, never kept: only its size is reported.
+	var stderr countingWriter
+	cmd.Stderr = &stderr
+	// A helper's children may hold its stdout open after it is killed;
+	// do not wait for them.
+	cmd.WaitDelay = time.Second
+	out, err := cmd.Output()
 	if err != nil {
-		if helpercreds.IsErrCredentialsNotFound(err) {
+		if helpercreds.IsErrCredentialsNotFoundMessage(string(out)) {
 			return types.AuthConfig{}, nil
 		}
 		if ctx.Err() != nil {
 			return types.AuthConfig{}, fmt.Errorf("no answer in time (helper timeout %s): %w", timeout, ctx.Err())
 		}
-		return types.AuthConfig{}, err
+		return types.AuthConfig{}, helperFailure(err, len(out), stderr.n)
+	}
+	var creds helpercreds.Credentials
+	if err := json.Unmarshal(out, &creds); err != nil {
+		// The decoder's error may quote part of the output.
+		return types.AuthConfig{}, fmt.Errorf("answered %d bytes that are not credentials JSON (output not shown: it may hold credentials)", len(out))
 	}
 	ac := types.AuthConfig{ServerAddress: serverAddress}
 	if creds.Username == "<token>" {
@@ -310,11 +326,28 @@ func helperGet(ctx context.Context, helper, serverAddress string, timeout time.D
 	return ac, nil
 }
 
-// helperProgram is a credential helper run (helperclient.Program).
-type helperProgram struct{ cmd *exec.Cmd }
+// helperFailure describes a failed helper run by its exit status and the
+// sizes of what it printed, never by the output itself.
+func helperFailure(err error, stdout, stderr int) error {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		// ExitError's message is the status ("exit status 1", "signal:
+		// killed"); it never includes the output.
+		return fmt.Errorf("failed (%s; %d bytes on stdout, %d on stderr, not shown: they may hold credentials; run it by hand to see them)",
+			ee.ProcessState, stdout, stderr)
+	}
+	// Not started (not on PATH, not executable): exec's error names the
+	// program, not any output.
+	return err
+}
 
-func (p *helperProgram) Output() ([]byte, error) { return p.cmd.Output() }
-func (p *helperProgram) Input(in io.Reader)      { p.cmd.Stdin = in }
+// countingWriter discards what is written to it and counts the bytes.
+type countingWriter struct{ n int }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += len(p)
+	return len(p), nil
+}
 
 func emptyAuth(ac types.AuthConfig) bool {
 	return ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == ""
