@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -141,6 +142,11 @@ type Client struct {
 
 	transports *otter.Cache[string, http.RoundTripper]
 	group      singleflight.Group
+	// gen counts Flushes. It is part of every transport's cache and
+	// singleflight key, so that a set-up started before a Flush (with the
+	// credentials of before) is neither joined by callers after it nor
+	// found by them in the cache.
+	gen atomic.Uint64
 }
 
 // Option configures a Client.
@@ -204,8 +210,14 @@ func New(opts ...Option) *Client {
 	return c
 }
 
-// Flush drops every cached transport, e.g. after credentials changed.
-func (c *Client) Flush() { c.transports.InvalidateAll() }
+// Flush drops every cached transport, e.g. after credentials changed. A
+// set-up in flight when Flush is called still answers the callers already
+// waiting for it, but its transport is not kept: later callers set up
+// their own, with the credentials of now.
+func (c *Client) Flush() {
+	c.gen.Add(1)
+	c.transports.InvalidateAll()
+}
 
 // IsLoopback reports whether host (with or without port) names a loopback
 // address, which may be reached over plain HTTP.
@@ -248,7 +260,8 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 			c.Flush()
 		}
 	}
-	key := repo.Name()
+	gen := c.gen.Load()
+	key := strconv.FormatUint(gen, 10) + " " + repo.Name()
 	if rt, ok := c.transports.GetIfPresent(key); ok {
 		return rt, nil
 	}
@@ -281,7 +294,12 @@ func (c *Client) transport(ctx context.Context, repo name.Repository) (http.Roun
 		if err != nil {
 			return nil, accessError(host, found, err)
 		}
-		c.transports.Set(key, rt)
+		if c.gen.Load() == gen {
+			// Even if a Flush comes between this check and the Set,
+			// the entry is under the old generation's key, which no
+			// later caller looks up; it only waits for eviction.
+			c.transports.Set(key, rt)
+		}
 		return rt, nil
 	})
 	select {

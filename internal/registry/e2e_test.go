@@ -14,6 +14,10 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/queue"
@@ -48,6 +52,7 @@ type setup struct {
 	dockerConfig string // config.json content; "" for none
 	deny         []string
 	allow        []string
+	log          *zap.Logger // the worker's logger; nil: warnings to t.Log
 }
 
 type privateWorker struct {
@@ -88,6 +93,7 @@ func startPrivateWorker(t *testing.T, s setup) *privateWorker {
 	testenv.Must(t, err, "platform")
 	testenv.StartWorker(t, testenv.WorkerConfig{
 		NATSURL: ns.ClientURL(),
+		Logger:  s.log,
 		RegistryOpts: []registry.Option{
 			registry.WithKeychain(kc),
 			registry.WithBaseTransport(tr.For),
@@ -111,6 +117,24 @@ func sourceAuthority(host string, ca *testenv.CA) string {
 		b.WriteString("        " + l + "\n")
 	}
 	return b.String()
+}
+
+// capturedLogger returns a logger keeping every entry, at every level, and
+// a function giving them all as JSON lines, fields included.
+func capturedLogger(t *testing.T) (*zap.Logger, func() string) {
+	t.Helper()
+	core, obs := observer.New(zapcore.DebugLevel)
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	return zap.New(core), func() string {
+		var b strings.Builder
+		for _, e := range obs.All() {
+			buf, err := enc.EncodeEntry(e.Entry, e.Context)
+			testenv.Must(t, err, "encoding a log entry")
+			b.Write(buf.Bytes())
+			buf.Free()
+		}
+		return b.String()
+	}
 }
 
 // checkAll checks the three functions for image against the bytes the
@@ -202,13 +226,31 @@ func TestDistributionTLSAndCredentials(t *testing.T) {
 		reg.checkFixtures(t, w.cli)
 	})
 	t.Run("wrong credentials", func(t *testing.T) {
+		const wrong = "not-the-password"
+		log, logs := capturedLogger(t)
 		w := startPrivateWorker(t, setup{
 			sources:      sourceAuthority(reg.host, reg.ca),
-			dockerConfig: dockerConfigFor(reg.host, "alice", "not-the-password"),
+			dockerConfig: dockerConfigFor(reg.host, "alice", wrong),
+			log:          log,
 		})
 		msg := wantError(t, w.cli, image, 401, "refused the credentials configured for it", reg.host)
-		if strings.Contains(msg, "not-the-password") || strings.Contains(msg, "alice") {
-			t.Errorf("message shows credentials: %q", msg)
+		basic := base64.StdEncoding.EncodeToString([]byte("alice:" + wrong))
+		for _, secret := range []string{wrong, basic, "alice"} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("message shows credentials (%q): %q", secret, msg)
+			}
+		}
+		// The failure is logged just after the reply is sent; the
+		// check means something only once it is there.
+		var all string
+		testenv.Eventually(t, "the failed request in the worker's logs", func() bool {
+			all = logs()
+			return strings.Contains(all, "request failed") && strings.Contains(all, reg.host)
+		})
+		for _, secret := range []string{wrong, basic} {
+			if strings.Contains(all, secret) {
+				t.Errorf("the worker's logs show the password (%q):\n%s", secret, all)
+			}
 		}
 	})
 	t.Run("no credentials", func(t *testing.T) {

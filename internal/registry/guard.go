@@ -52,7 +52,7 @@ func NewGuard(denyCIDRs, allow []string) (*Guard, error) {
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
-		g.deny = append(g.deny, p.Masked())
+		g.deny = append(g.deny, unmapPrefix(p.Masked()))
 	}
 	for _, a := range allow {
 		a = strings.ToLower(strings.TrimSpace(a))
@@ -65,6 +65,18 @@ func NewGuard(denyCIDRs, allow []string) (*Guard, error) {
 		g.allow = append(g.allow, a)
 	}
 	return g, nil
+}
+
+// unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:127.0.0.5/128,
+// ::ffff:10.0.0.0/104) into the IPv4 prefix it means. CheckAddr unmaps the
+// addresses it checks, as the kernel connects ::ffff:a.b.c.d over IPv4, so
+// a prefix left in its mapped form would never match anything. Wider IPv6
+// prefixes (shorter than /96) are kept as they are: they are about IPv6.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 // CheckRegistry returns an error wrapping ErrDenied when host (as in an

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -55,15 +56,31 @@ const tokenUser, tokenPass = "robot", "robot-pw"
 
 func startTokenRegistry(t *testing.T) *tokenRegistry {
 	t.Helper()
+	return startTokenRegistryBlobsOn(t, "")
+}
+
+// startTokenRegistryBlobsOn is startTokenRegistry with blob storage
+// listening on blobAddr (a loopback host:port; "" for httptest's
+// default), so that a redirect goes to another host, not just another
+// port.
+func startTokenRegistryBlobsOn(t *testing.T, blobAddr string) *tokenRegistry {
+	t.Helper()
 	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
 	tr := &tokenRegistry{valid: map[string]bool{}}
-	tr.blobs = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	tr.blobs = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "" {
 			tr.blobAuth.Add(1)
 		}
 		tr.blobServed.Add(1)
 		inner.ServeHTTP(w, r)
 	}))
+	if blobAddr != "" {
+		ln, err := net.Listen("tcp", blobAddr)
+		testenv.Must(t, err, "blob storage listener on %s", blobAddr)
+		tr.blobs.Listener.Close()
+		tr.blobs.Listener = ln
+	}
+	tr.blobs.Start()
 	t.Cleanup(tr.blobs.Close)
 	tr.srv = httptest.NewServer(http.HandlerFunc(tr.serve(inner)))
 	t.Cleanup(tr.srv.Close)
