@@ -112,13 +112,13 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool) {
 	if c.rdb == nil || c.skipRedis() {
 		return nil, false
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	op, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
 	var get *redis.StringCmd
 	var ttl *redis.DurationCmd
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		get = p.Get(ctx, key)
-		ttl = p.PTTL(ctx, key)
+	_, err := c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+		get = p.Get(op, key)
+		ttl = p.PTTL(op, key)
 		return nil
 	})
 	if errors.Is(err, redis.Nil) {
@@ -126,7 +126,7 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, bool) {
 		return nil, false
 	}
 	if err != nil {
-		c.redisFailed("get", err)
+		c.redisFailed(ctx, "get", err)
 		return nil, false
 	}
 	c.redisOK()
@@ -151,10 +151,10 @@ func (c *Cache) Set(ctx context.Context, key string, body []byte, expires time.T
 	if c.rdb == nil || c.skipRedis() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	op, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	if err := c.rdb.Set(ctx, key, body, left).Err(); err != nil {
-		c.redisFailed("set", err)
+	if err := c.rdb.Set(op, key, body, left).Err(); err != nil {
+		c.redisFailed(ctx, "set", err)
 		return
 	}
 	c.redisOK()
@@ -192,7 +192,13 @@ func (c *Cache) skipRedis() bool {
 	return !c.lastProbe.CompareAndSwap(last, now)
 }
 
-func (c *Cache) redisFailed(op string, err error) {
+// redisFailed records a failed command. A command cut short by its
+// caller's context (a request given up, a worker stopping) says nothing
+// about Redis and is not counted as an outage.
+func (c *Cache) redisFailed(caller context.Context, op string, err error) {
+	if caller.Err() != nil {
+		return
+	}
 	c.onError(op)
 	if c.redisDown.CompareAndSwap(false, true) {
 		c.lastProbe.Store(c.now().UnixNano())

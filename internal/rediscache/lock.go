@@ -16,9 +16,12 @@ import (
 
 // The fleet lock. A worker that misses takes lockPrefix+key with SET NX PX
 // and a random token; the others wait for its answer. The holder stores
-// the value, then publishes the outcome on donePrefix+key and deletes the
-// lock if it still holds it, both in one script so that no waiter can see
-// the lock gone before the notification is sent.
+// the value, then, if it still holds the lock, publishes the outcome on
+// donePrefix+key and deletes the lock, both in one script so that no
+// waiter can see the lock gone before the notification is sent. A holder
+// whose lock expired says nothing: the waiters are then another holder's,
+// and its outcome (or its failure) is not theirs to act on; they see the
+// value, or the lock gone, at their periodic check.
 //
 // Notifications use Redis pub/sub rather than a NATS subject: the lock,
 // the value and the wake-up then live in one system, so there is no window
@@ -37,11 +40,14 @@ const (
 // safety net, not the wake-up path.
 const checkEvery = 250 * time.Millisecond
 
-// release publishes the outcome and deletes the lock if the token still
-// owns it. A holder whose lock expired must not delete another worker's.
+// release publishes the outcome and deletes the lock, only if the token
+// still owns it. A holder whose lock expired must neither delete another
+// worker's lock nor wake that worker's waiters: a notice of its failure,
+// or of its giving up, would make them fail or fetch while the new
+// holder's fetch is under way.
 var release = redis.NewScript(`
-redis.call("PUBLISH", KEYS[2], ARGV[2])
 if redis.call("GET", KEYS[1]) == ARGV[1] then
+	redis.call("PUBLISH", KEYS[2], ARGV[2])
 	return redis.call("DEL", KEYS[1])
 end
 return 0
@@ -110,12 +116,12 @@ func (c *Cache) Lock(ctx context.Context, key string, hold time.Duration) (*Leas
 		return nil, nil
 	}
 	token := newToken()
-	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	op, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
-	ok, err := c.rdb.SetNX(ctx, lockPrefix+key, token, hold).Result()
+	ok, err := c.rdb.SetNX(op, lockPrefix+key, token, hold).Result()
 	if err != nil {
 		c.unregister(wt)
-		c.redisFailed("lock", err)
+		c.redisFailed(ctx, "lock", err)
 		return nil, nil
 	}
 	c.redisOK()
@@ -145,7 +151,7 @@ func (l *Lease) finish(ctx context.Context, n notice) {
 	defer cancel()
 	err := release.Run(ctx, l.c.rdb, []string{lockPrefix + l.key, donePrefix + l.key}, l.token, msg).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		l.c.redisFailed("unlock", err)
+		l.c.redisFailed(context.Background(), "unlock", err)
 	}
 }
 
@@ -195,17 +201,17 @@ func (c *Cache) peek(ctx context.Context, key string) ([]byte, bool, error) {
 	if b, ok := c.Local(key); ok {
 		return b, true, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.opTimeout)
+	op, cancel := context.WithTimeout(ctx, c.opTimeout)
 	defer cancel()
 	var lock *redis.IntCmd
 	var get *redis.StringCmd
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		lock = p.Exists(ctx, lockPrefix+key)
-		get = p.Get(ctx, key)
+	_, err := c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+		lock = p.Exists(op, lockPrefix+key)
+		get = p.Get(op, key)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		c.redisFailed("lock_check", err)
+		c.redisFailed(ctx, "lock_check", err)
 		return nil, false, err
 	}
 	c.redisOK()
@@ -291,7 +297,7 @@ func (c *Cache) listen(ctx context.Context, ready, done chan<- struct{}) {
 	defer ps.Close()
 	rctx, cancel := context.WithTimeout(ctx, c.opTimeout)
 	if _, err := ps.Receive(rctx); err != nil {
-		c.redisFailed("subscribe", err)
+		c.redisFailed(ctx, "subscribe", err)
 	}
 	cancel()
 	close(ready)

@@ -15,6 +15,7 @@ import (
 	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -303,5 +304,49 @@ func TestFleetRedisDown(t *testing.T) {
 		if h := f.reg.CountManifest("HEAD", "fleet/down", tag); h < 1 || h > 3 {
 			t.Errorf("tag %s: %d HEADs, want 1 to 3 (one per worker at most)", tag, h)
 		}
+	}
+}
+
+// TestExpiredHolderSaysNothing: a holder whose lock expired and was taken
+// by another worker neither deletes the new lock nor notifies: the
+// waiters get the new holder's answer, not the stale one.
+func TestExpiredHolderSaysNothing(t *testing.T) {
+	r := testenv.StartRedis(t)
+	newCache := func() *rediscache.Cache {
+		c := rediscache.New(0, rediscache.WithRedis(r.Client(t)))
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	stale, fresh, waiting := newCache(), newCache(), newCache()
+	rdb := r.Client(t)
+	ctx := context.Background()
+	const key = "regcap:v1:manifest_digest:example.test/app:v1"
+
+	old, w := stale.Lock(ctx, key, 50*time.Millisecond)
+	if old == nil || w != nil {
+		t.Fatal("the first Lock did not take the lock")
+	}
+	testenv.Eventually(t, "the first lock expired", func() bool {
+		return rdb.Exists(ctx, "regcap:lock:"+key).Val() == 0
+	})
+	cur, w := fresh.Lock(ctx, key, time.Minute)
+	if cur == nil || w != nil {
+		t.Fatal("the second Lock did not take the expired lock")
+	}
+	_, waiter := waiting.Lock(ctx, key, time.Minute)
+	if waiter == nil {
+		t.Fatal("the third Lock did not wait")
+	}
+
+	// Published first, the stale notice would be the waiter's answer:
+	// each waiter keeps only the first notice it receives.
+	old.Done(ctx, &rediscache.Failure{Code: 404, Message: "stale holder"})
+	if rdb.Exists(ctx, "regcap:lock:"+key).Val() != 1 {
+		t.Fatal("the expired holder deleted the new holder's lock")
+	}
+	cur.Done(ctx, &rediscache.Failure{Code: 502, Message: "current holder"})
+	ans := waiter.Wait(ctx, 20*time.Second)
+	if ans == nil || ans.Failure == nil || ans.Failure.Message != "current holder" {
+		t.Fatalf("waiter's answer %+v, want the current holder's failure", ans)
 	}
 }
