@@ -56,6 +56,24 @@ type config struct {
 
 func parse(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
+	fs := flags(c, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if err := flagenv.Apply(fs, "REGCAP_", envOverrides, nil); err != nil {
+		return nil, err
+	}
+	if _, err := handlers.ParsePlatform(c.platform); err != nil {
+		return nil, fmt.Errorf("--platform: %w", err)
+	}
+	return c, nil
+}
+
+// flags declares every worker flag, bound to c.
+func flags(c *config, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL(s), comma-separated; empty starts an embedded server on --embedded-nats-addr")
@@ -83,16 +101,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.denyCIDRs, "deny-cidrs", strings.Join(registry.DefaultDenyCIDRs(), ","), "networks never connected to, checked on the resolved address at dial time; replaces the default list (empty: deny nothing)")
 	fs.StringVar(&c.allowRegs, "allow-registries", "", "comma-separated globs of the only registries that may be asked (e.g. ghcr.io,*.example.com,registry.local:5000); empty allows all")
 	fs.Usage = flagenv.Usage(fs, "Usage: worker [flags]\n\nAnswers kubewarden/oci registry capabilities over NATS for a fleet of policy hosts.", "REGCAP_", envOverrides)
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	if err := flagenv.Apply(fs, "REGCAP_", envOverrides, nil); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return fs
 }
 
 func newLogger(level, format string) (*zap.Logger, error) {
@@ -243,6 +252,8 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 		qopts = append(qopts, queue.WithFleetLock(cache, cfg.lockWait))
 	}
 	w := queue.New(nc, handlers.NewFetcher(reg), cache, qopts...)
+	// The fetch pool gauges read the worker at every scrape.
+	m.WatchPool(w)
 	if err := w.Start(); err != nil {
 		return err
 	}
@@ -359,11 +370,5 @@ type observers []queue.Observer
 func (o observers) Request(fn handlers.Function, code int, cache string, elapsed time.Duration) {
 	for _, x := range o {
 		x.Request(fn, code, cache, elapsed)
-	}
-}
-
-func (o observers) Pool(inFlight, queued int) {
-	for _, x := range o {
-		x.Pool(inFlight, queued)
 	}
 }

@@ -105,9 +105,6 @@ func (s *Service) Request(fn handlers.Function, code int, _ string, elapsed time
 	}
 }
 
-// Pool is part of queue.Observer; discovery does not report it.
-func (s *Service) Pool(int, int) {}
-
 func (s *Service) identity() micro.ServiceIdentity {
 	md := map[string]string{"queue_group": s.cfg.QueueGroup, "subject_prefix": s.cfg.Prefix}
 	for k, v := range s.cfg.Metadata {

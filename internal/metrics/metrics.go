@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,17 +20,71 @@ import (
 	"github.com/regcap/regcap/internal/handlers"
 )
 
+// FetchPool is the worker's fetch pool as the pool gauges see it;
+// *queue.Worker implements it. It is read at scrape time, so the gauges
+// are never older than the scrape: a value pushed on some events only
+// (a slot taken or released) goes stale as soon as the count changes
+// without one, e.g. when the requests sharing a fetch are answered.
+type FetchPool interface {
+	// FetchPool returns the fetch slots in use and the requests taken
+	// beyond the memory tier that hold none.
+	FetchPool() (inFlight, queued int)
+}
+
+// maxRegistryLabels bounds the distinct values of the registry label of
+// the upstream metrics. The host comes from the image reference of a
+// request, and any NATS client may send one naming any host (x1.invalid,
+// x2.invalid, …, a fetch that fails is still counted): unbounded, every
+// new host would add series to each upstream vector (method × status,
+// and a histogram's buckets) in the worker and in Prometheus, for ever. A
+// fleet asks a handful of registries, so the first hosts seen keep their
+// name and the rest share "other". --allow-registries bounds the hosts
+// that are really fetched from; this bounds what is counted either way.
+const maxRegistryLabels = 100
+
+// otherRegistry is the registry label past maxRegistryLabels hosts.
+const otherRegistry = "other"
+
+// registryLabels hands out registry label values, at most
+// maxRegistryLabels distinct hosts; later ones are "other".
+type registryLabels struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+func (l *registryLabels) label(host string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.seen[host]; ok {
+		return host
+	}
+	if len(l.seen) >= maxRegistryLabels {
+		return otherRegistry
+	}
+	if l.seen == nil {
+		l.seen = map[string]struct{}{}
+	}
+	l.seen[host] = struct{}{}
+	return host
+}
+
+// poolRef holds the FetchPool the gauges read.
+type poolRef struct{ p FetchPool }
+
 // Metrics holds the worker's collectors. It implements queue.Observer.
 type Metrics struct {
 	reg *prometheus.Registry
+
+	pool       atomic.Pointer[poolRef]
+	registries registryLabels
 
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
 	cache           *prometheus.CounterVec
 	upstream        *prometheus.CounterVec
 	upstreamLatency *prometheus.HistogramVec
-	inflight        prometheus.Gauge
-	queued          prometheus.Gauge
+	inflight        prometheus.GaugeFunc
+	queued          prometheus.GaugeFunc
 	redisErrors     *prometheus.CounterVec
 	natsReconnects  prometheus.Counter
 }
@@ -53,21 +109,13 @@ func New() *Metrics {
 		}, []string{"result"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcap_upstream_requests_total",
-			Help: "HTTP requests to registries, by registry host (\"blob-storage\" for redirects to other hosts, \"auth\" for token endpoints on other hosts), method and status (the HTTP status, or \"error\" when no answer came).",
+			Help: "HTTP requests to registries, by registry host (the first 100 hosts by name, \"other\" for the rest; \"blob-storage\" for redirects to other hosts, \"auth\" for token endpoints on other hosts), method and status (the HTTP status, or \"error\" when no answer came).",
 		}, []string{"registry", "method", "status"}),
 		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "regcap_upstream_request_duration_seconds",
-			Help:    "Latency of HTTP requests to registries, to the response headers, by registry host (\"blob-storage\" for redirects to other hosts, \"auth\" for token endpoints on other hosts) and method.",
+			Help:    "Latency of HTTP requests to registries, to the response headers, by registry host (the first 100 hosts by name, \"other\" for the rest; \"blob-storage\" for redirects to other hosts, \"auth\" for token endpoints on other hosts) and method.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"registry", "method"}),
-		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regcap_fetch_inflight",
-			Help: "Fetch slots in use (at most --concurrency).",
-		}),
-		queued: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "regcap_fetch_queued",
-			Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending).",
-		}),
 		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcap_redis_errors_total",
 			Help: "Failed Redis commands, by operation; each one was absorbed (served from memory or the registry).",
@@ -77,6 +125,15 @@ func New() *Metrics {
 			Help: "Reconnections to NATS.",
 		}),
 	}
+	// Read at scrape time from the pool WatchPool names.
+	m.inflight = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "regcap_fetch_inflight",
+		Help: "Fetch slots in use (at most --concurrency), read at scrape time.",
+	}, func() float64 { n, _ := m.poolNow(); return float64(n) })
+	m.queued = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "regcap_fetch_queued",
+		Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending), read at scrape time.",
+	}, func() float64 { _, n := m.poolNow(); return float64(n) })
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
 		m.inflight, m.queued, m.redisErrors, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -106,10 +163,15 @@ func (m *Metrics) Request(fn handlers.Function, code int, cache string, elapsed 
 	}
 }
 
-// Pool sets the fetch pool gauges (queue.Observer).
-func (m *Metrics) Pool(inFlight, queued int) {
-	m.inflight.Set(float64(inFlight))
-	m.queued.Set(float64(queued))
+// WatchPool makes the fetch pool gauges read p at every scrape; until it
+// is called they read 0.
+func (m *Metrics) WatchPool(p FetchPool) { m.pool.Store(&poolRef{p}) }
+
+func (m *Metrics) poolNow() (inFlight, queued int) {
+	if r := m.pool.Load(); r != nil {
+		return r.p.FetchPool()
+	}
+	return 0, 0
 }
 
 // RedisError counts a failed Redis command; use it as
@@ -122,15 +184,20 @@ func (m *Metrics) NATSReconnected() { m.natsReconnects.Inc() }
 
 // WrapBase wraps a registry base-transport function (as given to
 // registry.WithBaseTransport) so that every HTTP request to a registry,
-// retries and token exchanges included, is counted and timed.
+// retries and token exchanges included, is counted and timed. The
+// registry label is the host for the first maxRegistryLabels hosts and
+// "other" after them.
 func (m *Metrics) WrapBase(base func(host string) http.RoundTripper) func(host string) http.RoundTripper {
-	return func(host string) http.RoundTripper { return &transport{m: m, next: base(host), registry: host} }
+	return func(host string) http.RoundTripper {
+		return &transport{m: m, next: base(host), registry: host, name: m.registries.label(host)}
+	}
 }
 
 type transport struct {
 	m        *Metrics
 	next     http.RoundTripper
 	registry string // the registry host the transport was made for
+	name     string // its label: the host, or "other"
 }
 
 // label is the registry label of r. Redirect targets and token endpoints
@@ -139,7 +206,7 @@ type transport struct {
 func (t *transport) label(r *http.Request) string {
 	switch {
 	case r.URL.Host == t.registry:
-		return t.registry
+		return t.name
 	case r.Response != nil: // followed a redirect
 		return "blob-storage"
 	default:

@@ -1,6 +1,8 @@
 package metrics_test
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -8,9 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/metrics"
+	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/internal/testenv"
 )
+
+type fixedPool struct{ inFlight, queued int }
+
+func (p fixedPool) FetchPool() (int, int) { return p.inFlight, p.queued }
 
 func scrape(t *testing.T, m *metrics.Metrics) string {
 	t.Helper()
@@ -36,7 +45,7 @@ func TestObserverAndTransport(t *testing.T) {
 	m.Request(handlers.ManifestDigest, 0, "hit", time.Millisecond)
 	m.Request(handlers.ManifestDigest, 0, "shared", time.Millisecond)
 	m.Request(handlers.OCIManifest, 404, "", time.Millisecond)
-	m.Pool(3, 7)
+	m.WatchPool(fixedPool{3, 7})
 	m.RedisError("get")
 	m.NATSReconnected()
 
@@ -110,4 +119,97 @@ func TestUpstreamRedirectLabelBounded(t *testing.T) {
 	if strings.Contains(body, strings.TrimPrefix(storage.URL, "http://")) {
 		t.Errorf("blob storage's host is a label:\n%s", body)
 	}
+}
+
+// TestPoolGaugesAfterBurst: the fetch pool gauges are read at scrape
+// time, so once a burst of identical requests (one fetch, the others
+// waiting on it) is answered they read 0, not what they were when the
+// fetch slot was last taken or released.
+func TestPoolGaugesAfterBurst(t *testing.T) {
+	m := metrics.New()
+	ns := testenv.StartNATS(t)
+	reg := testenv.StartRegistry(t)
+	reg.PushImage(t, "burst/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := reg.Ref("burst/app", "v1")
+	w := testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL(), QueueOpts: []queue.Option{queue.WithObserver(m)}})
+	m.WatchPool(w)
+	cli := testenv.Client(t, ns.ClientURL())
+
+	gate := reg.Hold("/manifests/v1")
+	const n = 20
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := cli.Image(context.Background(), client.ManifestDigest, ref)
+			errs <- err
+		}()
+	}
+	testenv.Eventually(t, "all requests pending", func() bool { return w.Pending() == n })
+	// One fetch holds a slot; the others share it.
+	body := scrape(t, m)
+	wantLine(t, body, "regcap_fetch_inflight 1")
+	wantLine(t, body, fmt.Sprintf("regcap_fetch_queued %d", n-1))
+	gate.Release()
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("request failed: %v", err)
+		}
+	}
+	// Answered is not yet out of the pending count: the reply is sent
+	// just before the request leaves it.
+	testenv.Eventually(t, "no request pending", func() bool { return w.Pending() == 0 })
+	body = scrape(t, m)
+	wantLine(t, body, "regcap_fetch_inflight 0")
+	wantLine(t, body, "regcap_fetch_queued 0")
+}
+
+// TestRegistryLabelBounded: any NATS client can name any registry host,
+// so the registry label keeps the first 100 hosts' names and counts the
+// rest as "other"; a host seen early keeps its name later.
+func TestRegistryLabelBounded(t *testing.T) {
+	m := metrics.New()
+	// No network: the base transport answers every request itself.
+	wrap := m.WrapBase(func(string) http.RoundTripper { return answer200{} })
+	get := func(host string) {
+		t.Helper()
+		c := http.Client{Transport: wrap(host)}
+		resp, err := c.Head("http://" + host + "/v2/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	const hosts = 250
+	for i := range hosts {
+		get(fmt.Sprintf("x%d.invalid", i))
+	}
+	get("x0.invalid") // an early host after the limit
+	get("x249.invalid")
+
+	body := scrape(t, m)
+	registries := map[string]bool{}
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "regcap_upstream_") {
+			continue
+		}
+		if i := strings.Index(line, `registry="`); i >= 0 {
+			v := line[i+len(`registry="`):]
+			registries[v[:strings.IndexByte(v, '"')]] = true
+		}
+	}
+	if len(registries) != 101 {
+		t.Errorf("%d distinct registry labels, want 101 (100 hosts and \"other\")", len(registries))
+	}
+	wantLine(t, body, `regcap_upstream_requests_total{method="HEAD",registry="x0.invalid",status="200"} 2`)
+	wantLine(t, body, `regcap_upstream_requests_total{method="HEAD",registry="x99.invalid",status="200"} 1`)
+	wantLine(t, body, fmt.Sprintf(`regcap_upstream_requests_total{method="HEAD",registry="other",status="200"} %d`, hosts-100+1))
+	if registries["x100.invalid"] || registries["x249.invalid"] {
+		t.Error("a host past the first 100 has a label of its own")
+	}
+}
+
+type answer200 struct{}
+
+func (answer200) RoundTrip(r *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
 }

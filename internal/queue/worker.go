@@ -52,10 +52,10 @@ type Cache interface {
 }
 
 // Observer is told the outcome of every request, for metrics. code is 0
-// on success; cache is the Regcap-Cache value or "" for errors.
+// on success; cache is the Regcap-Cache value or "" for errors. The fetch
+// pool is not pushed to it: metrics read Worker.FetchPool when scraped.
 type Observer interface {
 	Request(fn handlers.Function, code int, cache string, elapsed time.Duration)
-	Pool(inFlight, queued int)
 }
 
 // FleetLock lets one worker of a fleet fetch a key while the others wait
@@ -67,7 +67,6 @@ type FleetLock interface {
 type nopObserver struct{}
 
 func (nopObserver) Request(handlers.Function, int, string, time.Duration) {}
-func (nopObserver) Pool(int, int)                                         {}
 
 // Worker answers capability requests. Create it with New, then Start.
 type Worker struct {
@@ -356,7 +355,9 @@ func (w *Worker) decode(fn handlers.Function, m *nats.Msg) (handlers.Request, er
 		req.Platform = w.platform
 		if p := m.Header.Get(HeaderPlatform); p != "" {
 			if req.Platform, err = handlers.ParsePlatform(p); err != nil {
-				return handlers.Request{}, err
+				he := handlers.Classify(ref.Name(), err)
+				he.Image = ref.Name()
+				return handlers.Request{}, he
 			}
 		}
 	}
@@ -394,17 +395,17 @@ func (w *Worker) serveMiss(m *nats.Msg, req handlers.Request, key string, start 
 // lock it also runs once per key across the fleet: the other workers wait
 // for the holder's answer.
 func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result, error) {
-	// One budget for the whole shared fetch, so that every request taken
-	// is answered within Budget(): waits for a slot and for another
-	// worker's fetch come out of it, and the fetch gets at most
-	// --fetch-timeout of what is left.
-	ctx, cancel := context.WithTimeout(w.life, w.Budget())
+	// Waiting, for a slot or for another worker's fetch, is bounded by
+	// --lock-wait, and the registry request by --fetch-timeout of its
+	// own, so every request taken is answered within Budget(), and a 504
+	// always means the registry was slow, never that this worker was busy.
+	wait, cancel := context.WithTimeout(w.life, w.lockWait)
 	defer cancel()
 	// The fetch that just finished may have filled the cache.
-	if body, ok := w.cache.Get(ctx, key); ok {
+	if body, ok := w.cache.Get(wait, key); ok {
 		return result{body: body, outcome: CacheHit, leader: leader}, nil
 	}
-	if err := w.acquireSlot(ctx, req); err != nil {
+	if err := w.acquireSlot(wait, req); err != nil {
 		return result{}, err
 	}
 	// The slot is taken before the lock so that the lock is held only
@@ -413,31 +414,32 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 	var lease *rediscache.Lease
 	if w.fleet != nil {
 		var waiter *rediscache.Waiter
-		lease, waiter = w.fleet.Lock(ctx, key, w.fetchTimeout+lockMargin)
+		lease, waiter = w.fleet.Lock(wait, key, w.fetchTimeout+lockMargin)
 		if waiter != nil {
 			// Waiting is not fetching: give the slot to others meanwhile.
 			w.releaseSlot()
-			if ans := waiter.Wait(ctx, w.lockWait); ans != nil {
+			if ans := waiter.Wait(wait, w.lockWait); ans != nil {
 				if f := ans.Failure; f != nil {
 					return result{}, &handlers.Error{Code: f.Code, Image: req.Ref.Name(), Cause: f.Message, RetryAfter: f.RetryAfter}
 				}
 				return result{body: ans.Body, outcome: CacheShared, leader: leader}, nil
 			}
-			// No answer in time, or the holder gave up or died: fetch here.
-			if err := w.acquireSlot(ctx, req); err != nil {
+			// No answer in time, or the holder gave up or died: fetch
+			// here, if a slot is free now (the wait is spent).
+			if err := w.acquireSlot(wait, req); err != nil {
 				return result{}, err
 			}
 		}
 		if lease != nil {
 			// The holder before us may have stored it since our look.
-			if body, ok := w.cache.Get(ctx, key); ok {
+			if body, ok := w.cache.Get(w.life, key); ok {
 				w.releaseSlot()
 				lease.Done(w.life, nil)
 				return result{body: body, outcome: CacheHit, leader: leader}, nil
 			}
 		}
 	}
-	body, err := w.fetchUpstream(ctx, req, key)
+	body, err := w.fetchUpstream(w.life, req, key)
 	w.releaseSlot()
 	if err != nil {
 		he := handlers.Classify(req.Ref.Name(), err)
@@ -459,20 +461,22 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 }
 
 // Budget is the longest a request waits beyond the memory tier before it
-// is answered: --fetch-timeout, plus --lock-wait with a fleet lock.
-func (w *Worker) Budget() time.Duration {
-	if w.fleet != nil {
-		return w.lockWait + w.fetchTimeout
-	}
-	return w.fetchTimeout
-}
+// is answered (give or take one Redis command): --lock-wait for a slot or
+// another worker's fetch, then --fetch-timeout for its own.
+func (w *Worker) Budget() time.Duration { return w.lockWait + w.fetchTimeout }
 
 // lockMargin is how much longer than a fetch the fleet lock is held: the
 // re-check before the fetch and the store after it.
 const lockMargin = 2 * time.Second
 
-// acquireSlot waits for a fetch slot until ctx, the request's budget, ends.
+// acquireSlot takes a fetch slot, waiting for one until ctx ends. A free
+// slot is taken even when ctx has already ended.
 func (w *Worker) acquireSlot(ctx context.Context, req handlers.Request) error {
+	select {
+	case w.pool <- struct{}{}:
+		return nil
+	default:
+	}
 	select {
 	case w.pool <- struct{}{}:
 	case <-ctx.Done():
@@ -481,18 +485,18 @@ func (w *Worker) acquireSlot(ctx context.Context, req handlers.Request) error {
 		}
 		return handlers.Errorf(503, req.Ref.Name(), "all %d fetch slots stayed busy; retry", cap(w.pool))
 	}
-	w.reportPool()
 	return nil
 }
 
-func (w *Worker) releaseSlot() {
-	<-w.pool
-	w.reportPool()
-}
+func (w *Worker) releaseSlot() { <-w.pool }
 
-func (w *Worker) reportPool() {
-	inFlight := len(w.pool)
-	w.obs.Pool(inFlight, max(int(w.pending.Load())-inFlight, 0))
+// FetchPool reports the fetch pool now: the fetch slots in use, and the
+// requests taken beyond the memory tier that hold none (waiting on Redis,
+// a slot, or a fetch another request or worker is making). Metrics read
+// it at scrape time, so the gauges follow every change of either count.
+func (w *Worker) FetchPool() (inFlight, queued int) {
+	inFlight = len(w.pool)
+	return inFlight, max(int(w.pending.Load())-inFlight, 0)
 }
 
 // fetchUpstream asks the registry and stores the answer. The caller holds
