@@ -52,14 +52,22 @@ func benchCommand() *command {
 			fs.StringVar(&function, "function", "digest", "function to call: digest, manifest or config")
 			fs.StringVar(&platform, "platform", "", "os/arch[/variant] for config")
 			fs.Var(&levels, "concurrency", "requests in flight, a list such as 1,8,32 or repeated (default 1)")
-			fs.DurationVar(&duration, "duration", 5*time.Second, "length of one measurement")
-			fs.IntVar(&requests, "requests", 0, "requests per measurement instead of --duration")
+			fs.DurationVar(&duration, "duration", 5*time.Second, "length of one measurement (positive)")
+			fs.IntVar(&requests, "requests", 0, "requests per measurement instead of --duration (positive; 0: use --duration)")
 			fs.DurationVar(&warmup, "warmup", time.Second, "unmeasured load before each measurement")
 			fs.IntVar(&runs, "runs", 1, "measure each level this many times and report the medians")
 			fs.BoolVar(&cold, "cold", false, "measure the miss path: every request asks for a new tag of the images (needs --requests and push access to their registry)")
 			fs.BoolVar(&noEcho, "no-echo", false, "skip the NATS echo comparison")
 		},
 		run: func(ctx context.Context, env *cmdEnv, args []string) int {
+			switch {
+			case requests < 0:
+				fmt.Fprintf(env.stderr, "requester bench: --requests %d: want a positive count (or 0 to use --duration)\n", requests)
+				return exitUnreachable
+			case requests == 0 && duration <= 0:
+				fmt.Fprintf(env.stderr, "requester bench: --duration %s: want a positive duration such as 5s\n", duration)
+				return exitUnreachable
+			}
 			fn, err := parseFunction(function)
 			if err != nil {
 				fmt.Fprintln(env.stderr, "requester bench: --function:", err)

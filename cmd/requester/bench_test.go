@@ -105,6 +105,11 @@ func TestBenchCLI(t *testing.T) {
 			{"cold without a count", []string{"bench", a, "--cold", "--nats-url", url}, exitUnreachable},
 			{"bad concurrency", []string{"bench", a, "--concurrency", "0", "--nats-url", url}, exitUnreachable},
 			{"bad function", []string{"bench", a, "--function", "size", "--nats-url", url}, exitUnreachable},
+			{"negative requests", []string{"bench", a, "--requests", "-1", "--nats-url", url}, exitUnreachable},
+			{"zero duration", []string{"bench", a, "--duration", "0s", "--nats-url", url}, exitUnreachable},
+			{"negative duration", []string{"bench", a, "--duration", "-1s", "--nats-url", url}, exitUnreachable},
+			{"negative concurrency", []string{"bench", a, "--concurrency", "1,-2", "--nats-url", url}, exitUnreachable},
+			{"no duration needed with a count", []string{"bench", a, "--requests", "5", "--duration", "0s", "--warmup", "0s", "--no-echo", "--nats-url", url}, exitOK},
 		}
 		for _, tc := range cases {
 			if code, _, errs := cli(t, "", tc.args...); code != tc.want {

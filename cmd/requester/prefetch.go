@@ -25,15 +25,29 @@ func prefetchCommand() *command {
 		summary: "[-f FILE|-] [--from-k8s-yaml FILE|-] [IMAGE...] [flags]\n\nWarms the fleet's cache for a list of images before an admission spike.",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&file, "f", "", "file of image references, one per line, # comments; - for stdin")
-			fs.StringVar(&k8s, "from-k8s-yaml", "", "Kubernetes YAML stream (e.g. kubectl get deploy -A -o yaml) whose Pod, Deployment, StatefulSet, DaemonSet, Job and CronJob images to prefetch; - for stdin")
+			fs.StringVar(&k8s, "from-k8s-yaml", "", "Kubernetes YAML stream (e.g. kubectl get deploy -A -o yaml) whose "+joinAnd(prefetch.Kinds())+" images to prefetch, also inside Lists; - for stdin")
 			fs.StringVar(&functions, "functions", "digest,manifest,config", "functions to call for each image, comma-separated")
 			fs.StringVar(&platform, "platform", "", "os/arch[/variant] that config resolves indexes to (default: the worker's)")
 			fs.IntVar(&concurrency, "concurrency", 16, "requests in flight at once")
 			fs.IntVar(&retries, "retries", 3, "retries of a request that got 503, 429, no responders or a timeout")
 			fs.StringVar(&progress, "progress", "auto", "progress on stderr: auto (a bar on a terminal, lines otherwise), bar, lines or none")
-			fs.DurationVar(&interval, "progress-interval", 5*time.Second, "how often a progress line is printed when not on a terminal")
+			fs.DurationVar(&interval, "progress-interval", 5*time.Second, "how often a progress line is printed when not on a terminal (positive)")
 		},
 		run: func(ctx context.Context, env *cmdEnv, args []string) int {
+			switch progress {
+			case "auto", "bar", "lines", "none":
+			default:
+				fmt.Fprintf(env.stderr, "requester prefetch: --progress %q: want auto, bar, lines or none\n", progress)
+				return exitUnreachable
+			}
+			if interval <= 0 {
+				fmt.Fprintf(env.stderr, "requester prefetch: --progress-interval %s: want a positive duration such as 5s\n", interval)
+				return exitUnreachable
+			}
+			if concurrency < 1 {
+				fmt.Fprintf(env.stderr, "requester prefetch: --concurrency %d: want at least 1\n", concurrency)
+				return exitUnreachable
+			}
 			fns, err := parseFunctions(functions)
 			if err != nil {
 				fmt.Fprintln(env.stderr, "requester prefetch:", err)
@@ -68,10 +82,6 @@ func prefetchCommand() *command {
 				pg = prefetch.NewBar(env.stderr, total)
 			case "lines":
 				pg = prefetch.NewLines(env.stderr, total, interval)
-			case "none":
-			default:
-				fmt.Fprintf(env.stderr, "requester prefetch: --progress %q: want auto, bar, lines or none\n", progress)
-				return exitUnreachable
 			}
 			opts := prefetch.Options{Functions: fns, Platform: platform, Concurrency: concurrency, Retries: retries}
 			if pg != nil {
@@ -90,7 +100,7 @@ func prefetchCommand() *command {
 				prefetch.WriteText(env.stdout, rep, 50)
 			}
 			switch {
-			case rep.Total > 0 && !rep.Reached() && !rep.Interrupted:
+			case !rep.Interrupted && rep.Unreachable():
 				fmt.Fprintf(env.stderr, "requester prefetch: no worker answered on %s: is the fleet running?\n", env.conn.url)
 				return exitUnreachable
 			case rep.Failed > 0 || rep.Interrupted:
@@ -99,6 +109,14 @@ func prefetchCommand() *command {
 			return exitOK
 		},
 	}
+}
+
+// joinAnd lists words as "a, b and c".
+func joinAnd(words []string) string {
+	if len(words) < 2 {
+		return strings.Join(words, "")
+	}
+	return strings.Join(words[:len(words)-1], ", ") + " and " + words[len(words)-1]
 }
 
 // parseFunctions reads "digest,manifest,config" (or the waPC operation

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/internal/prefetch"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -20,6 +21,15 @@ func cli(t *testing.T, stdin string, args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
 	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
 	return code, out.String(), errb.String()
+}
+
+// cliAsync runs the requester with ctx in the background, its outputs
+// readable while it runs; the channel gets the exit code.
+func cliAsync(ctx context.Context, args ...string) (<-chan int, *testenv.SyncBuffer, *testenv.SyncBuffer) {
+	var out, errb testenv.SyncBuffer
+	code := make(chan int, 1)
+	go func() { code <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
+	return code, &out, &errb
 }
 
 type prefetchJSON struct {
@@ -138,9 +148,44 @@ func TestPrefetchCLI(t *testing.T) {
 			{"prefetch", "--functions", "digest,size", "--nats-url", url, web},
 			{"prefetch", "-f", filepath.Join(dir, "absent.txt"), "--nats-url", url},
 			{"prefetch", "-f", "-", "--from-k8s-yaml", "-", "--nats-url", url},
+			{"prefetch", "--progress", "sometimes", "--nats-url", url, web},
+			{"prefetch", "--concurrency", "0", "--nats-url", url, web},
 		} {
 			if code, _, _ := cli(t, "", args...); code != exitUnreachable {
 				t.Errorf("%q: exit %d, want 2", args, code)
+			}
+		}
+		// A ticker of no interval panicked.
+		for _, iv := range []string{"0", "0s", "-1s"} {
+			code, _, errs := cli(t, "", "prefetch", "--progress", "lines", "--progress-interval", iv, "--nats-url", url, web)
+			if code != exitUnreachable || !strings.Contains(errs, "--progress-interval") || !strings.Contains(errs, "positive") {
+				t.Errorf("--progress-interval %s: exit %d, want 2 with a usage error; stderr:\n%s", iv, code, errs)
+			}
+		}
+	})
+
+	t.Run("help", func(t *testing.T) {
+		code, _, errs := cli(t, "", "prefetch", "--help")
+		if code != exitOK {
+			t.Fatalf("exit %d", code)
+		}
+		for _, want := range []string{"\n  -f string\n", "\n  -o string\n", "\n  --from-k8s-yaml string\n", "\n  --progress-interval duration\n"} {
+			if !strings.Contains(errs, want) {
+				t.Errorf("help lacks %q:\n%s", want, errs)
+			}
+		}
+		if strings.Contains(errs, "--f ") || strings.Contains(errs, "--o ") {
+			t.Errorf("help lists one-letter flags with two dashes:\n%s", errs)
+		}
+		// Every kind the extraction reads is named in --from-k8s-yaml's help.
+		i := strings.Index(errs, "\n  --from-k8s-yaml string\n")
+		if i < 0 {
+			t.Fatalf("no --from-k8s-yaml in the help:\n%s", errs)
+		}
+		help := errs[i : i+strings.Index(errs[i:], "env REQUESTER_")]
+		for _, kind := range prefetch.Kinds() {
+			if !strings.Contains(help, kind+",") && !strings.Contains(help, kind+" ") {
+				t.Errorf("--from-k8s-yaml help does not name %s:\n%s", kind, help)
 			}
 		}
 	})
@@ -163,8 +208,73 @@ func TestPrefetchCLIUnreachable(t *testing.T) {
 		t.Fatalf("stderr does not say why:\n%s", errs)
 	}
 
+	// A request that could not be sent at all is a failure, not a sign
+	// that the fleet is down: exit 1, with the error's message.
+	huge := strings.Repeat("a", 2<<20) // over NATS's 1 MiB max_payload
+	code, out, errs = cli(t, "", "prefetch", "--nats-url", ns.ClientURL(), "--retries", "0", "--functions", "digest", "-o", "json", "busybox", huge)
+	if code != exitFailed || strings.Contains(errs, "no worker answered") {
+		t.Fatalf("unsendable request: exit %d, want 1; stderr:\n%s", code, errs)
+	}
+	r = prefetchJSON{}
+	decodeOne(t, out, &r)
+	if r.Failed != 2 || r.ByCode["unreachable"] != 1 || r.ByCode["error"] != 1 {
+		t.Fatalf("report: %+v", r)
+	}
+	for _, f := range r.Failures {
+		if f.Reference == huge && (f.Code != 0 || !strings.Contains(f.Message, "maximum payload")) {
+			t.Fatalf("failure of the huge reference: code %d message %q", f.Code, f.Message)
+		}
+	}
+
 	port := testenv.FreePort(t)
 	if code, _, errs := cli(t, "", "prefetch", "--nats-url", "nats://127.0.0.1:"+strconv.Itoa(port), "--timeout", "1s", "busybox"); code != exitUnreachable {
 		t.Fatalf("no NATS: exit %d, want 2; stderr:\n%s", code, errs)
 	}
+}
+
+// TestPrefetchCLIHeld runs prefetches while the registry holds a fetch:
+// progress lines are printed meanwhile, and a cancelled run (Ctrl-C) still
+// prints its summary and exits 1.
+func TestPrefetchCLIHeld(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	// Started after the worker, so that its cleanup (which releases held
+	// requests) runs before the worker's shutdown.
+	reg := testenv.StartRegistry(t)
+	url := ns.ClientURL()
+
+	t.Run("progress lines on a non-terminal", func(t *testing.T) {
+		reg.PushImage(t, "lines/app", "v1", testenv.OCIManifest, "linux/amd64")
+		gate := reg.Hold("/lines/app/")
+		defer gate.Release()
+		code, out, errs := cliAsync(context.Background(), "prefetch", "--progress", "lines", "--progress-interval", "10ms",
+			"--functions", "digest", "--nats-url", url, reg.Ref("lines/app", "v1"))
+		testenv.Eventually(t, "a progress line", func() bool { return strings.Contains(errs.String(), "prefetch: 0/1 done, 0 failed") })
+		gate.Release()
+		if c := <-code; c != exitOK {
+			t.Fatalf("exit %d, stderr:\n%s", c, errs.String())
+		}
+		if !strings.Contains(out.String(), "1 images × 1 functions = 1 requests") || !strings.Contains(out.String(), "ok       1 ") {
+			t.Fatalf("summary:\n%s", out.String())
+		}
+	})
+
+	t.Run("cancelled", func(t *testing.T) {
+		reg.PushImage(t, "ctrl-c/app", "v1", testenv.OCIManifest, "linux/amd64")
+		gate := reg.Hold("/ctrl-c/app/")
+		defer gate.Release()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		code, out, errs := cliAsync(ctx, "prefetch", "--progress", "none", "--functions", "digest", "--nats-url", url, reg.Ref("ctrl-c/app", "v1"))
+		<-gate.Arrived()
+		cancel()
+		if c := <-code; c != exitFailed {
+			t.Fatalf("exit %d, want 1; stderr:\n%s", c, errs.String())
+		}
+		for _, want := range []string{"1 images × 1 functions = 1 requests", "interrupted: 0 done, 1 skipped", "failed   0"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("summary lacks %q:\n%s", want, out.String())
+			}
+		}
+	})
 }

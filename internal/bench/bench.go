@@ -21,8 +21,20 @@ type Requester interface {
 // as a worker has, and requests from another, as the client's.
 type Echo struct {
 	Requester, Responder *nats.Conn
-	// Timeout bounds one echo request, as the client's timeout does.
+	// Timeout bounds one echo request, as the client's timeout does: give
+	// both the same (default 30s, as client.New).
 	Timeout time.Duration
+}
+
+// defaultTimeout bounds an echo request when Echo.Timeout is not set: the
+// default of client.New, that of the regcap requests it is compared with.
+const defaultTimeout = 30 * time.Second
+
+func (e *Echo) timeout() time.Duration {
+	if e.Timeout > 0 {
+		return e.Timeout
+	}
+	return defaultTimeout
 }
 
 // Options describe a benchmark.
@@ -32,7 +44,8 @@ type Options struct {
 	// Platform, if set, is sent with oci_manifest_config requests.
 	Platform    string
 	Concurrency []int
-	// Duration or Requests (Requests wins) per measurement, after Warmup.
+	// Duration or Requests per measurement, after Warmup: Requests if it
+	// is positive, else Duration, which must then be positive.
 	Duration time.Duration
 	Requests int
 	Warmup   time.Duration
@@ -82,6 +95,9 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	}
 	if opts.Fresh != nil && opts.Requests <= 0 {
 		return nil, errors.New("cold mode needs a request count: every request uses a new tag")
+	}
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
 	runs := max(opts.Runs, 1)
 	var copts []client.CallOption
@@ -162,6 +178,22 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	return rep, nil
 }
 
+// check rejects a load that would never end or never start.
+func (o *Options) check() error {
+	switch {
+	case o.Requests < 0:
+		return fmt.Errorf("requests %d: want a positive count, or 0 to measure for a duration", o.Requests)
+	case o.Requests == 0 && o.Duration <= 0:
+		return fmt.Errorf("duration %s: want a positive duration (or a request count)", o.Duration)
+	}
+	for _, c := range o.Concurrency {
+		if c < 1 {
+			return fmt.Errorf("concurrency %d: want at least 1", c)
+		}
+	}
+	return nil
+}
+
 // regcapCall returns the Call for one measurement: round-robin over the
 // images when warm, a fresh reference per request when cold.
 func regcapCall(ctx context.Context, req Requester, opts Options, copts []client.CallOption) (Call, error) {
@@ -199,10 +231,7 @@ func startEcho(e *Echo, size int) (Call, func(), error) {
 		return nil, nil, fmt.Errorf("starting the echo responder: %w", err)
 	}
 	payload, _ := json.Marshal("echo")
-	timeout := e.Timeout
-	if timeout <= 0 {
-		timeout = 15 * time.Second
-	}
+	timeout := e.timeout()
 	call := func(ctx context.Context, _ int) (string, error) {
 		// Like client.Call: a deadline of its own when ctx has none.
 		if _, ok := ctx.Deadline(); !ok {

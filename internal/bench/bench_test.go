@@ -3,6 +3,7 @@ package bench_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,4 +92,55 @@ func TestRunWarmAndCold(t *testing.T) {
 			t.Fatal("want an error")
 		}
 	})
+}
+
+// counting is a Requester that counts its calls and answers at once.
+type counting struct{ calls atomic.Int64 }
+
+func (c *counting) Image(context.Context, client.Function, string, ...client.CallOption) (*client.Reply, error) {
+	c.calls.Add(1)
+	return &client.Reply{Body: []byte("{}"), Cache: "hit"}, nil
+}
+
+// TestRunRejectsEndlessLoads: a negative request count, no duration, or a
+// concurrency below 1 is refused before any request is sent.
+func TestRunRejectsEndlessLoads(t *testing.T) {
+	cases := map[string]bench.Options{
+		"negative requests": {Requests: -1, Duration: time.Second},
+		"no duration":       {Duration: 0},
+		"negative duration": {Duration: -time.Second},
+		"zero concurrency":  {Requests: 5, Concurrency: []int{1, 0}},
+	}
+	for name, opts := range cases {
+		t.Run(name, func(t *testing.T) {
+			var req counting
+			opts.Function, opts.Images = client.ManifestDigest, []string{"busybox"}
+			if _, err := bench.Run(context.Background(), &req, nil, opts); err == nil {
+				t.Fatal("want an error")
+			}
+			if n := req.calls.Load(); n != 0 {
+				t.Fatalf("%d requests sent", n)
+			}
+		})
+	}
+}
+
+// TestMeasureNegativeRequests: a negative request count measures for the
+// duration instead of never stopping.
+func TestMeasureNegativeRequests(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const guard = 10000 // ends the test if the measurement never would
+	var calls atomic.Int64
+	call := func(context.Context, int) (string, error) {
+		if calls.Add(1) == guard {
+			cancel()
+		}
+		time.Sleep(50 * time.Microsecond)
+		return "", nil
+	}
+	bench.Measure(ctx, call, bench.Load{Concurrency: 1, Requests: -1, Duration: time.Millisecond})
+	if calls.Load() >= guard {
+		t.Fatalf("Requests -1 did not stop after the duration: %d calls", calls.Load())
+	}
 }

@@ -12,8 +12,8 @@ type Load struct {
 	// Concurrency is the number of callers, each with one request in
 	// flight at a time (closed loop).
 	Concurrency int
-	// Duration of the measurement, or Requests in total if non-zero
-	// (Requests wins).
+	// Duration of the measurement, or Requests in total if positive
+	// (Requests wins; zero or negative means Duration).
 	Duration time.Duration
 	Requests int
 	// Warmup runs the same load this long first, unmeasured: connections,
@@ -35,13 +35,14 @@ func Measure(ctx context.Context, call Call, l Load) Stats {
 		cancel()
 	}
 	mctx := ctx
-	if l.Requests == 0 {
+	n := max(l.Requests, 0)
+	if n == 0 {
 		var cancel context.CancelFunc
 		mctx, cancel = context.WithTimeout(ctx, max(l.Duration, time.Millisecond))
 		defer cancel()
 	}
 	start := time.Now()
-	per := drive(mctx, call, c, l.Requests, true)
+	per := drive(mctx, call, c, n, true)
 	elapsed := time.Since(start)
 
 	var lat []time.Duration

@@ -44,7 +44,7 @@ func Apply(fs *flag.FlagSet, prefix string, overrides map[string]string, lookup 
 }
 
 // Usage returns a usage function that lists every flag with its
-// environment variable.
+// environment variable: single-letter flags as -f, others as --name.
 func Usage(fs *flag.FlagSet, summary, prefix string, overrides map[string]string) func() {
 	return func() {
 		out := fs.Output()
@@ -52,7 +52,12 @@ func Usage(fs *flag.FlagSet, summary, prefix string, overrides map[string]string
 		fmt.Fprintln(out, "\nFlags (each also settable from the environment variable shown):")
 		fs.VisitAll(func(f *flag.Flag) {
 			name, usage := flag.UnquoteUsage(f)
+			// Go's flag package takes one dash or two; single letters
+			// read best as -f, words as --word.
 			line := "  --" + f.Name
+			if len(f.Name) == 1 {
+				line = "  -" + f.Name
+			}
 			if name != "" {
 				line += " " + name
 			}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -102,6 +103,13 @@ func (p *podSpec) images() []string {
 	return out
 }
 
+// kinds are the Kubernetes kinds whose pod specs FromK8sYAML reads.
+var kinds = []string{"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"}
+
+// Kinds returns the Kubernetes kinds whose images FromK8sYAML extracts
+// (besides the lists of them).
+func Kinds() []string { return slices.Clone(kinds) }
+
 // images returns the images of the object in n. Only the kinds that hold
 // pod specs are decoded further, so that other objects (CRDs, ConfigMaps)
 // whose fields happen to share names never make the stream fail.
@@ -130,14 +138,12 @@ func images(n *yaml.Node) ([]string, error) {
 		}
 		return out, nil
 	}
-	var w workload
-	switch head.Kind {
-	case "Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob":
-		if err := n.Decode(&w); err != nil {
-			return nil, fmt.Errorf("%s: %w", head.Kind, err)
-		}
-	default:
+	if !slices.Contains(kinds, head.Kind) {
 		return nil, nil
+	}
+	var w workload
+	if err := n.Decode(&w); err != nil {
+		return nil, fmt.Errorf("%s: %w", head.Kind, err)
 	}
 	switch head.Kind {
 	case "Pod":
@@ -150,7 +156,8 @@ func images(n *yaml.Node) ([]string, error) {
 
 // FromK8sYAML returns the image of every container, init container and
 // ephemeral container of the Pods, Deployments, StatefulSets, DaemonSets,
-// ReplicaSets, Jobs and CronJobs in a multi-document YAML (or JSON) stream,
+// ReplicaSets, ReplicationControllers, Jobs and CronJobs (see Kinds) in a
+// multi-document YAML (or JSON) stream,
 // including those inside lists as "kubectl get -o yaml" prints them, in
 // the order they appear. Other kinds are ignored.
 func FromK8sYAML(r io.Reader) ([]string, error) {

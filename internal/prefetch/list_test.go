@@ -114,3 +114,27 @@ func TestFromK8sYAMLErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestKinds: every kind that Kinds names (and the CLI's help lists) has
+// its images extracted, ReplicaSets and ReplicationControllers included.
+func TestKinds(t *testing.T) {
+	kinds := prefetch.Kinds()
+	for _, k := range []string{"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"} {
+		if !slices.Contains(kinds, k) {
+			t.Errorf("Kinds() %q lacks %s", kinds, k)
+		}
+	}
+	for _, k := range kinds {
+		spec := "spec:\n  template:\n    spec:\n      containers: [{image: a:1}]\n"
+		switch k {
+		case "Pod":
+			spec = "spec:\n  containers: [{image: a:1}]\n"
+		case "CronJob":
+			spec = "spec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers: [{image: a:1}]\n"
+		}
+		got, err := prefetch.FromK8sYAML(strings.NewReader("kind: " + k + "\n" + spec))
+		if err != nil || !slices.Equal(got, []string{"a:1"}) {
+			t.Errorf("%s: got %q, %v; want [a:1]", k, got, err)
+		}
+	}
+}

@@ -52,8 +52,8 @@ func (b *bar) Stop() {
 	_ = b.pb.Finish()
 }
 
-// NewLines prints a progress line on w every interval, for logs and CI
-// where a redrawn bar would be noise.
+// NewLines prints a progress line on w every interval (which must be
+// positive), for logs and CI where a redrawn bar would be noise.
 func NewLines(w io.Writer, total int, interval time.Duration) Progress {
 	l := &lines{w: w, total: total, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
 	go l.loop(interval)
@@ -137,9 +137,12 @@ func WriteText(w io.Writer, r *Report, maxFailures int) {
 			fmt.Fprintf(w, "  … and %d more (-o json lists them all)\n", len(r.Failures)-i)
 			break
 		}
-		code := "unreachable"
-		if f.Code != 0 {
+		code := f.kind
+		switch {
+		case f.Code != 0:
 			code = fmt.Sprint(f.Code)
+		case code == "":
+			code = codeUnreachable
 		}
 		fmt.Fprintf(w, "  %s %s %s: %s\n", code, strings.TrimPrefix(f.Function, "v1/"), f.Reference, f.Message)
 	}

@@ -44,8 +44,10 @@ type Result struct {
 	Function  client.Function
 	// Cache is the reply's Regcap-Cache on success.
 	Cache string
-	// Err is nil on success, a *client.Error for an error reply, or wraps
-	// client.ErrUnreachable.
+	// Err is nil on success, a *client.Error for an error reply, wraps
+	// client.ErrUnreachable when no worker could be reached, or is another
+	// error that kept the request from being sent (a bad subject, a payload
+	// over the server's limit).
 	Err      error
 	Attempts int
 }
@@ -58,6 +60,9 @@ type Failure struct {
 	Code     int    `json:"code"`
 	Message  string `json:"message"`
 	Attempts int    `json:"attempts"`
+
+	// kind is the ByCode key: the code, codeUnreachable or codeError.
+	kind string
 }
 
 // Report sums up a run.
@@ -76,7 +81,8 @@ type Report struct {
 	Fetched int `json:"fetched"`
 	Shared  int `json:"shared"`
 	// ByCode counts failures by error code, "unreachable" when no worker
-	// answered.
+	// could be reached (no responders, a timeout, no connection), "error"
+	// when the request could not be sent at all.
 	ByCode      map[string]int `json:"by_code"`
 	Retries     int            `json:"retries"`
 	Elapsed     time.Duration  `json:"-"`
@@ -89,10 +95,29 @@ type Report struct {
 // Reached reports whether any worker answered at all, with a reply or an
 // error reply.
 func (r *Report) Reached() bool {
-	return r.OK > 0 || r.Failed > r.ByCode[codeUnreachable]
+	if r.OK > 0 {
+		return true
+	}
+	for _, f := range r.Failures {
+		if f.Code != 0 {
+			return true
+		}
+	}
+	return false
 }
 
-const codeUnreachable = "unreachable"
+// Unreachable reports whether the fleet could not be reached at all: some
+// requests were finished and every one failed because no worker could be
+// reached. Other failures (error replies, requests that could not be
+// sent) say nothing about the fleet's reachability.
+func (r *Report) Unreachable() bool {
+	return r.Failed > 0 && r.OK == 0 && r.ByCode[codeUnreachable] == r.Failed
+}
+
+const (
+	codeUnreachable = "unreachable"
+	codeError       = "error"
+)
 
 // maxRetryAfter is the longest Retry-After worth waiting for: a registry
 // that asks for more (Docker Hub's pull limit resets after hours) will not
@@ -133,8 +158,11 @@ func Run(ctx context.Context, req Requester, images []string, opts Options) *Rep
 			defer wg.Done()
 			for j := range jobs {
 				res := call(ctx, req, j.image, j.fn, opts)
-				if ctx.Err() != nil && res.Err != nil {
-					// Interrupted, not failed: the fleet never had its say.
+				var ce *client.Error
+				if ctx.Err() != nil && res.Err != nil && !errors.As(res.Err, &ce) {
+					// Interrupted, not failed: the fleet never had its
+					// say. An error reply that came in as the run was
+					// interrupted is counted as what it is.
 					continue
 				}
 				mu.Lock()
@@ -203,12 +231,16 @@ func (r *Report) add(res Result) {
 	r.Failed++
 	f := Failure{Reference: res.Reference, Function: string(res.Function), Message: res.Err.Error(), Attempts: res.Attempts}
 	var ce *client.Error
-	if errors.As(res.Err, &ce) {
+	switch {
+	case errors.As(res.Err, &ce):
 		f.Code, f.Message = ce.Code, ce.Message
-		r.ByCode[strconv.Itoa(ce.Code)]++
-	} else {
-		r.ByCode[codeUnreachable]++
+		f.kind = strconv.Itoa(ce.Code)
+	case errors.Is(res.Err, client.ErrUnreachable):
+		f.kind = codeUnreachable
+	default:
+		f.kind = codeError
 	}
+	r.ByCode[f.kind]++
 	r.Failures = append(r.Failures, f)
 }
 
@@ -240,11 +272,7 @@ func call(ctx context.Context, req Requester, image string, fn client.Function, 
 		if !ok || wait > maxRetryAfter || attempt >= opts.Retries || ctx.Err() != nil {
 			return res
 		}
-		// Exponential backoff with full jitter in [d/2, d), so that a
-		// fleet that shed load is not hit again by every client at once.
-		d := min(backoff<<attempt, maxBackoff)
-		d = d/2 + rand.N(d/2+1)
-		wait = max(wait, d)
+		wait = max(wait, jitter(backoffDelay(attempt, backoff, maxBackoff)))
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -253,6 +281,31 @@ func call(ctx context.Context, req Requester, image string, fn client.Function, 
 			return res
 		}
 	}
+}
+
+// backoffDelay is the delay before retry number attempt+1: base doubled
+// attempt times, at most limit. It doubles step by step and stops at
+// limit, so that no shift overflows however many retries are allowed.
+func backoffDelay(attempt int, base, limit time.Duration) time.Duration {
+	d := min(base, limit)
+	for range attempt {
+		if d >= limit/2 {
+			return limit
+		}
+		d *= 2
+	}
+	return d
+}
+
+// jitter spreads a delay d > 0 uniformly over [d/2, d) ("equal jitter"),
+// so that a fleet that shed load is not hit again by every client at
+// once, while every client still waits at least half the backoff.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	half := d / 2
+	return half + rand.N(d-half)
 }
 
 // retryable reports whether err may go away on a later attempt, and the

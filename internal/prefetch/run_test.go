@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -128,7 +129,8 @@ func TestPrefetchFailuresByCode(t *testing.T) {
 }
 
 // responder answers manifest_digest on a NATS server like a worker would,
-// with a scripted sequence of answers per image: a code, or 200.
+// with a scripted sequence of answers per image: a code, 200, or no answer
+// at all for a negative code.
 type responder struct {
 	mu    sync.Mutex
 	calls map[string]int
@@ -146,6 +148,9 @@ func startResponder(t *testing.T, url string, script func(image string, call int
 		r.mu.Unlock()
 		reply := nats.NewMsg(m.Reply)
 		code, retryAfter := script(image, n)
+		if code < 0 {
+			return // no answer: the requester times out
+		}
 		if code == 200 {
 			reply.Header.Set(client.HeaderCache, "miss")
 			reply.Data = []byte(`{"digest":"sha256:0000"}`)
@@ -293,5 +298,205 @@ func TestPrefetchInterrupted(t *testing.T) {
 	r := <-rep
 	if !r.Interrupted || r.OK != 2 || r.Failed != 0 || r.Skipped != 6 || r.Total != 8 {
 		t.Fatalf("interrupted %v ok %d failed %d skipped %d total %d", r.Interrupted, r.OK, r.Failed, r.Skipped, r.Total)
+	}
+}
+
+// TestPrefetchRetriesTimeout: a request that got no reply in time is
+// retried. The responder ignores the first request for the image, so the
+// first attempt can only end by the client's timeout.
+func TestPrefetchRetriesTimeout(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	r := startResponder(t, ns.ClientURL(), func(image string, call int) (int, string) {
+		if call == 1 {
+			return -1, ""
+		}
+		return 200, ""
+	})
+	cli := testenv.Client(t, ns.ClientURL(), client.WithTimeout(time.Second))
+	var got prefetch.Result
+	rep := prefetch.Run(context.Background(), cli, []string{"silent-once"}, prefetch.Options{
+		Functions: []client.Function{client.ManifestDigest}, Retries: 3,
+		Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		OnResult: func(res prefetch.Result) { got = res },
+	})
+	if got.Err != nil || rep.OK != 1 {
+		t.Fatalf("want success after a retry, got %v (ok %d, by code %v)", got.Err, rep.OK, rep.ByCode)
+	}
+	// Normally 2; a loaded machine may time out once more, but every
+	// attempt is one request the responder saw.
+	if got.Attempts < 2 || got.Attempts != r.count("silent-once") || rep.Retries != got.Attempts-1 {
+		t.Fatalf("attempts %d, responder saw %d requests, report retries %d: want at least 2 attempts, one request each",
+			got.Attempts, r.count("silent-once"), rep.Retries)
+	}
+}
+
+// recorder passes requests to a Requester and records each attempt's
+// error; after the first 503 it calls on503 before returning it.
+type recorder struct {
+	req   prefetch.Requester
+	on503 func()
+
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *recorder) Image(ctx context.Context, fn client.Function, image string, opts ...client.CallOption) (*client.Reply, error) {
+	rep, err := r.req.Image(ctx, fn, image, opts...)
+	r.mu.Lock()
+	r.errs = append(r.errs, err)
+	first := len(r.errs) == 1
+	r.mu.Unlock()
+	var ce *client.Error
+	if first && errors.As(err, &ce) && ce.Code == 503 && r.on503 != nil {
+		r.on503()
+	}
+	return rep, err
+}
+
+// TestPrefetchRetriesWorker503: a real worker with room for one pending
+// request, busy with a fetch held at the registry, answers 503 to the
+// prefetch; once the held fetch is done, the retry succeeds.
+func TestPrefetchRetriesWorker503(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	w := testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL(), QueueOpts: []queue.Option{queue.WithMaxPending(1)}})
+	// Started after the worker, so that its cleanup (which releases the
+	// gate) runs before the worker's shutdown.
+	reg := testenv.StartRegistry(t)
+	cli := testenv.Client(t, ns.ClientURL())
+	reg.PushImage(t, "held/app", "v1", testenv.OCIManifest, "linux/amd64")
+	reg.PushImage(t, "wanted/app", "v1", testenv.OCIManifest, "linux/amd64")
+	gate := reg.Hold("/held/app/")
+	t.Cleanup(gate.Release)
+
+	held := make(chan error, 1)
+	go func() {
+		_, err := cli.Image(context.Background(), client.ManifestDigest, reg.Ref("held/app", "v1"))
+		held <- err
+	}()
+	<-gate.Arrived()
+	testenv.Eventually(t, "the held request pending", func() bool { return w.Pending() == 1 })
+
+	heldErr := make(chan error, 1)
+	rec := &recorder{req: cli, on503: func() {
+		// The worker said it is full: let its fetch finish, and wait
+		// until it has room again before the retry.
+		gate.Release()
+		heldErr <- <-held
+		for deadline := time.Now().Add(20 * time.Second); w.Pending() != 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}}
+	var got prefetch.Result
+	rep := prefetch.Run(context.Background(), rec, []string{reg.Ref("wanted/app", "v1")}, prefetch.Options{
+		Functions: []client.Function{client.ManifestDigest}, Retries: 3,
+		Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		OnResult: func(res prefetch.Result) { got = res },
+	})
+	rec.mu.Lock()
+	errs := rec.errs
+	rec.mu.Unlock()
+	var ce *client.Error
+	if len(errs) == 0 || !errors.As(errs[0], &ce) || ce.Code != 503 || !strings.Contains(ce.Message, "queue limit") {
+		t.Fatalf("first attempt: %v, want the worker's 503 (queue limit)", errs)
+	}
+	if got.Err != nil || got.Attempts != 2 || len(errs) != 2 || rep.OK != 1 || rep.Retries != 1 || rep.Fetched != 1 {
+		t.Fatalf("result %v after %d attempts (%v); report ok %d retries %d fetched %d", got.Err, got.Attempts, errs, rep.OK, rep.Retries, rep.Fetched)
+	}
+	if err := <-heldErr; err != nil {
+		t.Fatalf("the held request: %v", err)
+	}
+}
+
+// always503 is a fleet that is always busy.
+type always503 struct{}
+
+func (always503) Image(context.Context, client.Function, string, ...client.CallOption) (*client.Reply, error) {
+	return nil, &client.Error{Code: 503, Message: "busy"}
+}
+
+// TestPrefetchManyRetries: many retries do not overflow the backoff (a
+// shift went negative after a few dozen doublings, and the jitter
+// panicked on it).
+func TestPrefetchManyRetries(t *testing.T) {
+	var got prefetch.Result
+	rep := prefetch.Run(context.Background(), always503{}, []string{"busy"}, prefetch.Options{
+		Functions: []client.Function{client.ManifestDigest}, Retries: 100,
+		Backoff: time.Nanosecond, MaxBackoff: time.Microsecond,
+		OnResult: func(res prefetch.Result) { got = res },
+	})
+	if got.Attempts != 101 || rep.Failed != 1 || rep.ByCode["503"] != 1 {
+		t.Fatalf("attempts %d, failed %d, by code %v", got.Attempts, rep.Failed, rep.ByCode)
+	}
+}
+
+// TestPrefetchErrorNotUnreachable: a request that could not be sent (here,
+// a payload over the server's limit) is a failure of its own, not "no
+// worker answered", and it is not retried.
+func TestPrefetchErrorNotUnreachable(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	cli := testenv.Client(t, ns.ClientURL(), client.WithTimeout(5*time.Second))
+	huge := strings.Repeat("a", 2<<20) // over NATS's 1 MiB max_payload
+	rep := prefetch.Run(context.Background(), cli, []string{huge}, prefetch.Options{
+		Functions: []client.Function{client.ManifestDigest}, Retries: 3, Backoff: time.Millisecond,
+	})
+	if rep.Failed != 1 || rep.ByCode["error"] != 1 || rep.ByCode["unreachable"] != 0 || rep.Retries != 0 {
+		t.Fatalf("failed %d, by code %v, retries %d", rep.Failed, rep.ByCode, rep.Retries)
+	}
+	if f := rep.Failures[0]; f.Code != 0 || !strings.Contains(f.Message, "maximum payload") {
+		t.Fatalf("failure %+v: want code 0 and the error's message", f)
+	}
+	if rep.Unreachable() || rep.Reached() {
+		t.Fatalf("Unreachable() %v, Reached() %v: want both false", rep.Unreachable(), rep.Reached())
+	}
+	var out strings.Builder
+	prefetch.WriteText(&out, rep, 10)
+	if !strings.Contains(out.String(), "failed   1 (error: 1)") || !strings.Contains(out.String(), "  error manifest_digest ") {
+		t.Fatalf("text summary:\n%s", out.String())
+	}
+
+	// Together with requests that found no worker: still not "unreachable".
+	rep = prefetch.Run(context.Background(), cli, []string{"busybox", huge}, prefetch.Options{
+		Functions: []client.Function{client.ManifestDigest},
+	})
+	if rep.ByCode["error"] != 1 || rep.ByCode["unreachable"] != 1 || rep.Unreachable() {
+		t.Fatalf("by code %v, Unreachable() %v", rep.ByCode, rep.Unreachable())
+	}
+}
+
+// lateReply holds every request until ctx ends; then the images named in
+// codes get that error reply, as if it had arrived just then, and the
+// others get ctx's error.
+type lateReply struct {
+	codes   map[string]int
+	started chan string
+}
+
+func (l lateReply) Image(ctx context.Context, _ client.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
+	l.started <- image
+	<-ctx.Done()
+	if c, ok := l.codes[image]; ok {
+		return nil, &client.Error{Code: c, Message: image + ": scripted"}
+	}
+	return nil, ctx.Err()
+}
+
+// TestPrefetchInterruptedErrorReply: an error reply that arrives as the run
+// is interrupted is a failure with its code; a request that got no reply
+// is skipped.
+func TestPrefetchInterruptedErrorReply(t *testing.T) {
+	req := lateReply{codes: map[string]int{"missing": 404}, started: make(chan string, 2)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan *prefetch.Report)
+	go func() {
+		done <- prefetch.Run(ctx, req, []string{"missing", "slow"}, prefetch.Options{
+			Functions: []client.Function{client.ManifestDigest}, Concurrency: 2, Retries: 3,
+		})
+	}()
+	<-req.started
+	<-req.started
+	cancel()
+	r := <-done
+	if !r.Interrupted || r.Failed != 1 || r.Skipped != 1 || r.ByCode["404"] != 1 || len(r.Failures) != 1 || r.Failures[0].Reference != "missing" {
+		t.Fatalf("interrupted %v failed %d skipped %d by code %v failures %+v", r.Interrupted, r.Failed, r.Skipped, r.ByCode, r.Failures)
 	}
 }
