@@ -85,10 +85,19 @@ func (p *proc) status(path string) int {
 // metric returns the sum of the samples of name (any labels) on /metrics.
 func (p *proc) metric(t *testing.T, name string) float64 {
 	t.Helper()
+	v, err := p.scrape(name)
+	if err != nil {
+		t.Fatalf("scraping %s: %v", p.metrics, err)
+	}
+	return v
+}
+
+// scrape is metric without the test: safe off the test's goroutine.
+func (p *proc) scrape(name string) (float64, error) {
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(p.metrics + "/metrics")
 	if err != nil {
-		t.Fatalf("scraping %s: %v", p.metrics, err)
+		return 0, err
 	}
 	defer resp.Body.Close()
 	var sum float64
@@ -105,7 +114,7 @@ func (p *proc) metric(t *testing.T, name string) float64 {
 			sum += v
 		}
 	}
-	return sum
+	return sum, sc.Err()
 }
 
 // stack is a registry with images, a NATS server, a Redis and three
@@ -163,12 +172,21 @@ type loadResult struct {
 	errs                map[string]int
 }
 
-// load sends n requests over the images and functions from conc
-// goroutines; a request that times out or finds no responder is retried
-// once, as a policy host's client would. at is called once, in its own
-// goroutine, when `after` requests have been answered.
-func (s *stack) load(t *testing.T, cli *client.Client, n, conc, after int, at func()) *loadResult {
-	t.Helper()
+// workload names the function and image of request i.
+type workload func(i int) (client.Function, string)
+
+// cycle asks for the images in turn, each with the three functions.
+func cycle(images []string) workload {
+	return func(i int) (client.Function, string) { return functions[i%3], images[(i/3)%len(images)] }
+}
+
+// load sends n requests of wl from conc goroutines; a request that times
+// out or finds no responder is retried once, as a policy host's client
+// would. at is called once, in its own goroutine, when `after` requests
+// have been answered: it must not call t.Fatal, nor touch state the test
+// goroutine writes. load itself touches no shared state but r, so it may
+// run on a goroutine of its own.
+func load(cli *client.Client, wl workload, n, conc, after int, at func()) *loadResult {
 	r := &loadResult{errs: map[string]int{}}
 	jobs := make(chan int, n)
 	for i := range n {
@@ -182,7 +200,7 @@ func (s *stack) load(t *testing.T, cli *client.Client, n, conc, after int, at fu
 	for range conc {
 		wg.Go(func() {
 			for i := range jobs {
-				fn, img := functions[i%3], s.images[(i/3)%len(s.images)]
+				fn, img := wl(i)
 				_, err := cli.Image(context.Background(), fn, img)
 				if errors.Is(err, client.ErrUnreachable) {
 					r.retried.Add(1)
@@ -211,22 +229,68 @@ func (r *loadResult) String() string {
 	return fmt.Sprintf("ok %d, failed %d, retried %d, errors %v", r.ok.Load(), r.failed.Load(), r.retried.Load(), r.errs)
 }
 
+// delay makes reg wait d before serving a request whose path contains
+// match (then serves it as usual), so that fetches of it last a while.
+func delay(reg *testenv.Registry, match string, d time.Duration) {
+	reg.Override(func(r *http.Request) bool {
+		if strings.Contains(r.URL.Path, match) {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+			}
+		}
+		return false
+	}, nil)
+}
+
 // TestKillWorkerUnderLoad: kill -9 of one of three workers during 2,000
 // requests, with one retry on timeout or no responders: nothing fails.
+// The load asks for a new tag every 30 requests (10 per function) and
+// the registry is slow on manifests, so misses and fleet-lock fetches are
+// in flight all along; the kill waits until the victim has a fetch in
+// flight, so it loses fetches, held locks and requests taken, and some
+// requests must be retried.
 func TestKillWorkerUnderLoad(t *testing.T) {
 	s := startStack(t)
+	const n, perTag = 2000, 10
+	var tags []string
+	for i := range n/(3*perTag) + 1 {
+		s.reg.PushImage(t, "kill/app", fmt.Sprintf("t%d", i), testenv.OCIManifest, "linux/amd64")
+		tags = append(tags, s.reg.Ref("kill/app", fmt.Sprintf("t%d", i)))
+	}
+	delay(s.reg, "/kill/app/manifests/", 100*time.Millisecond)
+	wl := func(i int) (client.Function, string) { return functions[i%3], tags[i/(3*perTag)] }
+
 	cli := s.client(t)
 	victim := s.workers[0]
-	r := s.load(t, cli, 2000, 32, 300, func() {
+	var atKill float64 // written by at; read after load returns
+	var scrapeErr error
+	began := time.Now()
+	r := load(cli, wl, n, 32, 300, func() {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			v, err := victim.scrape("regcap_fetch_inflight")
+			if scrapeErr = err; err == nil && v > 0 {
+				atKill = v
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
 		_ = victim.cmd.Process.Signal(syscall.SIGKILL)
 		<-victim.exited
 	})
-	t.Logf("kill -9 under load: %s", r)
+	t.Logf("kill -9 under load, with %v fetches in flight in the victim: %s, in %s", atKill, r, time.Since(began).Round(time.Millisecond))
 	if victim.alive() {
 		t.Fatal("the victim was not killed during the load")
 	}
+	if atKill == 0 {
+		t.Errorf("the victim had no fetch in flight when killed (last scrape error: %v)", scrapeErr)
+	}
 	if r.failed.Load() != 0 {
 		t.Errorf("%d requests failed: %v", r.failed.Load(), r.errs)
+	}
+	if r.retried.Load() == 0 {
+		t.Error("no request was retried: the kill lost nothing in flight, so it tested nothing")
 	}
 	var requests, hits, upstream float64
 	for i, w := range s.workers[1:] {
@@ -251,7 +315,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 	// outage is felt by every request rather than hidden by memory hits.
 	s := startStack(t, "--memory-cache-size", "0")
 	cli := s.client(t)
-	r := s.load(t, cli, 2000, 32, 300, func() {
+	r := load(cli, cycle(s.images), 2000, 32, 300, func() {
 		s.redis.Stop()
 		time.Sleep(500 * time.Millisecond) // an outage long enough to be seen
 		s.redis.Start()
@@ -294,7 +358,7 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 
 	cli := s.client(t)
 	// Warm up, then take the goroutine baseline.
-	if r := s.load(t, cli, 300, 16, 0, nil); r.failed.Load() != 0 {
+	if r := load(cli, cycle(s.images), 300, 16, 0, nil); r.failed.Load() != 0 {
 		t.Fatalf("warm-up: %s", r)
 	}
 	before := make([]float64, len(s.workers))
@@ -302,22 +366,24 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 		before[i] = w.metric(t, "go_goroutines")
 	}
 
-	r := s.load(t, cli, 2000, 32, 300, func() {
-		s.ns.Shutdown()
-		s.ns.WaitForShutdown()
-		// Not in the test's goroutine: no t.Fatal here.
-		for i, w := range s.workers {
-			deadline := time.Now().Add(10 * time.Second)
-			for w.status("/readyz") != http.StatusServiceUnavailable {
-				if time.Now().After(deadline) {
-					t.Errorf("worker %d: /readyz still ready with NATS down", i)
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-		s.startNATS(t, p)
-	})
+	// The load runs on its own goroutine and only signals when 300 are
+	// answered: the restart (t.Fatal, s.ns) stays on the test goroutine.
+	reached := make(chan struct{})
+	loaded := make(chan *loadResult, 1)
+	go func() { loaded <- load(cli, cycle(s.images), 2000, 32, 300, func() { close(reached) }) }()
+	select {
+	case <-reached:
+	case r := <-loaded:
+		t.Fatalf("the load ended before 300 answers: %s", r)
+	}
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+	for i, w := range s.workers {
+		testenv.Eventually(t, fmt.Sprintf("worker %d not ready with NATS down", i),
+			func() bool { return w.status("/readyz") == http.StatusServiceUnavailable })
+	}
+	s.startNATS(t, p)
+	r := <-loaded
 	t.Logf("NATS restart under load (failures expected while the server is down): %s", r)
 
 	for i, w := range s.workers {
@@ -330,7 +396,7 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 		}
 	}
 	// Serving again: a load after the restart has no failures.
-	if r := s.load(t, cli, 600, 16, 0, nil); r.failed.Load() != 0 {
+	if r := load(cli, cycle(s.images), 600, 16, 0, nil); r.failed.Load() != 0 {
 		t.Errorf("after the restart: %s", r)
 	}
 	// No leak: goroutines settle back near the baseline (idle HTTP and
@@ -357,7 +423,8 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 // after --lock-wait (2s), long before the dead lock expires (fetch
 // timeout 20s + 2s), and every request is answered.
 func TestKillLockHolder(t *testing.T) {
-	s := startStack(t, "--fetch-timeout", "20s", "--lock-wait", "2s")
+	const lockWait, lockExpiry = 2 * time.Second, 20*time.Second + 2*time.Second
+	s := startStack(t, "--fetch-timeout", "20s", "--lock-wait", lockWait.String())
 	img := s.reg.PushImage(t, "held/app", "v1", testenv.OCIManifest, "linux/amd64")
 	ref := s.reg.Ref("held/app", "v1")
 	gate := s.reg.Hold("/held/app/manifests/v1")
@@ -398,9 +465,29 @@ func TestKillLockHolder(t *testing.T) {
 		}
 		return false
 	})
+	clients := s.ns.NumClients()
 	testenv.Must(t, holder.cmd.Process.Signal(syscall.SIGKILL), "kill -9 the holder")
 	<-holder.exited
+	killed := time.Now()
 	gate.Release()
+	// A request sent now, once the server has dropped the holder, goes to
+	// a survivor. Its client waits longer than the dead lock lives, so
+	// that an answer only at the lock's expiry would be seen as such
+	// rather than as a timeout that a retry hides.
+	testenv.Eventually(t, "the NATS server dropped the holder", func() bool { return s.ns.NumClients() < clients })
+	patient := client.New(testenv.Connect(t, s.natsURL), client.WithTimeout(lockExpiry+10*time.Second))
+	type answer struct {
+		err  error
+		took time.Duration // from the kill
+	}
+	probe := make(chan answer, 1)
+	go func() {
+		r, err := patient.Image(context.Background(), client.ManifestDigest, ref)
+		if err == nil && string(r.Body) != `{"digest":"`+img.Digest+`"}` {
+			err = fmt.Errorf("wrong body %s", r.Body)
+		}
+		probe <- answer{err, time.Since(killed)}
+	}()
 
 	failed := 0
 	for range 21 {
@@ -409,7 +496,19 @@ func TestKillLockHolder(t *testing.T) {
 			t.Errorf("request failed: %v", err)
 		}
 	}
-	t.Logf("lock holder killed: %d of 21 requests failed, registry saw %d HEADs", failed, s.reg.CountManifest("HEAD", "held/app", "v1"))
+	a := <-probe
+	if a.err != nil {
+		t.Errorf("request after the kill failed: %v", a.err)
+	}
+	// Not a measure of speed: the bound is --lock-wait with a generous
+	// slack, and only has to tell a takeover at --lock-wait from an
+	// answer at the dead lock's expiry.
+	if bound := lockWait + (lockExpiry-lockWait)/2; a.err == nil && a.took >= bound {
+		t.Errorf("a request sent after the kill was answered %s after it, want within --lock-wait (%s) plus slack, under %s (the dead lock lives %s)",
+			a.took.Round(time.Millisecond), lockWait, bound, lockExpiry)
+	}
+	t.Logf("lock holder killed: %d of 21 requests failed; one sent after the kill answered %s after it; registry saw %d HEADs",
+		failed, a.took.Round(time.Millisecond), s.reg.CountManifest("HEAD", "held/app", "v1"))
 	rdb := s.redis.Client(t)
 	left, err := rdb.PTTL(context.Background(), "regcap:lock:regcap:v1:manifest_digest:"+ref).Result()
 	testenv.Must(t, err, "PTTL of the lock")
