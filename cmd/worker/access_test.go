@@ -5,14 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -199,31 +196,6 @@ func TestAccessSources(t *testing.T) {
 	}
 }
 
-// countingListener counts the connections accepted on a loopback address.
-type countingListener struct {
-	ln       net.Listener
-	accepted atomic.Int64
-}
-
-func listenCounting(t *testing.T, addr string) *countingListener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	testenv.Must(t, err, "listening on %s", addr)
-	t.Cleanup(func() { ln.Close() })
-	cl := &countingListener{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			cl.accepted.Add(1)
-			c.Close()
-		}
-	}()
-	return cl
-}
-
 // --deny-cidrs replaces the default deny list and is enforced at dial time
 // by the production transports; --allow-registries restricts the
 // registries asked at all.
@@ -260,9 +232,9 @@ func TestAccessGuard(t *testing.T) {
 			if a.guard.CheckAddr(netip.MustParseAddr("169.254.169.254")) != nil {
 				t.Error("--deny-cidrs must replace the default list")
 			}
-			cl := listenCounting(t, "127.0.0.5:0")
-			port := strconv.Itoa(cl.ln.Addr().(*net.TCPAddr).Port)
-			cl6 := listenCounting(t, "127.0.0.6:"+port)
+			cl := testenv.ListenCounting(t, "127.0.0.5:0")
+			port := cl.Port()
+			cl6 := testenv.ListenCounting(t, "127.0.0.6:"+port)
 			prod := productionClient(a)
 			for _, host := range []string{"127.0.0.5", "127.0.0.6"} {
 				e := fetchManifest(t, prod, host+":"+port+"/x/y:z")
@@ -274,7 +246,7 @@ func TestAccessGuard(t *testing.T) {
 			if e == nil || e.Code != 403 || !strings.Contains(e.Cause, "--allow-registries") {
 				t.Errorf("registry outside the allow-list: %v, want 403", e)
 			}
-			if n := cl.accepted.Load() + cl6.accepted.Load(); n != 0 {
+			if n := cl.CountBefore(t) + cl6.CountBefore(t); n != 0 {
 				t.Errorf("denied addresses accepted %d connections", n)
 			}
 		})

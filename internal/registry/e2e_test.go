@@ -6,12 +6,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"go.uber.org/zap"
@@ -321,63 +319,20 @@ func TestDistributionInsecureSource(t *testing.T) {
 	})
 }
 
-// countingListener accepts connections on addr and counts them.
-type countingListener struct {
-	ln       net.Listener
-	accepted atomic.Int64
-	sentinel chan struct{}
-}
-
-func listenCounting(t *testing.T, addr string) *countingListener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	testenv.Must(t, err, "listening on %s", addr)
-	t.Cleanup(func() { ln.Close() })
-	cl := &countingListener{ln: ln, sentinel: make(chan struct{})}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			cl.accepted.Add(1)
-			buf := make([]byte, 1)
-			if n, _ := c.Read(buf); n == 1 && buf[0] == '!' {
-				close(cl.sentinel)
-			}
-			c.Close()
-		}
-	}()
-	return cl
-}
-
-// countBefore returns how many connections were accepted before a sentinel
-// connection made now. The accept queue is FIFO, so any earlier connection
-// is counted by the time the sentinel is seen.
-func (cl *countingListener) countBefore(t *testing.T) int64 {
-	t.Helper()
-	c, err := net.Dial("tcp", cl.ln.Addr().String())
-	testenv.Must(t, err, "sentinel connection")
-	_, _ = c.Write([]byte("!"))
-	<-cl.sentinel
-	c.Close()
-	return cl.accepted.Load() - 1
-}
-
 // A name resolving to a denied address is refused at dial time: 403, and
 // the address sees no connection. The denied address is loopback
 // (127.0.0.5), never a real metadata address: a broken guard would
 // really connect.
 func TestGuardDeniesResolvedAddress(t *testing.T) {
-	cl := listenCounting(t, "127.0.0.5:0")
-	port := strconv.Itoa(cl.ln.Addr().(*net.TCPAddr).Port)
+	cl := testenv.ListenCounting(t, "127.0.0.5:0")
+	port := cl.Port()
 	w := startPrivateWorker(t, setup{
 		deny:    []string{"127.0.0.5/32"},
 		sources: "insecure_sources:\n  - denied.regcap.test:" + port + "\n",
 	})
 	wantError(t, w.cli, "denied.regcap.test:"+port+"/x/y:z", 403, "refused by policy", "127.0.0.5", "--deny-cidrs")
 	wantError(t, w.cli, "127.0.0.5:"+port+"/x/y:z", 403, "refused by policy")
-	if n := cl.countBefore(t); n != 0 {
+	if n := cl.CountBefore(t); n != 0 {
 		t.Fatalf("denied address saw %d connections, want 0", n)
 	}
 }

@@ -6,11 +6,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -260,8 +258,8 @@ func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 		// Resolving it could send the test's traffic off this machine.
 		t.Fatal("this test needs /etc/hosts to map localhost to loopback addresses only, as Debian's does; it refuses to dial a name that may leave the host")
 	}
-	cl := listenCounting(t, "127.0.0.1:0")
-	port := strconv.Itoa(cl.ln.Addr().(*net.TCPAddr).Port)
+	cl := testenv.ListenCounting(t, "127.0.0.1:0")
+	port := cl.Port()
 	g, err := registry.NewGuard([]string{"127.0.0.0/8", "::1/128"}, nil)
 	testenv.Must(t, err, "guard")
 	tr := registry.NewTransports(registry.WithDialGuard(g))
@@ -274,7 +272,7 @@ func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 	if e.Code != 403 || !strings.Contains(e.Cause, "refused by policy") || !strings.Contains(e.Cause, "--deny-cidrs") {
 		t.Errorf("localhost with loopback denied: %d %q, want 403 from the guard", e.Code, e.Cause)
 	}
-	if n := cl.countBefore(t); n != 0 {
+	if n := cl.CountBefore(t); n != 0 {
 		t.Fatalf("the denied address saw %d connections, want 0", n)
 	}
 }

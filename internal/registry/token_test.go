@@ -390,12 +390,12 @@ func denyRepo(next http.Handler, prefix string) http.Handler {
 // A redirect (to "blob storage") that points at a denied address is
 // refused at dial time too, and the address sees no connection.
 func TestGuardDeniesRedirect(t *testing.T) {
-	cl := listenCounting(t, "127.0.0.5:0")
+	cl := testenv.ListenCounting(t, "127.0.0.5:0")
 	reg := testenv.StartRegistry(t)
 	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
 	reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/blobs/sha256:") },
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, "http://"+cl.ln.Addr().String()+r.URL.Path, http.StatusTemporaryRedirect)
+			http.Redirect(w, r, "http://"+cl.Addr()+r.URL.Path, http.StatusTemporaryRedirect)
 		}))
 	g, err := registry.NewGuard([]string{"127.0.0.5/32"}, nil)
 	testenv.Must(t, err, "guard")
@@ -411,7 +411,7 @@ func TestGuardDeniesRedirect(t *testing.T) {
 	if e := handlers.Classify(repo.Name(), err); e.Code != 403 || !strings.Contains(e.Cause, "127.0.0.5") {
 		t.Fatalf("redirect to a denied address: %v", e)
 	}
-	if n := cl.countBefore(t); n != 0 {
+	if n := cl.CountBefore(t); n != 0 {
 		t.Fatalf("denied address saw %d connections, want 0", n)
 	}
 }
