@@ -200,8 +200,12 @@ func (c *Cache) redisFailed(caller context.Context, op string, err error) {
 		return
 	}
 	c.onError(op)
+	// The next probe is a second after this failure, not after the start
+	// of the command that failed: a Redis that never answers takes longer
+	// than that to time out, and would otherwise be probed by every
+	// command.
+	c.lastProbe.Store(c.now().UnixNano())
 	if c.redisDown.CompareAndSwap(false, true) {
-		c.lastProbe.Store(c.now().UnixNano())
 		c.log.Warn("redis unavailable: answering from memory and registries until it is back",
 			zap.String("op", op), zap.Error(err))
 	}
@@ -216,12 +220,15 @@ func (c *Cache) redisOK() {
 // NewClient returns a Redis client tuned for a cache in the request path:
 // short timeouts and a single dial attempt, so that an outage costs a
 // request one refused dial, not go-redis's default five with back-off.
+// Commands respect their context's deadline (the cache's per-command
+// timeout, a request's wait), which go-redis ignores by default.
 // go-redis reconnects by itself once Redis is back.
 func NewClient(url string) (*redis.Client, error) {
 	o, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
+	o.ContextTimeoutEnabled = true
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond
 	o.DialerRetries = 1
 	o.MaxRetries = 1 // one retry covers a pooled connection cut by a Redis restart

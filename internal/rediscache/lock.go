@@ -167,17 +167,7 @@ func (w *Waiter) Wait(ctx context.Context, wait time.Duration) *Answer {
 	for {
 		select {
 		case n := <-w.ch:
-			switch {
-			case n.Failure != nil:
-				return &Answer{Failure: n.Failure}
-			case n.OK:
-				if body, ok := w.c.Get(ctx, w.key); ok {
-					return &Answer{Body: body}
-				}
-				return nil // stored value lost (Redis hiccup): fetch
-			default:
-				return nil // abandoned
-			}
+			return w.answer(ctx, n)
 		case <-check.C:
 			body, held, err := w.c.peek(ctx, w.key)
 			switch {
@@ -186,13 +176,44 @@ func (w *Waiter) Wait(ctx context.Context, wait time.Duration) *Answer {
 			case body != nil:
 				return &Answer{Body: body}
 			case !held:
-				return nil // the holder's lock expired or vanished without a word
+				// The holder's notice leaves with its lock, on another
+				// connection: give it a moment before deciding that the
+				// holder vanished without a word (an error, which is not
+				// cached, would otherwise be fetched again).
+				t := time.NewTimer(noticeGrace)
+				defer t.Stop()
+				select {
+				case n := <-w.ch:
+					return w.answer(ctx, n)
+				case <-t.C:
+					return nil // the holder's lock expired or vanished without a word
+				}
 			}
 		case <-deadline.C:
 			return nil
 		case <-ctx.Done():
 			return nil
 		}
+	}
+}
+
+// noticeGrace is how long a waiter that sees the lock gone waits for the
+// holder's notice, which may still be on its way.
+const noticeGrace = 50 * time.Millisecond
+
+// answer turns the holder's notice into the waiter's answer; nil means
+// fetch here.
+func (w *Waiter) answer(ctx context.Context, n notice) *Answer {
+	switch {
+	case n.Failure != nil:
+		return &Answer{Failure: n.Failure}
+	case n.OK:
+		if body, ok := w.c.Get(ctx, w.key); ok {
+			return &Answer{Body: body}
+		}
+		return nil // stored value lost (Redis hiccup): fetch
+	default:
+		return nil // abandoned
 	}
 }
 
@@ -241,6 +262,15 @@ func (c *Cache) register(key string) *Waiter {
 	}
 	s.waiters[key][w] = struct{}{}
 	return w
+}
+
+// Waiting is how many of this Cache's callers are registered to wait for
+// another worker's answer for key.
+func (c *Cache) Waiting(key string) int {
+	s := &c.lock
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.waiters[key])
 }
 
 func (c *Cache) unregister(w *Waiter) {

@@ -166,6 +166,17 @@ func TestFleetHolderErrorPassedOn(t *testing.T) {
 		})
 	}
 	testenv.Eventually(t, "all requests pending", func() bool { return f.pending() == n })
+	// The answer is an error, which is not cached: a worker that asked for
+	// the lock only after the holder let it go would fetch again. So the
+	// registry answers once the two other workers wait on the holder.
+	key := handlers.Request{Function: handlers.ManifestDigest, Ref: mustRef(t, ref)}.Key()
+	testenv.Eventually(t, "two workers waiting on the holder", func() bool {
+		waiting := 0
+		for _, w := range f.workers {
+			waiting += w.Cache.Waiting(key)
+		}
+		return waiting == len(f.workers)-1
+	})
 	gate.Release()
 	wg.Wait()
 	close(errs)
