@@ -145,6 +145,8 @@ func TestPoolGaugesAfterBurst(t *testing.T) {
 		}()
 	}
 	testenv.Eventually(t, "all requests pending", func() bool { return w.Pending() == n })
+	// The leader holds its slot once its request reached the registry.
+	<-gate.Arrived()
 	// One fetch holds a slot; the others share it.
 	body := scrape(t, m)
 	wantLine(t, body, "regcap_fetch_inflight 1")

@@ -257,8 +257,9 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	w.hardStop()
 	// Replies written while disconnected wait in the reconnect buffer:
 	// give the reconnect the rest of ctx, then push them out. A worker
-	// that answered nothing offline (or never connected) returns at once.
-	if w.repliedOffline.Load() {
+	// that answered nothing offline (or never connected), or whose
+	// buffer was flushed by a reconnect since, returns at once.
+	if n, _ := w.nc.Buffered(); w.repliedOffline.Load() && n > 0 {
 		t := time.NewTicker(10 * time.Millisecond)
 		for !w.nc.IsConnected() && ctx.Err() == nil && !w.nc.IsClosed() {
 			select {
@@ -414,7 +415,11 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 	var lease *rediscache.Lease
 	if w.fleet != nil {
 		var waiter *rediscache.Waiter
-		lease, waiter = w.fleet.Lock(wait, key, w.fetchTimeout+lockMargin)
+		// On the worker's context, not the wait's: a slot that came at
+		// the end of the wait must still take the lock (bounded by the
+		// cache's command timeout), or the fleet would fetch twice when
+		// it is busiest.
+		lease, waiter = w.fleet.Lock(w.life, key, w.fetchTimeout+lockMargin)
 		if waiter != nil {
 			// Waiting is not fetching: give the slot to others meanwhile.
 			w.releaseSlot()
@@ -461,8 +466,9 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 }
 
 // Budget is the longest a request waits beyond the memory tier before it
-// is answered (give or take one Redis command): --lock-wait for a slot or
-// another worker's fetch, then --fetch-timeout for its own.
+// is answered, give or take a few Redis commands (each bounded by the
+// cache's command timeout): --lock-wait for a slot or another worker's
+// fetch, then --fetch-timeout for its own.
 func (w *Worker) Budget() time.Duration { return w.lockWait + w.fetchTimeout }
 
 // lockMargin is how much longer than a fetch the fleet lock is held: the
