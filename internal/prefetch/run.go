@@ -269,7 +269,12 @@ func call(ctx context.Context, req Requester, image string, fn client.Function, 
 		}
 		res.Err = err
 		wait, ok := retryable(err)
-		if !ok || wait > maxRetryAfter || attempt >= opts.Retries || ctx.Err() != nil {
+		if !ok || wait > maxRetryAfter || attempt >= opts.Retries {
+			return res
+		}
+		if ctx.Err() != nil {
+			// A retry was due: interrupted, not failed.
+			res.Err = ctx.Err()
 			return res
 		}
 		wait = max(wait, jitter(backoffDelay(attempt, backoff, maxBackoff)))
@@ -277,7 +282,11 @@ func call(ctx context.Context, req Requester, image string, fn client.Function, 
 		select {
 		case <-t.C:
 		case <-ctx.Done():
+			// Interrupted before the retry: the earlier reply (a 503, a
+			// 429) was not this request's last word, so it is not a
+			// failure to report.
 			t.Stop()
+			res.Err = ctx.Err()
 			return res
 		}
 	}

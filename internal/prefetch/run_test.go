@@ -500,3 +500,33 @@ func TestPrefetchInterruptedErrorReply(t *testing.T) {
 		t.Fatalf("interrupted %v failed %d skipped %d by code %v failures %+v", r.Interrupted, r.Failed, r.Skipped, r.ByCode, r.Failures)
 	}
 }
+
+// busyOnce answers 503 at once and says so on answered.
+type busyOnce struct{ answered chan struct{} }
+
+func (b busyOnce) Image(context.Context, client.Function, string, ...client.CallOption) (*client.Reply, error) {
+	b.answered <- struct{}{}
+	return nil, &client.Error{Code: 503, Message: "worker over its queue limit; retry"}
+}
+
+// TestPrefetchInterruptedDuringBackoff: a 503 is not a request's last
+// word while a retry is due, so a run interrupted then (before or during
+// the backoff) skips that request rather than report the 503 as its
+// failure.
+func TestPrefetchInterruptedDuringBackoff(t *testing.T) {
+	req := busyOnce{answered: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan *prefetch.Report)
+	go func() {
+		done <- prefetch.Run(ctx, req, []string{"busy"}, prefetch.Options{
+			Functions: []client.Function{client.ManifestDigest}, Retries: 3,
+			Backoff: time.Hour, MaxBackoff: time.Hour, // the retry never comes by itself
+		})
+	}()
+	<-req.answered
+	cancel()
+	r := <-done
+	if !r.Interrupted || r.Failed != 0 || r.Skipped != 1 || len(r.Failures) != 0 {
+		t.Fatalf("interrupted %v failed %d skipped %d failures %+v", r.Interrupted, r.Failed, r.Skipped, r.Failures)
+	}
+}
