@@ -86,6 +86,12 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	if err != nil {
 		return nil, Errorf(400, "", "invalid image reference %s", quote([]byte(s)))
 	}
+	// The parser checks the repository's length before Docker Hub's
+	// implicit "library/" is added: a name that fits only without it has a
+	// normalised form (the cache key, the registry path) that is invalid.
+	if r := ref.Context().RepositoryStr(); len(r) > maxRepository {
+		return nil, Errorf(400, "", "invalid image reference %s: repository %s is over %d characters", quote([]byte(s)), quote([]byte(r)), maxRepository)
+	}
 	// Every registry in use digests with sha256; accepting another
 	// algorithm would mean answering bodies nobody verified.
 	if d, ok := ref.(name.Digest); ok && !strings.HasPrefix(d.DigestStr(), "sha256:") {
@@ -93,6 +99,10 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	}
 	return ref, nil
 }
+
+// maxRepository is the longest repository path, as go-containerregistry
+// and distribution accept it.
+const maxRepository = 255
 
 // quote shows untrusted input in a message: one line, bounded, valid UTF-8.
 func quote(b []byte) string {

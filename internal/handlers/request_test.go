@@ -38,6 +38,8 @@ func TestParseReference(t *testing.T) {
 		{"upper case", `"BusyBox"`, "", "invalid image reference"},
 		{"space inside", `"busy box"`, "", "invalid image reference"},
 		{"bad digest", `"busybox@sha256:abc"`, "", "invalid image reference"},
+		{"long once normalised", `"` + strings.Repeat("a", 250) + `"`, "", "is over 255 characters"},
+		{"long repository", `"ghcr.io/` + strings.Repeat("a", 256) + `"`, "", "invalid image reference"},
 		{"sha512 digest", `"busybox@sha512:` + strings.Repeat("ab", 64) + `"`, "", "only sha256 digests are accepted"},
 		{"newline", `"busybox\nrm -rf"`, "", "invalid image reference"},
 		{"too large", `"` + strings.Repeat("a", MaxPayload) + `"`, "", "over the 4096-byte limit"},
