@@ -104,23 +104,25 @@ func flags(c *config, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-func newLogger(level, format string) (*zap.Logger, error) {
+// newLogger logs to w at level, as JSON or for the console. Both formats
+// keep production behaviour (stack traces on errors only, not on every
+// warning, and no sampling); console only changes the encoding.
+func newLogger(level, format string, w io.Writer) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	var cfg zap.Config
+	var enc zapcore.Encoder
 	switch format {
 	case "json":
-		cfg = zap.NewProductionConfig()
+		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	case "console":
-		cfg = zap.NewDevelopmentConfig()
+		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
 	default:
 		return nil, fmt.Errorf("--log-format %q: want json or console", format)
 	}
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.Sampling = nil
-	return cfg.Build()
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)
+	return zap.New(core, zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel)), nil
 }
 
 func main() {
@@ -141,7 +143,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if cfg.probe != "" {
 		return probe(ctx, cfg.probe, stderr)
 	}
-	log, err := newLogger(cfg.logLevel, cfg.logFormat)
+	log, err := newLogger(cfg.logLevel, cfg.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "worker:", err)
 		return 2
