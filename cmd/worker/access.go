@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"go.uber.org/zap"
@@ -36,8 +37,12 @@ func newAccess(cfg *config, log *zap.Logger) (*access, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--deny-cidrs/--allow-registries: %w", err)
 	}
-	if kc.Path() != "" {
-		log.Info("registry credentials from the docker config, re-read when it changes", zap.String("path", kc.Path()))
+	if p := kc.Path(); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			log.Info("no docker config yet: registries are accessed anonymously until it appears", zap.String("path", p))
+		} else {
+			log.Info("registry credentials from the docker config, re-read when it changes", zap.String("path", p))
+		}
 	} else {
 		log.Info("no docker config: registries are accessed anonymously")
 	}

@@ -400,7 +400,14 @@ func statusError(resp *http.Response) *StatusError {
 			if errors.As(terr, &te) && len(te.Errors) > 0 {
 				parts := make([]string, 0, len(te.Errors))
 				for _, d := range te.Errors {
-					parts = append(parts, d.String())
+					// Diagnostic.String appends Detail with %v, which
+					// for the usual map reads "map[Tag:v1]": kept only
+					// when the registry sent it as text.
+					part := string(d.Code) + ": " + d.Message
+					if detail, ok := d.Detail.(string); ok && detail != "" {
+						part += " (" + detail + ")"
+					}
+					parts = append(parts, part)
 				}
 				se.Detail = oneLine(strings.Join(parts, "; "))
 			}

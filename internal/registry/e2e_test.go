@@ -222,6 +222,12 @@ func TestDistributionTLSAndCredentials(t *testing.T) {
 			dockerConfig: dockerConfigFor(reg.host, "alice", alicePassword),
 		})
 		reg.checkFixtures(t, w.cli)
+		// An unknown tag: distribution's own error code and message, one
+		// line, without ggcr's %v of the detail ("map[Tag:nope]").
+		msg := wantError(t, w.cli, reg.host+"/team/app:nope", 404, "MANIFEST_UNKNOWN: manifest unknown")
+		if strings.Contains(msg, "map[") {
+			t.Errorf("404 message shows a Go map: %q", msg)
+		}
 	})
 	t.Run("wrong credentials", func(t *testing.T) {
 		const wrong = "not-the-password"
