@@ -217,7 +217,10 @@ func serve(ctx context.Context, cfg *config, log *zap.Logger) error {
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() {
+				return // our own Close at shutdown, not an outage
+			}
 			log.Warn("NATS disconnected; reconnecting", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
