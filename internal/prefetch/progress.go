@@ -144,6 +144,9 @@ func WriteText(w io.Writer, r *Report, maxFailures int) {
 		case code == "":
 			code = codeUnreachable
 		}
-		fmt.Fprintf(w, "  %s %s %s: %s\n", code, strings.TrimPrefix(f.Function, "v1/"), f.Reference, f.Message)
+		// The worker's message starts with the image it understood; said
+		// once when that is the reference as given.
+		msg := strings.TrimPrefix(f.Message, f.Reference+": ")
+		fmt.Fprintf(w, "  %s %s %s: %s\n", code, strings.TrimPrefix(f.Function, "v1/"), f.Reference, msg)
 	}
 }

@@ -530,3 +530,23 @@ func TestPrefetchInterruptedDuringBackoff(t *testing.T) {
 		t.Fatalf("interrupted %v failed %d skipped %d failures %+v", r.Interrupted, r.Failed, r.Skipped, r.Failures)
 	}
 }
+
+// notFound answers every image 404, naming it first as a worker does.
+type notFound struct{}
+
+func (notFound) Image(_ context.Context, _ client.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
+	return nil, &client.Error{Code: 404, Message: image + ": manifest unknown"}
+}
+
+// TestWriteTextNamesEachImageOnce: the failure lines name the reference
+// once, though the worker's message starts with it too.
+func TestWriteTextNamesEachImageOnce(t *testing.T) {
+	rep := prefetch.Run(context.Background(), notFound{}, []string{"127.0.0.1:5000/app:nope"}, prefetch.Options{
+		Functions: []client.Function{client.ManifestDigest},
+	})
+	var out strings.Builder
+	prefetch.WriteText(&out, rep, 10)
+	if want := "  404 manifest_digest 127.0.0.1:5000/app:nope: manifest unknown\n"; !strings.Contains(out.String(), want) {
+		t.Fatalf("text summary:\n%s\nwant the line %q", out.String(), want)
+	}
+}
