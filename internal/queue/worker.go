@@ -398,8 +398,10 @@ func (w *Worker) serveMiss(m *nats.Msg, req handlers.Request, key string, start 
 func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result, error) {
 	// Waiting, for a slot or for another worker's fetch, is bounded by
 	// --lock-wait, and the registry request by --fetch-timeout of its
-	// own, so every request taken is answered within Budget(), and a 504
-	// always means the registry was slow, never that this worker was busy.
+	// own, so every request taken is answered within the two (give or take
+	// a few Redis commands, each bounded by the cache's command timeout),
+	// and a 504 always means the registry was slow, never that this worker
+	// was busy.
 	wait, cancel := context.WithTimeout(w.life, w.lockWait)
 	defer cancel()
 	// The fetch that just finished may have filled the cache.
@@ -464,12 +466,6 @@ func (w *Worker) fetch(req handlers.Request, key string, leader uint64) (result,
 	}
 	return result{body: body, outcome: CacheMiss, leader: leader}, nil
 }
-
-// Budget is the longest a request waits beyond the memory tier before it
-// is answered, give or take a few Redis commands (each bounded by the
-// cache's command timeout): --lock-wait for a slot or another worker's
-// fetch, then --fetch-timeout for its own.
-func (w *Worker) Budget() time.Duration { return w.lockWait + w.fetchTimeout }
 
 // lockMargin is how much longer than a fetch the fleet lock is held: the
 // re-check before the fetch and the store after it.
