@@ -60,14 +60,6 @@ func benchCommand() *command {
 			fs.BoolVar(&noEcho, "no-echo", false, "skip the NATS echo comparison")
 		},
 		run: func(ctx context.Context, env *cmdEnv, args []string) int {
-			switch {
-			case requests < 0:
-				fmt.Fprintf(env.stderr, "requester bench: --requests %d: want a positive count (or 0 to use --duration)\n", requests)
-				return exitUnreachable
-			case requests == 0 && duration <= 0:
-				fmt.Fprintf(env.stderr, "requester bench: --duration %s: want a positive duration such as 5s\n", duration)
-				return exitUnreachable
-			}
 			fn, err := parseFunction(function)
 			if err != nil {
 				fmt.Fprintln(env.stderr, "requester bench: --function:", err)
@@ -88,6 +80,10 @@ func benchCommand() *command {
 			}
 			opts := bench.Options{Function: fn, Images: images, Platform: platform, Concurrency: levels,
 				Duration: duration, Requests: requests, Warmup: warmup, Runs: runs}
+			if err := opts.Check(); err != nil {
+				fmt.Fprintln(env.stderr, "requester bench:", err)
+				return exitUnreachable
+			}
 			if cold {
 				opts.Fresh = bench.FreshTags(images)
 			}

@@ -96,7 +96,7 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	if opts.Fresh != nil && opts.Requests <= 0 {
 		return nil, errors.New("cold mode needs a request count: every request uses a new tag")
 	}
-	if err := opts.check(); err != nil {
+	if err := opts.Check(); err != nil {
 		return nil, err
 	}
 	runs := max(opts.Runs, 1)
@@ -178,17 +178,19 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	return rep, nil
 }
 
-// check rejects a load that would never end or never start.
-func (o *Options) check() error {
+// Check rejects a load that would never end or never start; Run calls
+// it, and a CLI may call it first to report bad flags before connecting.
+// Its messages name the flags of requester bench.
+func (o *Options) Check() error {
 	switch {
 	case o.Requests < 0:
-		return fmt.Errorf("requests %d: want a positive count, or 0 to measure for a duration", o.Requests)
+		return fmt.Errorf("--requests %d: want a positive count, or 0 to measure for --duration", o.Requests)
 	case o.Requests == 0 && o.Duration <= 0:
-		return fmt.Errorf("duration %s: want a positive duration (or a request count)", o.Duration)
+		return fmt.Errorf("--duration %s: want a positive duration such as 5s (or a --requests count)", o.Duration)
 	}
 	for _, c := range o.Concurrency {
 		if c < 1 {
-			return fmt.Errorf("concurrency %d: want at least 1", c)
+			return fmt.Errorf("--concurrency %d: want at least 1", c)
 		}
 	}
 	return nil
