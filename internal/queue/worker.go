@@ -356,9 +356,12 @@ func (w *Worker) decode(fn handlers.Function, m *nats.Msg) (handlers.Request, er
 		req.Platform = w.platform
 		if p := m.Header.Get(HeaderPlatform); p != "" {
 			if req.Platform, err = handlers.ParsePlatform(p); err != nil {
-				he := handlers.Classify(ref.Name(), err)
-				he.Image = ref.Name()
-				return handlers.Request{}, he
+				// ParsePlatform's 400 knows no image; the answer names it.
+				var he *handlers.Error
+				if errors.As(err, &he) {
+					he.Image = ref.Name()
+				}
+				return handlers.Request{}, err
 			}
 		}
 	}
