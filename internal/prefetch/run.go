@@ -92,20 +92,6 @@ type Report struct {
 	Failures    []Failure      `json:"failures"`
 }
 
-// Reached reports whether any worker answered at all, with a reply or an
-// error reply.
-func (r *Report) Reached() bool {
-	if r.OK > 0 {
-		return true
-	}
-	for _, f := range r.Failures {
-		if f.Code != 0 {
-			return true
-		}
-	}
-	return false
-}
-
 // Unreachable reports whether the fleet could not be reached at all: some
 // requests were finished and every one failed because no worker could be
 // reached. Other failures (error replies, requests that could not be

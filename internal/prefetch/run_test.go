@@ -123,8 +123,8 @@ func TestPrefetchFailuresByCode(t *testing.T) {
 			t.Errorf("bad reference: code %d, want 400", f.Code)
 		}
 	}
-	if !rep.Reached() {
-		t.Fatal("Reached() = false although the worker answered")
+	if rep.Unreachable() {
+		t.Fatal("Unreachable() = true although the worker answered")
 	}
 }
 
@@ -256,8 +256,8 @@ func TestPrefetchUnreachable(t *testing.T) {
 	if rep.Failed != 6 || rep.ByCode["unreachable"] != 6 || rep.Retries != 12 {
 		t.Fatalf("failed %d, by code %v, retries %d", rep.Failed, rep.ByCode, rep.Retries)
 	}
-	if rep.Reached() {
-		t.Fatal("Reached() = true with no worker")
+	if !rep.Unreachable() {
+		t.Fatal("Unreachable() = false with no worker")
 	}
 	for _, f := range rep.Failures {
 		if f.Code != 0 || f.Attempts != 3 {
@@ -445,8 +445,8 @@ func TestPrefetchErrorNotUnreachable(t *testing.T) {
 	if f := rep.Failures[0]; f.Code != 0 || !strings.Contains(f.Message, "maximum payload") {
 		t.Fatalf("failure %+v: want code 0 and the error's message", f)
 	}
-	if rep.Unreachable() || rep.Reached() {
-		t.Fatalf("Unreachable() %v, Reached() %v: want both false", rep.Unreachable(), rep.Reached())
+	if rep.Unreachable() {
+		t.Fatal("Unreachable() = true for a request that could not be sent")
 	}
 	var out strings.Builder
 	prefetch.WriteText(&out, rep, 10)
