@@ -22,10 +22,10 @@ vet:
 	$(GO) vet ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/handlers/
+	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/capability/
 
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/queue/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/natsfront/ ./internal/resolve/
 
 clean:
 	rm -rf bin/

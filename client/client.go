@@ -9,45 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/regcap/regcap/contract"
 )
-
-// Function is a waPC operation of the kubewarden/oci namespace.
-type Function string
-
-// The three capabilities.
-const (
-	ManifestDigest    Function = "v1/manifest_digest"
-	OCIManifest       Function = "v1/oci_manifest"
-	OCIManifestConfig Function = "v1/oci_manifest_config"
-)
-
-// Subject is the NATS subject the function is served on.
-func (f Function) Subject(prefix string) string {
-	return prefix + ".oci." + strings.ReplaceAll(string(f), "/", ".")
-}
-
-// Contract headers.
-const (
-	HeaderCache      = "Regcap-Cache"
-	HeaderPlatform   = "Regcap-Platform"
-	HeaderErrorCode  = "Nats-Service-Error-Code"
-	HeaderError      = "Nats-Service-Error"
-	HeaderRetryAfter = "Retry-After"
-)
-
-// Error is an error reply from the fleet.
-type Error struct {
-	Code    int
-	Message string
-	// RetryAfter is the registry's Retry-After, for 429, verbatim.
-	RetryAfter string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("error %d: %s", e.Code, e.Message) }
 
 // ErrUnreachable wraps failures to reach any worker: no responders, a
 // timeout, or a closed connection. Callers may retry these.
@@ -56,8 +23,8 @@ var ErrUnreachable = errors.New("regcap fleet unreachable")
 // Reply is a successful answer.
 type Reply struct {
 	Body []byte
-	// Cache is hit, miss or shared.
-	Cache string
+	// Cache says where the answer came from: hit, miss or shared.
+	Cache contract.Outcome
 }
 
 // Client is safe for concurrent use.
@@ -80,7 +47,7 @@ func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = 
 
 // New returns a Client over nc.
 func New(nc *nats.Conn, opts ...Option) *Client {
-	c := &Client{nc: nc, prefix: "kubewarden", timeout: 30 * time.Second}
+	c := &Client{nc: nc, prefix: contract.DefaultSubjectPrefix, timeout: 30 * time.Second}
 	for _, o := range opts {
 		o(c)
 	}
@@ -95,13 +62,14 @@ type CallOption func(*nats.Msg)
 func WithPlatform(p string) CallOption {
 	return func(m *nats.Msg) {
 		if p != "" {
-			m.Header.Set(HeaderPlatform, p)
+			m.Header.Set(contract.HeaderPlatform, p)
 		}
 	}
 }
 
-// Call sends a raw waPC payload (a JSON string) for fn.
-func (c *Client) Call(ctx context.Context, fn Function, payload []byte, opts ...CallOption) (*Reply, error) {
+// Call sends a raw waPC payload (a JSON string) for fn. An error reply
+// is a *contract.Error.
+func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte, opts ...CallOption) (*Reply, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
@@ -124,18 +92,18 @@ func (c *Client) Call(ctx context.Context, fn Function, payload []byte, opts ...
 		}
 		return nil, fmt.Errorf("request on %s: %w", m.Subject, err)
 	}
-	if code := resp.Header.Get(HeaderErrorCode); code != "" {
+	if code := resp.Header.Get(contract.HeaderErrorCode); code != "" {
 		n, err := strconv.Atoi(code)
 		if err != nil {
 			n = 500
 		}
-		return nil, &Error{Code: n, Message: resp.Header.Get(HeaderError), RetryAfter: resp.Header.Get(HeaderRetryAfter)}
+		return nil, &contract.Error{Code: n, Message: resp.Header.Get(contract.HeaderError), RetryAfter: resp.Header.Get(contract.HeaderRetryAfter)}
 	}
-	return &Reply{Body: resp.Data, Cache: resp.Header.Get(HeaderCache)}, nil
+	return &Reply{Body: resp.Data, Cache: contract.Outcome(resp.Header.Get(contract.HeaderCache))}, nil
 }
 
 // Image calls fn for an image reference such as "busybox:latest".
-func (c *Client) Image(ctx context.Context, fn Function, image string, opts ...CallOption) (*Reply, error) {
+func (c *Client) Image(ctx context.Context, fn contract.Function, image string, opts ...CallOption) (*Reply, error) {
 	payload, err := json.Marshal(image)
 	if err != nil {
 		return nil, err
@@ -145,7 +113,7 @@ func (c *Client) Image(ctx context.Context, fn Function, image string, opts ...C
 
 // Digest returns the manifest digest of image ("sha256:…").
 func (c *Client) Digest(ctx context.Context, image string) (string, error) {
-	r, err := c.Image(ctx, ManifestDigest, image)
+	r, err := c.Image(ctx, contract.ManifestDigest, image)
 	if err != nil {
 		return "", err
 	}
@@ -160,7 +128,7 @@ func (c *Client) Digest(ctx context.Context, image string) (string, error) {
 
 // Manifest returns image's manifest exactly as the registry sent it.
 func (c *Client) Manifest(ctx context.Context, image string) ([]byte, error) {
-	r, err := c.Image(ctx, OCIManifest, image)
+	r, err := c.Image(ctx, contract.OCIManifest, image)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +138,7 @@ func (c *Client) Manifest(ctx context.Context, image string) ([]byte, error) {
 // ManifestConfig returns {"manifest":…,"digest":…,"config":…} for image,
 // resolved to platform ("" for the worker's default).
 func (c *Client) ManifestConfig(ctx context.Context, image, platform string) ([]byte, error) {
-	r, err := c.Image(ctx, OCIManifestConfig, image, WithPlatform(platform))
+	r, err := c.Image(ctx, contract.OCIManifestConfig, image, WithPlatform(platform))
 	if err != nil {
 		return nil, err
 	}
@@ -184,10 +152,8 @@ func (c *Client) HostCall(ctx context.Context, binding, namespace, operation str
 	if binding != "kubewarden" || namespace != "oci" {
 		return nil, fmt.Errorf("regcap: unsupported host call %s/%s/%s", binding, namespace, operation)
 	}
-	fn := Function(operation)
-	switch fn {
-	case ManifestDigest, OCIManifest, OCIManifestConfig:
-	default:
+	fn, ok := contract.ParseOperation(operation)
+	if !ok {
 		return nil, fmt.Errorf("regcap: unsupported host call %s/%s/%s", binding, namespace, operation)
 	}
 	r, err := c.Call(ctx, fn, payload)

@@ -8,16 +8,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
 func TestClientCalls(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	c := testenv.Client(t, ns.ClientURL())
 	idx := reg.PushMultiPlatform(t, "app", "v1", testenv.OCIIndex)
 	image := reg.Ref("app", "v1")
@@ -37,7 +40,7 @@ func TestClientCalls(t *testing.T) {
 	}
 
 	_, err = c.Digest(ctx, reg.Ref("app", "missing"))
-	var ce *client.Error
+	var ce *contract.Error
 	if !errors.As(err, &ce) || ce.Code != 404 {
 		t.Fatalf("missing tag: %v", err)
 	}
@@ -49,7 +52,7 @@ func TestClientCalls(t *testing.T) {
 func TestHostCall(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	c := testenv.Client(t, ns.ClientURL())
 	img := reg.PushImage(t, "app", "v1", testenv.OCIManifest, "linux/amd64")
 	payload, _ := json.Marshal(reg.Ref("app", "v1"))
@@ -77,7 +80,7 @@ func TestHostCall(t *testing.T) {
 	}
 	// Bad payloads come back as the fleet's 400.
 	_, err := hostCall(context.Background(), "kubewarden", "oci", "v1/oci_manifest", []byte(`not json`))
-	var ce *client.Error
+	var ce *contract.Error
 	if !errors.As(err, &ce) || ce.Code != 400 {
 		t.Errorf("bad payload: %v", err)
 	}
@@ -92,7 +95,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	// A subscriber that never answers: a timeout, also unreachable.
 	nc := testenv.Connect(t, ns.ClientURL())
-	_, err = nc.Subscribe(client.ManifestDigest.Subject("kubewarden"), func(*natsMsg) {})
+	_, err = nc.Subscribe(contract.ManifestDigest.Subject("kubewarden"), func(*natsMsg) {})
 	testenv.Must(t, err, "subscribe")
 	testenv.Must(t, nc.Flush(), "flush")
 	_, err = c.Digest(context.Background(), "busybox")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/bench"
 )
 
@@ -105,7 +106,7 @@ func benchCommand() *command {
 				echo = &bench.Echo{Requester: nc, Responder: rc, Timeout: env.conn.timeout}
 			}
 			rep, err := bench.Run(ctx, env.conn.client(nc), echo, opts)
-			var ce *client.Error
+			var ce *contract.Error
 			switch {
 			case errors.Is(err, client.ErrUnreachable):
 				fmt.Fprintln(env.stderr, "requester bench:", err)

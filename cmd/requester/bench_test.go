@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -39,7 +41,7 @@ type benchJSON struct {
 func TestBenchCLI(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	url := ns.ClientURL()
 	reg.PushImage(t, "bench/a", "v1", testenv.OCIManifest, "linux/amd64")
 	reg.PushImage(t, "bench/b", "v1", testenv.OCIManifest, "linux/amd64")

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/flagenv"
 )
 
@@ -51,8 +52,8 @@ func commands() map[string]*command {
 	cmds := map[string]*command{}
 	for _, c := range []struct {
 		name string
-		fn   client.Function
-	}{{"digest", client.ManifestDigest}, {"manifest", client.OCIManifest}, {"config", client.OCIManifestConfig}} {
+		fn   contract.Function
+	}{{"digest", contract.ManifestDigest}, {"manifest", contract.OCIManifest}, {"config", contract.OCIManifestConfig}} {
 		cmds[c.name] = singleCommand(c.name, c.fn)
 	}
 	cmds["prefetch"] = prefetchCommand()
@@ -223,12 +224,12 @@ func isBool(f *flag.Flag) bool {
 	return ok && b.IsBoolFlag()
 }
 
-func singleCommand(name string, fn client.Function) *command {
+func singleCommand(name string, fn contract.Function) *command {
 	var platform string
 	return &command{
 		summary: "IMAGE [flags]",
 		flags: func(fs *flag.FlagSet) {
-			if fn == client.OCIManifestConfig {
+			if fn == contract.OCIManifestConfig {
 				fs.StringVar(&platform, "platform", "", "resolve an index to os/arch[/variant] instead of the worker's platform")
 			}
 		},
@@ -248,7 +249,7 @@ func singleCommand(name string, fn client.Function) *command {
 				opts = append(opts, client.WithPlatform(platform))
 			}
 			r, err := env.conn.client(nc).Image(ctx, fn, args[0], opts...)
-			var ce *client.Error
+			var ce *contract.Error
 			switch {
 			case errors.As(err, &ce):
 				fmt.Fprintf(env.stderr, "error %d: %s\n", ce.Code, ce.Message)

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/prefetch"
 )
 
@@ -121,9 +121,9 @@ func joinAnd(words []string) string {
 
 // parseFunctions reads "digest,manifest,config" (or the waPC operation
 // names) into functions, in the order given, without repeats.
-func parseFunctions(s string) ([]client.Function, error) {
-	var out []client.Function
-	seen := map[client.Function]bool{}
+func parseFunctions(s string) ([]contract.Function, error) {
+	var out []contract.Function
+	seen := map[contract.Function]bool{}
 	for _, p := range strings.Split(s, ",") {
 		p = strings.TrimSpace(p)
 		if p == "" {
@@ -144,14 +144,14 @@ func parseFunctions(s string) ([]client.Function, error) {
 	return out, nil
 }
 
-func parseFunction(s string) (client.Function, error) {
+func parseFunction(s string) (contract.Function, error) {
 	switch strings.TrimPrefix(s, "v1/") {
 	case "digest", "manifest_digest":
-		return client.ManifestDigest, nil
+		return contract.ManifestDigest, nil
 	case "manifest", "oci_manifest":
-		return client.OCIManifest, nil
+		return contract.OCIManifest, nil
 	case "config", "oci_manifest_config":
-		return client.OCIManifestConfig, nil
+		return contract.OCIManifestConfig, nil
 	}
 	return "", fmt.Errorf("unknown function %q: want digest, manifest or config", s)
 }

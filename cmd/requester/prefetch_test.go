@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/regcap/regcap/internal/prefetch"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -71,7 +73,7 @@ func decodeOne(t *testing.T, s string, v any) {
 func TestPrefetchCLI(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	url := ns.ClientURL()
 	reg.PushImage(t, "app/web", "v1", testenv.OCIManifest, "linux/amd64")
 	reg.PushImage(t, "app/api", "v2", testenv.DockerManifest, "linux/amd64")
@@ -237,7 +239,7 @@ func TestPrefetchCLIUnreachable(t *testing.T) {
 // prints its summary and exits 1.
 func TestPrefetchCLIHeld(t *testing.T) {
 	ns := testenv.StartNATS(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	// Started after the worker, so that its cleanup (which releases held
 	// requests) runs before the worker's shutdown.
 	reg := testenv.StartRegistry(t)

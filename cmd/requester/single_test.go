@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -13,7 +15,7 @@ import (
 func TestSingleRequests(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	idx := reg.PushMultiPlatform(t, "app", "v1", testenv.OCIIndex)
 	image := reg.Ref("app", "v1")
 	url := ns.ClientURL()

@@ -15,7 +15,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // TestSIGTERMAnswersRequestsInFlight runs the worker as a process: a
@@ -47,9 +49,9 @@ func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
 	cli := client.New(nc, client.WithTimeout(30*time.Second))
 	// Subscribed once a bad request is answered with its 400.
 	testenv.Eventually(t, "the worker to subscribe", func() bool {
-		for _, fn := range []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig} {
+		for _, fn := range []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig} {
 			_, err := cli.Call(context.Background(), fn, []byte(`""`))
-			var ce *client.Error
+			var ce *contract.Error
 			if !errors.As(err, &ce) || ce.Code != 400 {
 				return false
 			}
@@ -60,7 +62,7 @@ func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
 	reply := make(chan *client.Reply, 1)
 	replyErr := make(chan error, 1)
 	go func() {
-		r, err := cli.Image(context.Background(), client.OCIManifest, reg.Ref("inflight", "v1"))
+		r, err := cli.Image(context.Background(), contract.OCIManifest, reg.Ref("inflight", "v1"))
 		if err != nil {
 			replyErr <- err
 			return
@@ -77,7 +79,7 @@ func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
 	// Drained: the subjects have no responder any more, while the fetch
 	// taken before SIGTERM is still held.
 	testenv.Eventually(t, "the subscriptions to drain", func() bool {
-		_, err := nc.Request(client.OCIManifest.Subject("kubewarden"), []byte(`"x"`), 2*time.Second)
+		_, err := nc.Request(contract.OCIManifest.Subject("kubewarden"), []byte(`"x"`), 2*time.Second)
 		return errors.Is(err, nats.ErrNoResponders)
 	})
 	select {
@@ -115,17 +117,17 @@ func TestHelpListsEveryFlagWithItsVariable(t *testing.T) {
 
 	t.Setenv("REGCAP_CACHE_TTL", "90s")
 	t.Setenv("REGCAP_CONCURRENCY", "7")
-	cfg, err := parse([]string{"--concurrency", "9"}, &out)
+	cfg, err := worker.ParseFlags([]string{"--concurrency", "9"}, &out)
 	testenv.Must(t, err, "parse")
-	if cfg.cacheTTL != 90*time.Second {
-		t.Errorf("REGCAP_CACHE_TTL ignored: %v", cfg.cacheTTL)
+	if cfg.CacheTTL != 90*time.Second {
+		t.Errorf("REGCAP_CACHE_TTL ignored: %v", cfg.CacheTTL)
 	}
-	if cfg.concurrency != 9 {
-		t.Errorf("a flag on the command line must win over the environment: %d", cfg.concurrency)
+	if cfg.Concurrency != 9 {
+		t.Errorf("a flag on the command line must win over the environment: %d", cfg.Concurrency)
 	}
 
 	t.Setenv("REGCAP_FETCH_TIMEOUT", "soon")
-	if _, err := parse(nil, &out); err == nil || !strings.Contains(err.Error(), "REGCAP_FETCH_TIMEOUT") {
+	if _, err := worker.ParseFlags(nil, &out); err == nil || !strings.Contains(err.Error(), "REGCAP_FETCH_TIMEOUT") {
 		t.Errorf("a bad variable must be named in the error, got %v", err)
 	}
 }

@@ -10,11 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 )
 
 // Requester sends one capability request; *client.Client is one.
 type Requester interface {
-	Image(ctx context.Context, fn client.Function, image string, opts ...client.CallOption) (*client.Reply, error)
+	Image(ctx context.Context, fn contract.Function, image string, opts ...client.CallOption) (*client.Reply, error)
 }
 
 // Echo is the floor to compare with: a responder on its own connection,
@@ -39,7 +40,7 @@ func (e *Echo) timeout() time.Duration {
 
 // Options describe a benchmark.
 type Options struct {
-	Function client.Function
+	Function contract.Function
 	Images   []string
 	// Platform, if set, is sent with oci_manifest_config requests.
 	Platform    string
@@ -101,7 +102,7 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	}
 	runs := max(opts.Runs, 1)
 	var copts []client.CallOption
-	if opts.Platform != "" && opts.Function == client.OCIManifestConfig {
+	if opts.Platform != "" && opts.Function == contract.OCIManifestConfig {
 		copts = append(copts, client.WithPlatform(opts.Platform))
 	}
 	total := 0
@@ -206,7 +207,7 @@ func regcapCall(ctx context.Context, req Requester, opts Options, copts []client
 			return nil, fmt.Errorf("making fresh tags for the cold run: %w", err)
 		}
 	}
-	return func(ctx context.Context, seq int) (string, error) {
+	return func(ctx context.Context, seq int) (contract.Outcome, error) {
 		r, err := req.Image(ctx, opts.Function, refs[seq%len(refs)], copts...)
 		if err != nil {
 			return "", err
@@ -234,7 +235,7 @@ func startEcho(e *Echo, size int) (Call, func(), error) {
 	}
 	payload, _ := json.Marshal("echo")
 	timeout := e.timeout()
-	call := func(ctx context.Context, _ int) (string, error) {
+	call := func(ctx context.Context, _ int) (contract.Outcome, error) {
 		// Like client.Call: a deadline of its own when ctx has none.
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
@@ -272,7 +273,7 @@ func MedianStats(runs []Stats) Stats {
 		}
 		for k, v := range r.Cache {
 			if out.Cache == nil {
-				out.Cache = map[string]int{}
+				out.Cache = map[contract.Outcome]int{}
 			}
 			out.Cache[k] += v
 		}

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/bench"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -17,7 +20,7 @@ import (
 func TestRunWarmAndCold(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	cli := testenv.Client(t, ns.ClientURL())
 	img := reg.PushImage(t, "bench/app", "v1", testenv.OCIManifest, "linux/amd64")
 	ref := reg.Ref("bench/app", "v1")
@@ -25,7 +28,7 @@ func TestRunWarmAndCold(t *testing.T) {
 
 	t.Run("warm", func(t *testing.T) {
 		rep, err := bench.Run(context.Background(), cli, echo, bench.Options{
-			Function: client.ManifestDigest, Images: []string{ref},
+			Function: contract.ManifestDigest, Images: []string{ref},
 			Concurrency: []int{1, 4}, Requests: 40, Warmup: 10 * time.Millisecond, Runs: 3,
 		})
 		if err != nil {
@@ -64,7 +67,7 @@ func TestRunWarmAndCold(t *testing.T) {
 	t.Run("cold", func(t *testing.T) {
 		reg.ResetCounts()
 		rep, err := bench.Run(context.Background(), cli, nil, bench.Options{
-			Function: client.ManifestDigest, Images: []string{ref},
+			Function: contract.ManifestDigest, Images: []string{ref},
 			Concurrency: []int{2}, Requests: 20, Fresh: bench.FreshTags([]string{ref}),
 		})
 		if err != nil {
@@ -86,7 +89,7 @@ func TestRunWarmAndCold(t *testing.T) {
 
 	t.Run("cold needs a request count", func(t *testing.T) {
 		_, err := bench.Run(context.Background(), cli, nil, bench.Options{
-			Function: client.ManifestDigest, Images: []string{ref}, Duration: time.Second, Fresh: bench.FreshTags([]string{ref}),
+			Function: contract.ManifestDigest, Images: []string{ref}, Duration: time.Second, Fresh: bench.FreshTags([]string{ref}),
 		})
 		if err == nil {
 			t.Fatal("want an error")
@@ -97,7 +100,7 @@ func TestRunWarmAndCold(t *testing.T) {
 // counting is a Requester that counts its calls and answers at once.
 type counting struct{ calls atomic.Int64 }
 
-func (c *counting) Image(context.Context, client.Function, string, ...client.CallOption) (*client.Reply, error) {
+func (c *counting) Image(context.Context, contract.Function, string, ...client.CallOption) (*client.Reply, error) {
 	c.calls.Add(1)
 	return &client.Reply{Body: []byte("{}"), Cache: "hit"}, nil
 }
@@ -114,7 +117,7 @@ func TestRunRejectsEndlessLoads(t *testing.T) {
 	for name, opts := range cases {
 		t.Run(name, func(t *testing.T) {
 			var req counting
-			opts.Function, opts.Images = client.ManifestDigest, []string{"busybox"}
+			opts.Function, opts.Images = contract.ManifestDigest, []string{"busybox"}
 			if _, err := bench.Run(context.Background(), &req, nil, opts); err == nil {
 				t.Fatal("want an error")
 			}
@@ -132,7 +135,7 @@ func TestMeasureNegativeRequests(t *testing.T) {
 	defer cancel()
 	const guard = 10000 // ends the test if the measurement never would
 	var calls atomic.Int64
-	call := func(context.Context, int) (string, error) {
+	call := func(context.Context, int) (contract.Outcome, error) {
 		if calls.Add(1) == guard {
 			cancel()
 		}

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/regcap/regcap/contract"
 )
 
 // Load is how one measurement drives a target.
@@ -23,7 +25,7 @@ type Load struct {
 
 // Call sends request number seq (0, 1, … across all callers) and returns
 // the reply's Regcap-Cache ("" when there is none).
-type Call func(ctx context.Context, seq int) (cache string, err error)
+type Call func(ctx context.Context, seq int) (cache contract.Outcome, err error)
 
 // Measure runs call under load and summarises what it saw. Cancelling ctx
 // ends it early, with the figures so far.
@@ -48,7 +50,7 @@ func Measure(ctx context.Context, call Call, l Load) Stats {
 	var lat []time.Duration
 	errs := 0
 	var first string
-	cache := map[string]int{}
+	cache := map[contract.Outcome]int{}
 	for _, p := range per {
 		lat = append(lat, p.lat...)
 		errs += p.errs
@@ -71,7 +73,7 @@ type callerStats struct {
 	lat   []time.Duration
 	errs  int
 	first string
-	cache map[string]int
+	cache map[contract.Outcome]int
 }
 
 // drive runs c callers until ctx ends or n requests (if n > 0) were sent.
@@ -86,7 +88,7 @@ func drive(ctx context.Context, call Call, c, n int, keep bool) []callerStats {
 		wg.Add(1)
 		go func(st *callerStats) {
 			defer wg.Done()
-			st.cache = map[string]int{}
+			st.cache = map[contract.Outcome]int{}
 			if n > 0 {
 				st.lat = make([]time.Duration, 0, n/c+1)
 			}

@@ -7,6 +7,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/regcap/regcap/contract"
 )
 
 // Stats are the figures of one measured load.
@@ -34,7 +36,7 @@ type Stats struct {
 	RunThroughputs []float64 `json:"run_throughputs,omitempty"`
 	// Cache counts regcap replies by Regcap-Cache (hit, miss, shared), so
 	// that a "warm" figure can be checked to be made of hits.
-	Cache map[string]int `json:"cache,omitempty"`
+	Cache map[contract.Outcome]int `json:"cache,omitempty"`
 }
 
 // Summarise computes the figures for latencies of successful requests

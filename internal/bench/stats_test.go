@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/bench"
 )
 
@@ -143,8 +144,8 @@ func TestMedianStats(t *testing.T) {
 		bench.Summarise([]time.Duration{ms(10), ms(20), ms(30), ms(40)}, 1, time.Second), // 4/s, p50 20
 		bench.Summarise([]time.Duration{ms(5)}, 0, time.Second),                          // 1/s, p50 5
 	}
-	runs[0].Cache = map[string]int{"hit": 3}
-	runs[1].Cache = map[string]int{"hit": 3, "miss": 1}
+	runs[0].Cache = map[contract.Outcome]int{contract.Hit: 3}
+	runs[1].Cache = map[contract.Outcome]int{contract.Hit: 3, contract.Miss: 1}
 	runs[1].FirstError = "boom"
 	m := bench.MedianStats(runs)
 	if m.Throughput != 3 || m.P50 != ms(5) || m.Max != ms(5) || m.P99 != ms(5) {
@@ -153,7 +154,7 @@ func TestMedianStats(t *testing.T) {
 	if m.Requests != 8 || m.Errors != 1 || m.FirstError != "boom" {
 		t.Fatalf("sums: requests %d errors %d first %q", m.Requests, m.Errors, m.FirstError)
 	}
-	if m.Cache["hit"] != 6 || m.Cache["miss"] != 1 {
+	if m.Cache[contract.Hit] != 6 || m.Cache[contract.Miss] != 1 {
 		t.Fatalf("cache %v", m.Cache)
 	}
 	if !slices.Equal(m.RunThroughputs, []float64{3, 4, 1}) {
@@ -170,16 +171,16 @@ func TestMedianStats(t *testing.T) {
 func TestMeasureCounts(t *testing.T) {
 	var calls atomic.Int64
 	seen := make([]atomic.Int32, 100)
-	call := func(_ context.Context, s int) (string, error) {
+	call := func(_ context.Context, s int) (contract.Outcome, error) {
 		calls.Add(1)
 		seen[s].Add(1)
 		if s%10 == 0 {
 			return "", errors.New("scripted failure")
 		}
 		if s%2 == 0 {
-			return "miss", nil
+			return contract.Miss, nil
 		}
-		return "hit", nil
+		return contract.Hit, nil
 	}
 	st := bench.Measure(context.Background(), call, bench.Load{Concurrency: 8, Requests: 100})
 	if calls.Load() != 100 {
@@ -193,7 +194,7 @@ func TestMeasureCounts(t *testing.T) {
 	if st.Requests != 90 || st.Errors != 10 || st.FirstError != "scripted failure" {
 		t.Fatalf("requests %d errors %d first %q", st.Requests, st.Errors, st.FirstError)
 	}
-	if st.Cache["hit"] != 50 || st.Cache["miss"] != 40 {
+	if st.Cache[contract.Hit] != 50 || st.Cache[contract.Miss] != 40 {
 		t.Fatalf("cache %v", st.Cache)
 	}
 }
@@ -203,7 +204,7 @@ func TestMeasureCounts(t *testing.T) {
 func TestMeasureCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var calls atomic.Int64
-	call := func(ctx context.Context, _ int) (string, error) {
+	call := func(ctx context.Context, _ int) (contract.Outcome, error) {
 		if calls.Add(1) == 20 {
 			cancel()
 		}

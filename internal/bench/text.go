@@ -3,10 +3,12 @@ package bench
 import (
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/regcap/regcap/contract"
 )
 
 // WriteText writes rep as a table: per concurrency, regcap, the echo floor
@@ -66,15 +68,15 @@ func short(d time.Duration) string {
 	return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
 }
 
-func cacheSummary(c map[string]int) string {
+func cacheSummary(c map[contract.Outcome]int) string {
 	if len(c) == 0 {
 		return "-"
 	}
-	keys := make([]string, 0, len(c))
+	keys := make([]contract.Outcome, 0, len(c))
 	for k := range c {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
 		parts[i] = fmt.Sprintf("%s:%d", k, c[k])

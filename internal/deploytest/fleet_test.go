@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -163,7 +164,7 @@ func (s *stack) client(t *testing.T) *client.Client {
 	return client.New(nc, client.WithTimeout(2*time.Second))
 }
 
-var functions = []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig}
+var functions = []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig}
 
 // loadResult counts a load run.
 type loadResult struct {
@@ -173,11 +174,11 @@ type loadResult struct {
 }
 
 // workload names the function and image of request i.
-type workload func(i int) (client.Function, string)
+type workload func(i int) (contract.Function, string)
 
 // cycle asks for the images in turn, each with the three functions.
 func cycle(images []string) workload {
-	return func(i int) (client.Function, string) { return functions[i%3], images[(i/3)%len(images)] }
+	return func(i int) (contract.Function, string) { return functions[i%3], images[(i/3)%len(images)] }
 }
 
 // load sends n requests of wl from conc goroutines; a request that times
@@ -259,7 +260,7 @@ func TestKillWorkerUnderLoad(t *testing.T) {
 		tags = append(tags, s.reg.Ref("kill/app", fmt.Sprintf("t%d", i)))
 	}
 	delay(s.reg, "/kill/app/manifests/", 100*time.Millisecond)
-	wl := func(i int) (client.Function, string) { return functions[i%3], tags[i/(3*perTag)] }
+	wl := func(i int) (contract.Function, string) { return functions[i%3], tags[i/(3*perTag)] }
 
 	cli := s.client(t)
 	victim := s.workers[0]
@@ -344,7 +345,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 		tag := fmt.Sprintf("v%d", next)
 		next++
 		s.reg.PushImage(t, "load/after", tag, testenv.OCIManifest, "linux/amd64")
-		if _, err := cli.Image(context.Background(), client.ManifestDigest, s.reg.Ref("load/after", tag)); err != nil {
+		if _, err := cli.Image(context.Background(), contract.ManifestDigest, s.reg.Ref("load/after", tag)); err != nil {
 			t.Fatalf("after the restart: %v", err)
 		}
 		n, _ := rdb.Exists(context.Background(), "regcap:v1:manifest_digest:"+s.reg.Ref("load/after", tag)).Result()
@@ -440,9 +441,9 @@ func TestKillLockHolder(t *testing.T) {
 
 	cli := client.New(testenv.Connect(t, s.natsURL), client.WithTimeout(5*time.Second))
 	call := func() error {
-		r, err := cli.Image(context.Background(), client.ManifestDigest, ref)
+		r, err := cli.Image(context.Background(), contract.ManifestDigest, ref)
 		if errors.Is(err, client.ErrUnreachable) {
-			r, err = cli.Image(context.Background(), client.ManifestDigest, ref)
+			r, err = cli.Image(context.Background(), contract.ManifestDigest, ref)
 		}
 		if err == nil && string(r.Body) != `{"digest":"`+img.Digest+`"}` {
 			err = fmt.Errorf("wrong body %s", r.Body)
@@ -491,7 +492,7 @@ func TestKillLockHolder(t *testing.T) {
 	}
 	probe := make(chan answer, 1)
 	go func() {
-		r, err := patient.Image(context.Background(), client.ManifestDigest, ref)
+		r, err := patient.Image(context.Background(), contract.ManifestDigest, ref)
 		if err == nil && string(r.Body) != `{"digest":"`+img.Digest+`"}` {
 			err = fmt.Errorf("wrong body %s", r.Body)
 		}

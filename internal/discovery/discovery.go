@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/contract"
 )
 
 // Name is the service name regcap announces.
@@ -35,7 +35,7 @@ type Config struct {
 }
 
 // Service answers the discovery subjects for one worker. It implements
-// queue.Observer to count requests per endpoint.
+// natsfront.Observer to count requests per endpoint.
 type Service struct {
 	nc      *nats.Conn
 	id      string
@@ -43,7 +43,7 @@ type Service struct {
 	started time.Time
 
 	mu    sync.Mutex
-	stats map[handlers.Function]*micro.EndpointStats
+	stats map[contract.Function]*micro.EndpointStats
 	subs  []*nats.Subscription
 }
 
@@ -52,12 +52,12 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	b := make([]byte, 11)
 	_, _ = rand.Read(b)
 	s := &Service{nc: nc, id: strings.ToUpper(hex.EncodeToString(b)), cfg: cfg, started: time.Now().UTC(),
-		stats: map[handlers.Function]*micro.EndpointStats{}}
+		stats: map[contract.Function]*micro.EndpointStats{}}
 	if s.cfg.Version == "" || s.cfg.Version == "dev" {
 		s.cfg.Version = "0.0.0-dev"
 	}
-	for _, fn := range handlers.Functions() {
-		s.stats[fn] = &micro.EndpointStats{Name: endpointName(fn), Subject: fn.Subject(cfg.Prefix), QueueGroup: cfg.QueueGroup}
+	for _, fn := range contract.Functions() {
+		s.stats[fn] = &micro.EndpointStats{Name: fn.Name(), Subject: fn.Subject(cfg.Prefix), QueueGroup: cfg.QueueGroup}
 	}
 	for _, verb := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
 		for _, ids := range [][2]string{{"", ""}, {Name, ""}, {Name, s.id}} {
@@ -88,8 +88,8 @@ func (s *Service) Stop() {
 	s.subs = nil
 }
 
-// Request counts a request for its endpoint (queue.Observer).
-func (s *Service) Request(fn handlers.Function, code int, _ string, elapsed time.Duration) {
+// Request counts a request for its endpoint (natsfront.Observer).
+func (s *Service) Request(fn contract.Function, code int, _ contract.Outcome, elapsed time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.stats[fn]
@@ -121,9 +121,9 @@ func (s *Service) handle(verb micro.Verb) nats.MsgHandler {
 			v = micro.Ping{ServiceIdentity: s.identity(), Type: micro.PingResponseType}
 		case micro.InfoVerb:
 			info := micro.Info{ServiceIdentity: s.identity(), Type: micro.InfoResponseType, Description: s.cfg.Description}
-			for _, fn := range handlers.Functions() {
+			for _, fn := range contract.Functions() {
 				info.Endpoints = append(info.Endpoints, micro.EndpointInfo{
-					Name: endpointName(fn), Subject: fn.Subject(s.cfg.Prefix), QueueGroup: s.cfg.QueueGroup,
+					Name: fn.Name(), Subject: fn.Subject(s.cfg.Prefix), QueueGroup: s.cfg.QueueGroup,
 					Metadata: map[string]string{"operation": string(fn)},
 				})
 			}
@@ -131,7 +131,7 @@ func (s *Service) handle(verb micro.Verb) nats.MsgHandler {
 		case micro.StatsVerb:
 			st := micro.Stats{ServiceIdentity: s.identity(), Type: micro.StatsResponseType, Started: s.started}
 			s.mu.Lock()
-			for _, fn := range handlers.Functions() {
+			for _, fn := range contract.Functions() {
 				e := *s.stats[fn]
 				st.Endpoints = append(st.Endpoints, &e)
 			}
@@ -144,9 +144,4 @@ func (s *Service) handle(verb micro.Verb) nats.MsgHandler {
 		}
 		_ = m.Respond(b)
 	}
-}
-
-// endpointName is the function without its version: manifest_digest.
-func endpointName(fn handlers.Function) string {
-	return strings.TrimPrefix(string(fn), "v1/")
 }

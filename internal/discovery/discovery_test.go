@@ -6,12 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/regcap/regcap/client"
-	"github.com/regcap/regcap/internal/discovery"
-	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // TestDiscovery: what `nats micro ls/info/stats` ask ($SRV.PING, INFO,
@@ -23,17 +24,15 @@ func TestDiscovery(t *testing.T) {
 	reg := testenv.StartRegistry(t)
 	reg.PushImage(t, "disc/app", "v1", testenv.OCIManifest, "linux/amd64")
 
-	svc, err := discovery.Start(testenv.Connect(t, ns.ClientURL()), discovery.Config{Version: "1.2.3", Prefix: "kubewarden", QueueGroup: "regcap"})
-	testenv.Must(t, err, "starting discovery")
-	t.Cleanup(svc.Stop)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL(), QueueOpts: []queue.Option{queue.WithObserver(svc)}})
+	// The worker's own discovery service, as worker.New wires it.
+	w := testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL(), Config: worker.Config{Version: "1.2.3"}})
 	cli := testenv.Client(t, ns.ClientURL())
 	for range 2 {
-		if _, err := cli.Image(context.Background(), client.ManifestDigest, reg.Ref("disc/app", "v1")); err != nil {
+		if _, err := cli.Image(context.Background(), contract.ManifestDigest, reg.Ref("disc/app", "v1")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := cli.Image(context.Background(), client.ManifestDigest, reg.Ref("disc/app", "absent")); err == nil {
+	if _, err := cli.Image(context.Background(), contract.ManifestDigest, reg.Ref("disc/app", "absent")); err == nil {
 		t.Fatal("want an error for an absent tag")
 	}
 
@@ -47,7 +46,7 @@ func TestDiscovery(t *testing.T) {
 
 	var ping micro.Ping
 	ask("$SRV.PING", &ping)
-	if ping.Name != "regcap" || ping.ID != svc.ID() || ping.Type != micro.PingResponseType || ping.Version != "1.2.3" {
+	if ping.Name != "regcap" || ping.ID != w.DiscoveryID() || ping.Type != micro.PingResponseType || ping.Version != "1.2.3" {
 		t.Errorf("ping: %+v", ping)
 	}
 
@@ -68,7 +67,7 @@ func TestDiscovery(t *testing.T) {
 	}
 
 	var stats micro.Stats
-	ask("$SRV.STATS.regcap."+svc.ID(), &stats)
+	ask("$SRV.STATS.regcap."+w.DiscoveryID(), &stats)
 	if stats.Type != micro.StatsResponseType || len(stats.Endpoints) != 3 {
 		t.Fatalf("stats: %+v", stats)
 	}

@@ -8,7 +8,6 @@ package metrics
 import (
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,11 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/contract"
 )
 
 // FetchPool is the worker's fetch pool as the pool gauges see it;
-// *queue.Worker implements it. It is read at scrape time, so the gauges
+// *resolve.Resolver implements it. It is read at scrape time, so the gauges
 // are never older than the scrape: a value pushed on some events only
 // (a slot taken or released) goes stale as soon as the count changes
 // without one, e.g. when the requests sharing a fetch are answered.
@@ -71,7 +70,7 @@ func (l *registryLabels) label(host string) string {
 // poolRef holds the FetchPool the gauges read.
 type poolRef struct{ p FetchPool }
 
-// Metrics holds the worker's collectors. It implements queue.Observer.
+// Metrics holds the worker's collectors. It implements natsfront.Observer.
 type Metrics struct {
 	reg *prometheus.Registry
 
@@ -148,18 +147,18 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// Request counts one answered request (queue.Observer). code is 0 on
+// Request counts one answered request (natsfront.Observer). code is 0 on
 // success.
-func (m *Metrics) Request(fn handlers.Function, code int, cache string, elapsed time.Duration) {
-	f := strings.TrimPrefix(string(fn), "v1/")
+func (m *Metrics) Request(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration) {
+	f := fn.Name()
 	c := "200"
 	if code != 0 {
 		c = strconv.Itoa(code)
 	}
 	m.requests.WithLabelValues(f, c).Inc()
 	m.requestDuration.WithLabelValues(f).Observe(elapsed.Seconds())
-	if cache != "" {
-		m.cache.WithLabelValues(cache).Inc()
+	if outcome != "" {
+		m.cache.WithLabelValues(string(outcome)).Inc()
 	}
 }
 
@@ -175,7 +174,7 @@ func (m *Metrics) poolNow() (inFlight, queued int) {
 }
 
 // RedisError counts a failed Redis command; use it as
-// rediscache.WithErrorHook.
+// resolve.WithRedisErrorHook.
 func (m *Metrics) RedisError(op string) { m.redisErrors.WithLabelValues(op).Inc() }
 
 // NATSReconnected counts a NATS reconnection; call it from the

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regcap/regcap/client"
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/testworker"
+
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/metrics"
-	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -42,9 +42,9 @@ func wantLine(t *testing.T, body, line string) {
 // documented series; two Metrics never share counters.
 func TestObserverAndTransport(t *testing.T) {
 	m := metrics.New()
-	m.Request(handlers.ManifestDigest, 0, "hit", time.Millisecond)
-	m.Request(handlers.ManifestDigest, 0, "shared", time.Millisecond)
-	m.Request(handlers.OCIManifest, 404, "", time.Millisecond)
+	m.Request(contract.ManifestDigest, 0, "hit", time.Millisecond)
+	m.Request(contract.ManifestDigest, 0, "shared", time.Millisecond)
+	m.Request(contract.OCIManifest, 404, "", time.Millisecond)
 	m.WatchPool(fixedPool{3, 7})
 	m.RedisError("get")
 	m.NATSReconnected()
@@ -126,13 +126,13 @@ func TestUpstreamRedirectLabelBounded(t *testing.T) {
 // waiting on it) is answered they read 0, not what they were when the
 // fetch slot was last taken or released.
 func TestPoolGaugesAfterBurst(t *testing.T) {
-	m := metrics.New()
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
 	reg.PushImage(t, "burst/app", "v1", testenv.OCIManifest, "linux/amd64")
 	ref := reg.Ref("burst/app", "v1")
-	w := testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL(), QueueOpts: []queue.Option{queue.WithObserver(m)}})
-	m.WatchPool(w)
+	// The worker's own metrics, watching its resolver's pool.
+	w := testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
+	m := w.Metrics()
 	cli := testenv.Client(t, ns.ClientURL())
 
 	gate := reg.Hold("/manifests/v1")
@@ -140,7 +140,7 @@ func TestPoolGaugesAfterBurst(t *testing.T) {
 	errs := make(chan error, n)
 	for range n {
 		go func() {
-			_, err := cli.Image(context.Background(), client.ManifestDigest, ref)
+			_, err := cli.Image(context.Background(), contract.ManifestDigest, ref)
 			errs <- err
 		}()
 	}

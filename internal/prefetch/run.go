@@ -12,17 +12,18 @@ import (
 	"time"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 )
 
 // Requester sends one capability request; *client.Client is one.
 type Requester interface {
-	Image(ctx context.Context, fn client.Function, image string, opts ...client.CallOption) (*client.Reply, error)
+	Image(ctx context.Context, fn contract.Function, image string, opts ...client.CallOption) (*client.Reply, error)
 }
 
 // Options tune a prefetch run. Zero values take the defaults.
 type Options struct {
 	// Functions to call for every image (default: all three).
-	Functions []client.Function
+	Functions []contract.Function
 	// Platform, if set, resolves indexes for oci_manifest_config.
 	Platform string
 	// Concurrency bounds the requests in flight (default 16).
@@ -41,10 +42,10 @@ type Options struct {
 // Result is the outcome of one (image, function) request.
 type Result struct {
 	Reference string
-	Function  client.Function
+	Function  contract.Function
 	// Cache is the reply's Regcap-Cache on success.
-	Cache string
-	// Err is nil on success, a *client.Error for an error reply, wraps
+	Cache contract.Outcome
+	// Err is nil on success, a *contract.Error for an error reply, wraps
 	// client.ErrUnreachable when no worker could be reached, or is another
 	// error that kept the request from being sent (a bad subject, a payload
 	// over the server's limit).
@@ -116,7 +117,7 @@ const maxRetryAfter = time.Minute
 func Run(ctx context.Context, req Requester, images []string, opts Options) *Report {
 	fns := opts.Functions
 	if len(fns) == 0 {
-		fns = []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig}
+		fns = []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig}
 	}
 	conc := opts.Concurrency
 	if conc <= 0 {
@@ -130,7 +131,7 @@ func Run(ctx context.Context, req Requester, images []string, opts Options) *Rep
 
 	type job struct {
 		image string
-		fn    client.Function
+		fn    contract.Function
 	}
 	jobs := make(chan job)
 	var (
@@ -144,7 +145,7 @@ func Run(ctx context.Context, req Requester, images []string, opts Options) *Rep
 			defer wg.Done()
 			for j := range jobs {
 				res := call(ctx, req, j.image, j.fn, opts)
-				var ce *client.Error
+				var ce *contract.Error
 				if ctx.Err() != nil && res.Err != nil && !errors.As(res.Err, &ce) {
 					// Interrupted, not failed: the fleet never had its
 					// say. An error reply that came in as the run was
@@ -205,9 +206,9 @@ func (r *Report) add(res Result) {
 	if res.Err == nil {
 		r.OK++
 		switch res.Cache {
-		case "hit":
+		case contract.Hit:
 			r.Hits++
-		case "shared":
+		case contract.Shared:
 			r.Shared++
 		default:
 			r.Fetched++
@@ -216,7 +217,7 @@ func (r *Report) add(res Result) {
 	}
 	r.Failed++
 	f := Failure{Reference: res.Reference, Function: string(res.Function), Message: res.Err.Error(), Attempts: res.Attempts}
-	var ce *client.Error
+	var ce *contract.Error
 	switch {
 	case errors.As(res.Err, &ce):
 		f.Code, f.Message = ce.Code, ce.Message
@@ -233,9 +234,9 @@ func (r *Report) add(res Result) {
 // call makes one request, retrying what may succeed later: 503 (worker
 // busy or stopping), 429 (registry rate limit, after its Retry-After),
 // and no responders or timeouts. Other errors are final.
-func call(ctx context.Context, req Requester, image string, fn client.Function, opts Options) Result {
+func call(ctx context.Context, req Requester, image string, fn contract.Function, opts Options) Result {
 	var copts []client.CallOption
-	if opts.Platform != "" && fn == client.OCIManifestConfig {
+	if opts.Platform != "" && fn == contract.OCIManifestConfig {
 		copts = append(copts, client.WithPlatform(opts.Platform))
 	}
 	backoff, maxBackoff := opts.Backoff, opts.MaxBackoff
@@ -306,7 +307,7 @@ func jitter(d time.Duration) time.Duration {
 // retryable reports whether err may go away on a later attempt, and the
 // least wait the fleet asked for.
 func retryable(err error) (time.Duration, bool) {
-	var ce *client.Error
+	var ce *contract.Error
 	if errors.As(err, &ce) {
 		switch ce.Code {
 		case http.StatusServiceUnavailable:

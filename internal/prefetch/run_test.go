@@ -10,22 +10,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/prefetch"
-	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
-var allFunctions = []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig}
+var allFunctions = []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig}
 
 // TestPrefetchWarmsCache prefetches 300 images through a real worker and
 // then asks for every one of them again: all hits, no registry traffic.
 func TestPrefetchWarmsCache(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	cli := testenv.Client(t, ns.ClientURL())
 
 	var images []string
@@ -61,7 +64,7 @@ func TestPrefetchWarmsCache(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s %s after prefetch: %v", fn, img, err)
 			}
-			if r.Cache != queue.CacheHit {
+			if r.Cache != contract.Hit {
 				t.Fatalf("%s %s after prefetch: Regcap-Cache %q, want hit", fn, img, r.Cache)
 			}
 		}
@@ -77,7 +80,7 @@ func TestPrefetchWarmsCache(t *testing.T) {
 func TestPrefetchFailuresByCode(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL()})
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
 	cli := testenv.Client(t, ns.ClientURL())
 
 	reg.PushImage(t, "good/one", "v1", testenv.OCIManifest, "linux/amd64")
@@ -91,7 +94,7 @@ func TestPrefetchFailuresByCode(t *testing.T) {
 		reg.Host + "/x@sha256:nothex",
 	}
 	rep := prefetch.Run(context.Background(), cli, images, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest, client.OCIManifestConfig}, Retries: 3, Backoff: time.Millisecond,
+		Functions: []contract.Function{contract.ManifestDigest, contract.OCIManifestConfig}, Retries: 3, Backoff: time.Millisecond,
 	})
 	if rep.Total != 12 || rep.OK != 4 || rep.Failed != 8 {
 		t.Fatalf("total %d ok %d failed %d; by code %v", rep.Total, rep.OK, rep.Failed, rep.ByCode)
@@ -140,7 +143,7 @@ func startResponder(t *testing.T, url string, script func(image string, call int
 	t.Helper()
 	r := &responder{calls: map[string]int{}}
 	nc := testenv.Connect(t, url)
-	_, err := nc.Subscribe(client.ManifestDigest.Subject("kubewarden"), func(m *nats.Msg) {
+	_, err := nc.Subscribe(contract.ManifestDigest.Subject("kubewarden"), func(m *nats.Msg) {
 		image, _ := strconv.Unquote(string(m.Data))
 		r.mu.Lock()
 		r.calls[image]++
@@ -152,13 +155,13 @@ func startResponder(t *testing.T, url string, script func(image string, call int
 			return // no answer: the requester times out
 		}
 		if code == 200 {
-			reply.Header.Set(client.HeaderCache, "miss")
+			reply.Header.Set(contract.HeaderCache, "miss")
 			reply.Data = []byte(`{"digest":"sha256:0000"}`)
 		} else {
-			reply.Header.Set(client.HeaderErrorCode, strconv.Itoa(code))
-			reply.Header.Set(client.HeaderError, fmt.Sprintf("%s: scripted %d", image, code))
+			reply.Header.Set(contract.HeaderErrorCode, strconv.Itoa(code))
+			reply.Header.Set(contract.HeaderError, fmt.Sprintf("%s: scripted %d", image, code))
 			if retryAfter != "" {
-				reply.Header.Set(client.HeaderRetryAfter, retryAfter)
+				reply.Header.Set(contract.HeaderRetryAfter, retryAfter)
 			}
 		}
 		_ = m.RespondMsg(reply)
@@ -218,7 +221,7 @@ func TestPrefetchRetries(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/retries=%d", tc.image, tc.retries), func(t *testing.T) {
 			var got prefetch.Result
 			rep := prefetch.Run(context.Background(), cli, []string{tc.image}, prefetch.Options{
-				Functions: []client.Function{client.ManifestDigest}, Retries: tc.retries,
+				Functions: []contract.Function{contract.ManifestDigest}, Retries: tc.retries,
 				Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
 				OnResult: func(r prefetch.Result) { got = r },
 			})
@@ -234,7 +237,7 @@ func TestPrefetchRetries(t *testing.T) {
 				}
 				return
 			}
-			var ce *client.Error
+			var ce *contract.Error
 			if !errors.As(got.Err, &ce) || ce.Code != tc.wantCode {
 				t.Fatalf("want error %d, got %v", tc.wantCode, got.Err)
 			}
@@ -270,7 +273,7 @@ func TestPrefetchUnreachable(t *testing.T) {
 // as a fleet stuck on a slow registry would.
 type blocking struct{ fast map[string]bool }
 
-func (b blocking) Image(ctx context.Context, fn client.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
+func (b blocking) Image(ctx context.Context, fn contract.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
 	if b.fast[image] {
 		return &client.Reply{Body: []byte("{}"), Cache: "hit"}, nil
 	}
@@ -289,7 +292,7 @@ func TestPrefetchInterrupted(t *testing.T) {
 	rep := make(chan *prefetch.Report)
 	go func() {
 		rep <- prefetch.Run(ctx, req, images, prefetch.Options{
-			Functions: []client.Function{client.ManifestDigest}, Concurrency: 2,
+			Functions: []contract.Function{contract.ManifestDigest}, Concurrency: 2,
 			OnResult: func(prefetch.Result) { mu.Lock(); done++; mu.Unlock() },
 		})
 	}()
@@ -315,7 +318,7 @@ func TestPrefetchRetriesTimeout(t *testing.T) {
 	cli := testenv.Client(t, ns.ClientURL(), client.WithTimeout(time.Second))
 	var got prefetch.Result
 	rep := prefetch.Run(context.Background(), cli, []string{"silent-once"}, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest}, Retries: 3,
+		Functions: []contract.Function{contract.ManifestDigest}, Retries: 3,
 		Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
 		OnResult: func(res prefetch.Result) { got = res },
 	})
@@ -340,13 +343,13 @@ type recorder struct {
 	errs []error
 }
 
-func (r *recorder) Image(ctx context.Context, fn client.Function, image string, opts ...client.CallOption) (*client.Reply, error) {
+func (r *recorder) Image(ctx context.Context, fn contract.Function, image string, opts ...client.CallOption) (*client.Reply, error) {
 	rep, err := r.req.Image(ctx, fn, image, opts...)
 	r.mu.Lock()
 	r.errs = append(r.errs, err)
 	first := len(r.errs) == 1
 	r.mu.Unlock()
-	var ce *client.Error
+	var ce *contract.Error
 	if first && errors.As(err, &ce) && ce.Code == 503 && r.on503 != nil {
 		r.on503()
 	}
@@ -358,7 +361,7 @@ func (r *recorder) Image(ctx context.Context, fn client.Function, image string, 
 // prefetch; once the held fetch is done, the retry succeeds.
 func TestPrefetchRetriesWorker503(t *testing.T) {
 	ns := testenv.StartNATS(t)
-	w := testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: ns.ClientURL(), QueueOpts: []queue.Option{queue.WithMaxPending(1)}})
+	w := testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL(), Config: worker.Config{MaxPending: 1}})
 	// Started after the worker, so that its cleanup (which releases the
 	// gate) runs before the worker's shutdown.
 	reg := testenv.StartRegistry(t)
@@ -370,7 +373,7 @@ func TestPrefetchRetriesWorker503(t *testing.T) {
 
 	held := make(chan error, 1)
 	go func() {
-		_, err := cli.Image(context.Background(), client.ManifestDigest, reg.Ref("held/app", "v1"))
+		_, err := cli.Image(context.Background(), contract.ManifestDigest, reg.Ref("held/app", "v1"))
 		held <- err
 	}()
 	<-gate.Arrived()
@@ -388,14 +391,14 @@ func TestPrefetchRetriesWorker503(t *testing.T) {
 	}}
 	var got prefetch.Result
 	rep := prefetch.Run(context.Background(), rec, []string{reg.Ref("wanted/app", "v1")}, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest}, Retries: 3,
+		Functions: []contract.Function{contract.ManifestDigest}, Retries: 3,
 		Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
 		OnResult: func(res prefetch.Result) { got = res },
 	})
 	rec.mu.Lock()
 	errs := rec.errs
 	rec.mu.Unlock()
-	var ce *client.Error
+	var ce *contract.Error
 	if len(errs) == 0 || !errors.As(errs[0], &ce) || ce.Code != 503 || !strings.Contains(ce.Message, "queue limit") {
 		t.Fatalf("first attempt: %v, want the worker's 503 (queue limit)", errs)
 	}
@@ -410,8 +413,8 @@ func TestPrefetchRetriesWorker503(t *testing.T) {
 // always503 is a fleet that is always busy.
 type always503 struct{}
 
-func (always503) Image(context.Context, client.Function, string, ...client.CallOption) (*client.Reply, error) {
-	return nil, &client.Error{Code: 503, Message: "busy"}
+func (always503) Image(context.Context, contract.Function, string, ...client.CallOption) (*client.Reply, error) {
+	return nil, &contract.Error{Code: 503, Message: "busy"}
 }
 
 // TestPrefetchManyRetries: many retries do not overflow the backoff (a
@@ -420,7 +423,7 @@ func (always503) Image(context.Context, client.Function, string, ...client.CallO
 func TestPrefetchManyRetries(t *testing.T) {
 	var got prefetch.Result
 	rep := prefetch.Run(context.Background(), always503{}, []string{"busy"}, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest}, Retries: 100,
+		Functions: []contract.Function{contract.ManifestDigest}, Retries: 100,
 		Backoff: time.Nanosecond, MaxBackoff: time.Microsecond,
 		OnResult: func(res prefetch.Result) { got = res },
 	})
@@ -437,7 +440,7 @@ func TestPrefetchErrorNotUnreachable(t *testing.T) {
 	cli := testenv.Client(t, ns.ClientURL(), client.WithTimeout(5*time.Second))
 	huge := strings.Repeat("a", 2<<20) // over NATS's 1 MiB max_payload
 	rep := prefetch.Run(context.Background(), cli, []string{huge}, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest}, Retries: 3, Backoff: time.Millisecond,
+		Functions: []contract.Function{contract.ManifestDigest}, Retries: 3, Backoff: time.Millisecond,
 	})
 	if rep.Failed != 1 || rep.ByCode["error"] != 1 || rep.ByCode["unreachable"] != 0 || rep.Retries != 0 {
 		t.Fatalf("failed %d, by code %v, retries %d", rep.Failed, rep.ByCode, rep.Retries)
@@ -456,7 +459,7 @@ func TestPrefetchErrorNotUnreachable(t *testing.T) {
 
 	// Together with requests that found no worker: still not "unreachable".
 	rep = prefetch.Run(context.Background(), cli, []string{"busybox", huge}, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest},
+		Functions: []contract.Function{contract.ManifestDigest},
 	})
 	if rep.ByCode["error"] != 1 || rep.ByCode["unreachable"] != 1 || rep.Unreachable() {
 		t.Fatalf("by code %v, Unreachable() %v", rep.ByCode, rep.Unreachable())
@@ -471,11 +474,11 @@ type lateReply struct {
 	started chan string
 }
 
-func (l lateReply) Image(ctx context.Context, _ client.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
+func (l lateReply) Image(ctx context.Context, _ contract.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
 	l.started <- image
 	<-ctx.Done()
 	if c, ok := l.codes[image]; ok {
-		return nil, &client.Error{Code: c, Message: image + ": scripted"}
+		return nil, &contract.Error{Code: c, Message: image + ": scripted"}
 	}
 	return nil, ctx.Err()
 }
@@ -489,7 +492,7 @@ func TestPrefetchInterruptedErrorReply(t *testing.T) {
 	done := make(chan *prefetch.Report)
 	go func() {
 		done <- prefetch.Run(ctx, req, []string{"missing", "slow"}, prefetch.Options{
-			Functions: []client.Function{client.ManifestDigest}, Concurrency: 2, Retries: 3,
+			Functions: []contract.Function{contract.ManifestDigest}, Concurrency: 2, Retries: 3,
 		})
 	}()
 	<-req.started
@@ -504,9 +507,9 @@ func TestPrefetchInterruptedErrorReply(t *testing.T) {
 // busyOnce answers 503 at once and says so on answered.
 type busyOnce struct{ answered chan struct{} }
 
-func (b busyOnce) Image(context.Context, client.Function, string, ...client.CallOption) (*client.Reply, error) {
+func (b busyOnce) Image(context.Context, contract.Function, string, ...client.CallOption) (*client.Reply, error) {
 	b.answered <- struct{}{}
-	return nil, &client.Error{Code: 503, Message: "worker over its queue limit; retry"}
+	return nil, &contract.Error{Code: 503, Message: "worker over its queue limit; retry"}
 }
 
 // TestPrefetchInterruptedDuringBackoff: a 503 is not a request's last
@@ -519,7 +522,7 @@ func TestPrefetchInterruptedDuringBackoff(t *testing.T) {
 	done := make(chan *prefetch.Report)
 	go func() {
 		done <- prefetch.Run(ctx, req, []string{"busy"}, prefetch.Options{
-			Functions: []client.Function{client.ManifestDigest}, Retries: 3,
+			Functions: []contract.Function{contract.ManifestDigest}, Retries: 3,
 			Backoff: time.Hour, MaxBackoff: time.Hour, // the retry never comes by itself
 		})
 	}()
@@ -534,15 +537,15 @@ func TestPrefetchInterruptedDuringBackoff(t *testing.T) {
 // notFound answers every image 404, naming it first as a worker does.
 type notFound struct{}
 
-func (notFound) Image(_ context.Context, _ client.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
-	return nil, &client.Error{Code: 404, Message: image + ": manifest unknown"}
+func (notFound) Image(_ context.Context, _ contract.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
+	return nil, &contract.Error{Code: 404, Message: image + ": manifest unknown"}
 }
 
 // TestWriteTextNamesEachImageOnce: the failure lines name the reference
 // once, though the worker's message starts with it too.
 func TestWriteTextNamesEachImageOnce(t *testing.T) {
 	rep := prefetch.Run(context.Background(), notFound{}, []string{"127.0.0.1:5000/app:nope"}, prefetch.Options{
-		Functions: []client.Function{client.ManifestDigest},
+		Functions: []contract.Function{contract.ManifestDigest},
 	})
 	var out strings.Builder
 	prefetch.WriteText(&out, rep, 10)

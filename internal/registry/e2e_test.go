@@ -12,15 +12,19 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/regcap/regcap/client"
-	"github.com/regcap/regcap/internal/handlers"
-	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // The end-to-end tests run the CNCF distribution registry and reach it
@@ -72,33 +76,23 @@ func startPrivateWorker(t *testing.T, s setup) *privateWorker {
 	} else {
 		testenv.Must(t, os.WriteFile(pw.dockerConfig, []byte(`{}`), 0o600), "docker config")
 	}
-	src, err := registry.LoadSources(srcPath)
-	testenv.Must(t, err, "loading sources")
-	// The folder, as Kubewarden's --docker-config-json-path takes it.
-	kc, err := registry.LoadDockerConfig(dir, registry.WithReloadInterval(0))
-	testenv.Must(t, err, "loading docker config")
 	deny := s.deny
 	if deny == nil {
 		deny = registry.DefaultDenyCIDRs()
 	}
-	guard, err := registry.NewGuard(deny, s.allow)
-	testenv.Must(t, err, "guard")
-	tr := registry.NewTransports(registry.WithSources(src), registry.WithDialGuard(guard), registry.WithLookup(testLookup))
-	t.Cleanup(tr.CloseIdleConnections)
-
 	ns := testenv.StartNATS(t)
-	p, err := handlers.ParsePlatform("linux/amd64")
-	testenv.Must(t, err, "platform")
-	testenv.StartWorker(t, testenv.WorkerConfig{
+	testworker.Start(t, testworker.Config{
 		NATSURL: ns.ClientURL(),
 		Logger:  s.log,
-		RegistryOpts: []registry.Option{
-			registry.WithKeychain(kc),
-			registry.WithBaseTransport(tr.For),
-			registry.WithInsecure(src.Insecure),
-			registry.WithRegistryCheck(guard.CheckRegistry),
+		Config: worker.Config{
+			// The folder, as Kubewarden's --docker-config-json-path takes it.
+			DockerConfig:    dir,
+			Sources:         srcPath,
+			DenyCIDRs:       deny,
+			AllowRegistries: s.allow,
+			Lookup:          testLookup,
+			Platform:        v1.Platform{OS: "linux", Architecture: "amd64"},
 		},
-		QueueOpts: []queue.Option{queue.WithPlatform(p)},
 	})
 	pw.cli = testenv.Client(t, ns.ClientURL())
 	return pw
@@ -140,12 +134,12 @@ func capturedLogger(t *testing.T) (*zap.Logger, func() string) {
 func checkAll(t *testing.T, cli *client.Client, image, digest string, manifest, config []byte) {
 	t.Helper()
 	for _, c := range []struct {
-		fn   client.Function
+		fn   contract.Function
 		want []byte
 	}{
-		{client.ManifestDigest, []byte(`{"digest":"` + digest + `"}`)},
-		{client.OCIManifest, manifest},
-		{client.OCIManifestConfig, config},
+		{contract.ManifestDigest, []byte(`{"digest":"` + digest + `"}`)},
+		{contract.OCIManifest, manifest},
+		{contract.OCIManifestConfig, config},
 	} {
 		r, err := cli.Image(context.Background(), c.fn, image)
 		if err != nil {
@@ -159,8 +153,8 @@ func checkAll(t *testing.T, cli *client.Client, image, digest string, manifest, 
 
 func wantError(t *testing.T, cli *client.Client, image string, code int, contains ...string) string {
 	t.Helper()
-	_, err := cli.Image(context.Background(), client.ManifestDigest, image)
-	var ce *client.Error
+	_, err := cli.Image(context.Background(), contract.ManifestDigest, image)
+	var ce *contract.Error
 	if !errors.As(err, &ce) {
 		t.Fatalf("%s: want error %d, got %v", image, code, err)
 	}
@@ -303,6 +297,12 @@ func TestDistributionRotatedCredentials(t *testing.T) {
 	tmp := w.dockerConfig + ".new"
 	testenv.Must(t, os.WriteFile(tmp, []byte(dockerConfigFor(reg.host, "alice", alicePassword)), 0o600), "new config")
 	testenv.Must(t, os.Rename(tmp, w.dockerConfig), "rotating")
+	// Errors are not cached: once the worker has re-read the file (at
+	// most a second later), the same request succeeds.
+	testenv.Eventually(t, "the rotated credentials to be used", func() bool {
+		_, err := w.cli.Digest(context.Background(), image)
+		return err == nil
+	})
 	reg.checkFixtures(t, w.cli)
 }
 

@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -268,9 +268,9 @@ func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 	ref, err := name.ParseReference("localhost:" + port + "/x/y:z")
 	testenv.Must(t, err, "ref")
 	_, err = c.Manifest(context.Background(), ref)
-	e := handlers.Classify(ref.Name(), err)
-	if e.Code != 403 || !strings.Contains(e.Cause, "refused by policy") || !strings.Contains(e.Cause, "--deny-cidrs") {
-		t.Errorf("localhost with loopback denied: %d %q, want 403 from the guard", e.Code, e.Cause)
+	e := capability.Classify(ref.Name(), err)
+	if e.Code != 403 || !strings.Contains(e.Message, "refused by policy") || !strings.Contains(e.Message, "--deny-cidrs") {
+		t.Errorf("localhost with loopback denied: %d %q, want 403 from the guard", e.Code, e.Message)
 	}
 	if n := cl.CountBefore(t); n != 0 {
 		t.Fatalf("the denied address saw %d connections, want 0", n)

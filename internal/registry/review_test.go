@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -45,9 +45,9 @@ func TestGuardWithProxy(t *testing.T) {
 		ref, err := name.ParseReference(image)
 		testenv.Must(t, err, "ref")
 		_, err = c.Manifest(context.Background(), ref)
-		e := handlers.Classify(ref.Name(), err)
-		if e.Code != 403 || !strings.Contains(e.Cause, "127.0.0.5") {
-			t.Errorf("%s through a proxy: %d %q, want 403 naming 127.0.0.5", image, e.Code, e.Cause)
+		e := capability.Classify(ref.Name(), err)
+		if e.Code != 403 || !strings.Contains(e.Message, "127.0.0.5") {
+			t.Errorf("%s through a proxy: %d %q, want 403 naming 127.0.0.5", image, e.Code, e.Message)
 		}
 	}
 	if n := proxy.CountBefore(t); n != 0 {
@@ -60,7 +60,7 @@ func TestGuardWithProxy(t *testing.T) {
 	ref, err := name.ParseReference("127.0.0.1:" + port + "/x/y:z")
 	testenv.Must(t, err, "ref")
 	_, err = c.Manifest(context.Background(), ref)
-	if e := handlers.Classify(ref.Name(), err); e.Code == 403 {
+	if e := capability.Classify(ref.Name(), err); e.Code == 403 {
 		t.Fatalf("allowed target refused: %v", e)
 	}
 	// The proxy hung up on it, so it had accepted it.
@@ -188,7 +188,7 @@ func TestPresignedURLRedacted(t *testing.T) {
 	if err == nil {
 		t.Fatal("blob from a closed port succeeded")
 	}
-	e := handlers.Classify(repo.Name(), err)
+	e := capability.Classify(repo.Name(), err)
 	if strings.Contains(e.Error(), "secret") || strings.Contains(err.Error(), "secret") || !strings.Contains(e.Error(), closed) {
 		t.Fatalf("presigned URL in the error: %d %q", e.Code, e.Error())
 	}
@@ -223,9 +223,9 @@ func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
 		if errors.As(err, &ae) {
 			t.Errorf("blob storage %d reported as the registry's access error: %v", status, err)
 		}
-		e := handlers.Classify(repo.Name(), err)
-		if e.Code != 502 || !strings.Contains(e.Cause, storageHost) || strings.Contains(e.Cause, "credentials") {
-			t.Errorf("blob storage %d: %d %q, want 502 naming %s", status, e.Code, e.Cause, storageHost)
+		e := capability.Classify(repo.Name(), err)
+		if e.Code != 502 || !strings.Contains(e.Message, storageHost) || strings.Contains(e.Message, "credentials") {
+			t.Errorf("blob storage %d: %d %q, want 502 naming %s", status, e.Code, e.Message, storageHost)
 		}
 	}
 }
@@ -246,16 +246,16 @@ func TestTokenEndpointFailuresExplained(t *testing.T) {
 	tr.tokenFail.Store(http.StatusUnauthorized)
 	now.Add(int64(time.Hour)) // past expires_in: the next request refreshes
 	_, err = c.Manifest(context.Background(), ref)
-	e := handlers.Classify(ref.Name(), err)
-	if e.Code != 401 || !strings.Contains(e.Cause, "refused the credentials configured") {
-		t.Errorf("token endpoint 401 during a request: %d %q", e.Code, e.Cause)
+	e := capability.Classify(ref.Name(), err)
+	if e.Code != 401 || !strings.Contains(e.Message, "refused the credentials configured") {
+		t.Errorf("token endpoint 401 during a request: %d %q", e.Code, e.Message)
 	}
 
 	tr.tokenFail.Store(http.StatusTooManyRequests)
 	_, err = c.Manifest(context.Background(), ref)
-	e = handlers.Classify(ref.Name(), err)
-	if e.Code != 429 || e.RetryAfter != "7" || !strings.Contains(e.Cause, "retry after 7s") {
-		t.Errorf("token endpoint 429 during a request: %d %q (Retry-After %q)", e.Code, e.Cause, e.RetryAfter)
+	e = capability.Classify(ref.Name(), err)
+	if e.Code != 429 || e.RetryAfter != "7" || !strings.Contains(e.Message, "retry after 7s") {
+		t.Errorf("token endpoint 429 during a request: %d %q (Retry-After %q)", e.Code, e.Message, e.RetryAfter)
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -356,22 +356,22 @@ func TestAccessErrorsExplained(t *testing.T) {
 	kc, err := registry.LoadDockerConfig(p)
 	testenv.Must(t, err, "config")
 	_, err = registry.New(registry.WithKeychain(kc)).Manifest(context.Background(), ref)
-	e := handlers.Classify(ref.Name(), err)
-	if e.Code != 401 || !strings.Contains(e.Cause, "refused the credentials configured") || strings.Contains(e.Error(), "wrong-pw-123") {
+	e := capability.Classify(ref.Name(), err)
+	if e.Code != 401 || !strings.Contains(e.Message, "refused the credentials configured") || strings.Contains(e.Error(), "wrong-pw-123") {
 		t.Errorf("wrong password at the token endpoint: %d %q", e.Code, e.Error())
 	}
 
 	_, err = registry.New().Manifest(context.Background(), ref)
-	e = handlers.Classify(ref.Name(), err)
-	if e.Code != 401 || !strings.Contains(e.Cause, "none were found") {
+	e = capability.Classify(ref.Name(), err)
+	if e.Code != 401 || !strings.Contains(e.Message, "none were found") {
 		t.Errorf("anonymous at the token endpoint: %d %q", e.Code, e.Error())
 	}
 
 	// The registry denies the repository to these (valid) credentials.
 	tr.srv.Config.Handler = denyRepo(tr.srv.Config.Handler, "/v2/team/app/manifests/")
 	_, err = tokenClient(t, tr.host).Manifest(context.Background(), ref)
-	e = handlers.Classify(ref.Name(), err)
-	if e.Code != 403 || !strings.Contains(e.Cause, "denied access with the credentials configured") {
+	e = capability.Classify(ref.Name(), err)
+	if e.Code != 403 || !strings.Contains(e.Message, "denied access with the credentials configured") {
 		t.Errorf("403: %d %q", e.Code, e.Error())
 	}
 }
@@ -408,7 +408,7 @@ func TestGuardDeniesRedirect(t *testing.T) {
 	repo, err := name.NewRepository(reg.Host + "/r/app")
 	testenv.Must(t, err, "repo")
 	_, err = c.Blob(context.Background(), repo, d)
-	if e := handlers.Classify(repo.Name(), err); e.Code != 403 || !strings.Contains(e.Cause, "127.0.0.5") {
+	if e := capability.Classify(repo.Name(), err); e.Code != 403 || !strings.Contains(e.Message, "127.0.0.5") {
 		t.Fatalf("redirect to a denied address: %v", e)
 	}
 	if n := cl.CountBefore(t); n != 0 {

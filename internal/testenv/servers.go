@@ -18,6 +18,8 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/regcap/regcap/client"
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -162,4 +164,10 @@ func Must(t testing.TB, err error, what string, args ...any) {
 	if err != nil {
 		t.Fatalf("%s: %v", fmt.Sprintf(what, args...), err)
 	}
+}
+
+// Client returns a fleet client on its own connection.
+func Client(t testing.TB, natsURL string, opts ...client.Option) *client.Client {
+	t.Helper()
+	return client.New(Connect(t, natsURL), append([]client.Option{client.WithTimeout(30 * time.Second)}, opts...)...)
 }

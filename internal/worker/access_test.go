@@ -1,10 +1,10 @@
-package main
+package worker_test
 
 import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"io"
+	"errors"
 	"net/http"
 	"net/netip"
 	"os"
@@ -15,9 +15,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // accessEnv lists the environment variables newAccess's flags read.
@@ -35,16 +37,9 @@ func cleanAccessEnv(t *testing.T) {
 
 // accessFrom parses args as the worker does (flags, then REGCAP_*
 // environment) and builds the registry access from them.
-func accessFrom(t *testing.T, args ...string) (*access, error) {
+func accessFrom(t *testing.T, args ...string) (*worker.Access, error) {
 	t.Helper()
-	cfg, err := parse(args, io.Discard)
-	testenv.Must(t, err, "parsing %v", args)
-	return newAccess(cfg, zaptest.NewLogger(t))
-}
-
-// productionClient is the registry client serve builds from a.
-func productionClient(a *access) *registry.Client {
-	return registry.New(append(a.options(), registry.WithBaseTransport(a.transports.For))...)
+	return worker.AccessFrom(args, zaptest.NewLogger(t))
 }
 
 func authConfig(host, user, pass string) string {
@@ -74,15 +69,17 @@ func basicAuthRegistry(t *testing.T, user, pass string) (*testenv.Registry, stri
 	return reg, reg.Ref("team/app", "v1")
 }
 
-func fetchManifest(t *testing.T, c *registry.Client, image string) *handlers.Error {
+func fetchManifest(t *testing.T, c *registry.Client, image string) *contract.Error {
 	t.Helper()
 	ref, err := name.ParseReference(image)
 	testenv.Must(t, err, "ref %s", image)
-	_, err = c.Manifest(context.Background(), ref)
-	if err == nil {
+	_, err = capability.NewFetcher(c).Fetch(context.Background(), capability.Request{Function: contract.OCIManifest, Ref: ref})
+	var ce *contract.Error
+	if err == nil || !errors.As(err, &ce) {
+		testenv.Must(t, err, "fetching %s", image)
 		return nil
 	}
-	return handlers.Classify(ref.Name(), err)
+	return ce
 }
 
 // The docker config is found from --docker-config (a folder or a file,
@@ -115,11 +112,11 @@ func TestAccessDockerConfig(t *testing.T) {
 			}
 			a, err := accessFrom(t, c.args...)
 			testenv.Must(t, err, "newAccess")
-			if got := a.keychain.Path(); got != c.wantPath {
+			if got := a.Keychain.Path(); got != c.wantPath {
 				t.Errorf("docker config %q, want %q", got, c.wantPath)
 			}
-			if e := fetchManifest(t, productionClient(a), image); e != nil {
-				t.Errorf("with the configured credentials: %d %s", e.Code, e.Cause)
+			if e := fetchManifest(t, a.Puller, image); e != nil {
+				t.Errorf("with the configured credentials: %d %s", e.Code, e.Message)
 			}
 		})
 	}
@@ -129,7 +126,7 @@ func TestAccessDockerConfig(t *testing.T) {
 		t.Setenv("HOME", t.TempDir())
 		a, err := accessFrom(t)
 		testenv.Must(t, err, "newAccess")
-		if e := fetchManifest(t, productionClient(a), image); e == nil || e.Code != 401 || !strings.Contains(e.Cause, "none were found") {
+		if e := fetchManifest(t, a.Puller, image); e == nil || e.Code != 401 || !strings.Contains(e.Message, "none were found") {
 			t.Errorf("anonymous: %v, want 401 saying none were found", e)
 		}
 	})
@@ -153,11 +150,11 @@ func TestAccessDefaultDockerConfigLookup(t *testing.T) {
 	}
 	a, err := accessFrom(t)
 	testenv.Must(t, err, "newAccess")
-	if a.keychain.Path() != p {
-		t.Errorf("newAccess read %q, want %q", a.keychain.Path(), p)
+	if a.Keychain.Path() != p {
+		t.Errorf("newAccess read %q, want %q", a.Keychain.Path(), p)
 	}
-	if e := fetchManifest(t, productionClient(a), image); e != nil {
-		t.Errorf("with credentials from $DOCKER_CONFIG: %d %s", e.Code, e.Cause)
+	if e := fetchManifest(t, a.Puller, image); e != nil {
+		t.Errorf("with credentials from $DOCKER_CONFIG: %d %s", e.Code, e.Message)
 	}
 }
 
@@ -186,10 +183,10 @@ func TestAccessSources(t *testing.T) {
 			}
 			a, err := accessFrom(t, c.args...)
 			testenv.Must(t, err, "newAccess")
-			if !a.sources.Insecure("plain.regcap.test:5000") || a.sources.Insecure("secure.regcap.test:5443") {
+			if !a.Sources.Insecure("plain.regcap.test:5000") || a.Sources.Insecure("secure.regcap.test:5443") {
 				t.Error("insecure_sources not read")
 			}
-			if a.sources.RootCAs("secure.regcap.test:5443") == nil || a.sources.RootCAs("plain.regcap.test:5000") != nil {
+			if a.Sources.RootCAs("secure.regcap.test:5443") == nil || a.Sources.RootCAs("plain.regcap.test:5000") != nil {
 				t.Error("source_authorities not read")
 			}
 		})
@@ -205,11 +202,11 @@ func TestAccessGuard(t *testing.T) {
 		a, err := accessFrom(t)
 		testenv.Must(t, err, "newAccess")
 		for addr, denied := range map[string]bool{"169.254.169.254": true, "fe80::1": true, "fd00:ec2::254": true, "127.0.0.1": false} {
-			if err := a.guard.CheckAddr(netip.MustParseAddr(addr)); (err != nil) != denied {
+			if err := a.Guard.CheckAddr(netip.MustParseAddr(addr)); (err != nil) != denied {
 				t.Errorf("default guard: CheckAddr(%s) = %v, want denied=%v", addr, err, denied)
 			}
 		}
-		if err := a.guard.CheckRegistry("quay.io"); err != nil {
+		if err := a.Guard.CheckRegistry("quay.io"); err != nil {
 			t.Errorf("no --allow-registries: %v", err)
 		}
 	})
@@ -229,21 +226,21 @@ func TestAccessGuard(t *testing.T) {
 			}
 			a, err := accessFrom(t, c.args...)
 			testenv.Must(t, err, "newAccess")
-			if a.guard.CheckAddr(netip.MustParseAddr("169.254.169.254")) != nil {
+			if a.Guard.CheckAddr(netip.MustParseAddr("169.254.169.254")) != nil {
 				t.Error("--deny-cidrs must replace the default list")
 			}
 			cl := testenv.ListenCounting(t, "127.0.0.5:0")
 			port := cl.Port()
 			cl6 := testenv.ListenCounting(t, "127.0.0.6:"+port)
-			prod := productionClient(a)
+			prod := a.Puller
 			for _, host := range []string{"127.0.0.5", "127.0.0.6"} {
 				e := fetchManifest(t, prod, host+":"+port+"/x/y:z")
-				if e == nil || e.Code != 403 || !strings.Contains(e.Cause, "--deny-cidrs") {
+				if e == nil || e.Code != 403 || !strings.Contains(e.Message, "--deny-cidrs") {
 					t.Errorf("denied address %s: %v, want 403 from the dial guard", host, e)
 				}
 			}
 			e := fetchManifest(t, prod, "127.0.0.1:"+port+"/x/y:z")
-			if e == nil || e.Code != 403 || !strings.Contains(e.Cause, "--allow-registries") {
+			if e == nil || e.Code != 403 || !strings.Contains(e.Message, "--allow-registries") {
 				t.Errorf("registry outside the allow-list: %v, want 403", e)
 			}
 			if n := cl.CountBefore(t) + cl6.CountBefore(t); n != 0 {

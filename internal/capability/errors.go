@@ -1,4 +1,4 @@
-package handlers
+package capability
 
 import (
 	"context"
@@ -14,46 +14,33 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/registry"
 )
 
-// Error is a failed request with its contract error code. Its message is
-// one line naming the image and the cause.
-type Error struct {
-	Code int
-	// Image is the normalised reference, empty when none could be parsed.
-	Image string
-	// Cause says what went wrong, one line.
-	Cause string
-	// RetryAfter is the registry's Retry-After, verbatim (429 only).
-	RetryAfter string
-	err        error
+// errorf returns a contract error whose message names image (when there
+// is one) and then the cause.
+func errorf(code int, image, format string, args ...any) *contract.Error {
+	return &contract.Error{Code: code, Message: message(image, fmt.Sprintf(format, args...))}
 }
 
-// Errorf returns an *Error with a formatted cause.
-func Errorf(code int, image, format string, args ...any) *Error {
-	return &Error{Code: code, Image: image, Cause: fmt.Sprintf(format, args...)}
-}
-
-func (e *Error) Error() string {
-	if e.Image == "" {
-		return e.Cause
+func message(image, cause string) string {
+	if image == "" {
+		return cause
 	}
-	return e.Image + ": " + e.Cause
+	return image + ": " + cause
 }
 
-// Unwrap returns the underlying error, if any.
-func (e *Error) Unwrap() error { return e.err }
-
-// Classify turns any error of a fetch for image into an *Error with the
-// code of the wire contract. It is the one place codes are decided for
-// upstream failures.
-func Classify(image string, err error) *Error {
-	var he *Error
-	if errors.As(err, &he) {
-		return he
+// Classify turns any error of a fetch for image into a contract error. It
+// is the one place codes are decided for upstream failures: Fetch calls it
+// where the fetch ends, and nothing downstream classifies again (the
+// registry package's tests call it to see what a failure becomes).
+func Classify(image string, err error) *contract.Error {
+	var ce *contract.Error
+	if errors.As(err, &ce) {
+		return ce
 	}
-	e := &Error{Code: 502, Image: image, err: err}
+	e := &failure{Code: 502}
 	var (
 		se      *registry.StatusError
 		te      *transport.Error
@@ -106,7 +93,14 @@ func Classify(image string, err error) *Error {
 	} else if e.Code == 401 && !strings.Contains(e.Cause, "credentials") {
 		e.Cause = "registry refused our credentials or asked for some: " + e.Cause
 	}
-	return e
+	return &contract.Error{Code: e.Code, Message: message(image, e.Cause), RetryAfter: e.RetryAfter}
+}
+
+// failure is a classification under way.
+type failure struct {
+	Code       int
+	Cause      string
+	RetryAfter string
 }
 
 // accessCause says why a registry refused us, and whether we had

@@ -1,4 +1,4 @@
-package queue_test
+package natsfront_test
 
 import (
 	"bytes"
@@ -7,33 +7,36 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/regcap/regcap/client"
-	"github.com/regcap/regcap/internal/handlers"
-	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // fleet is one NATS server, one registry and one worker on loopback.
 type fleet struct {
 	reg     *testenv.Registry
 	natsURL string
-	worker  *testenv.Worker
+	worker  *testworker.Worker
 	cli     *client.Client
 }
 
-func newFleet(t *testing.T, cfg testenv.WorkerConfig) *fleet {
+func newFleet(t *testing.T, cfg testworker.Config) *fleet {
 	t.Helper()
 	ns := testenv.StartNATS(t)
 	cfg.NATSURL = ns.ClientURL()
 	f := &fleet{reg: testenv.StartRegistry(t), natsURL: ns.ClientURL()}
-	f.worker = testenv.StartWorker(t, cfg)
+	f.worker = testworker.Start(t, cfg)
 	f.cli = testenv.Client(t, ns.ClientURL())
 	return f
 }
 
-func call(t *testing.T, c *client.Client, fn client.Function, image string, opts ...client.CallOption) *client.Reply {
+func call(t *testing.T, c *client.Client, fn contract.Function, image string, opts ...client.CallOption) *client.Reply {
 	t.Helper()
 	r, err := c.Image(context.Background(), fn, image, opts...)
 	if err != nil {
@@ -44,7 +47,7 @@ func call(t *testing.T, c *client.Client, fn client.Function, image string, opts
 
 func wantCode(t *testing.T, err error, code int, contains string) {
 	t.Helper()
-	var ce *client.Error
+	var ce *contract.Error
 	if !errors.As(err, &ce) {
 		t.Fatalf("want error %d, got %v", code, err)
 	}
@@ -64,7 +67,7 @@ func digestBody(d string) []byte { return []byte(`{"digest":"` + d + `"}`) }
 // TestCapabilitiesByteForByte checks every function on every manifest
 // kind against the bytes the registry holds.
 func TestCapabilitiesByteForByte(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{QueueOpts: []queue.Option{queue.WithPlatform(mustPlatform(t, "linux/amd64"))}})
+	f := newFleet(t, testworker.Config{Config: worker.Config{Platform: mustPlatform(t, "linux/amd64")}})
 	ociIdx := f.reg.PushMultiPlatform(t, "multi/oci", "v1", testenv.OCIIndex)
 	dockerList := f.reg.PushMultiPlatform(t, "multi/docker", "v1", testenv.DockerList)
 	ociImg := f.reg.PushImage(t, "single/oci", "v1", testenv.OCIManifest, "linux/amd64")
@@ -89,23 +92,23 @@ func TestCapabilitiesByteForByte(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, c := range []struct {
-				fn   client.Function
+				fn   contract.Function
 				want []byte
 			}{
-				{client.ManifestDigest, digestBody(tc.digest)},
-				{client.OCIManifest, tc.manifest},
-				{client.OCIManifestConfig, tc.config},
+				{contract.ManifestDigest, digestBody(tc.digest)},
+				{contract.OCIManifest, tc.manifest},
+				{contract.OCIManifestConfig, tc.config},
 			} {
 				r := call(t, f.cli, c.fn, tc.image)
 				if !bytes.Equal(r.Body, c.want) {
 					t.Errorf("%s: body differs\n got: %s\nwant: %s", c.fn, r.Body, c.want)
 				}
-				if r.Cache != queue.CacheMiss {
+				if r.Cache != contract.Miss {
 					t.Errorf("%s: Regcap-Cache %q, want miss", c.fn, r.Cache)
 				}
 			}
 			// oci_manifest's body hashes to the digest.
-			if got := testenv.Digest(call(t, f.cli, client.OCIManifest, tc.image).Body); got != tc.digest {
+			if got := testenv.Digest(call(t, f.cli, contract.OCIManifest, tc.image).Body); got != tc.digest {
 				t.Errorf("manifest hashes to %s, digest is %s", got, tc.digest)
 			}
 		})
@@ -114,7 +117,7 @@ func TestCapabilitiesByteForByte(t *testing.T) {
 
 func mustPlatform(t *testing.T, s string) handlersPlatform {
 	t.Helper()
-	p, err := handlers.ParsePlatform(s)
+	p, err := capability.ParsePlatform(s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package handlers_test
+package capability_test
 
 import (
 	"context"
@@ -8,7 +8,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -24,9 +25,9 @@ func TestDigestNoFallbackAfterAccessError(t *testing.T) {
 		reg.ResetCounts()
 		ref, err := name.ParseReference(reg.Ref("r/app", "v1"))
 		testenv.Must(t, err, "ref")
-		f := handlers.NewFetcher(registry.New())
-		_, err = f.Fetch(context.Background(), handlers.Request{Function: handlers.ManifestDigest, Ref: ref})
-		if e := handlers.Classify(ref.Name(), err); e.Code != status {
+		f := capability.NewFetcher(registry.New())
+		_, err = f.Fetch(context.Background(), capability.Request{Function: contract.ManifestDigest, Ref: ref})
+		if e, ok := err.(*contract.Error); !ok || e.Code != status {
 			t.Errorf("HEAD %d: answered %v", status, e)
 		}
 		if n := reg.Count("HEAD", "manifest"); n != 1 {

@@ -1,4 +1,4 @@
-package queue_test
+package natsfront_test
 
 import (
 	"context"
@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
-	"github.com/regcap/regcap/client"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -46,13 +48,13 @@ func BenchmarkHitPath(b *testing.B) {
 			noMemory bool
 		}{{"memory-hit", false}, {"redis-hit", true}} {
 			b.Run(fmt.Sprintf("%s/c=%d", tier.name, conc), func(b *testing.B) {
-				w := testenv.StartWorker(b, testenv.WorkerConfig{NATSURL: ns.ClientURL(), RedisAddr: rd.Addr(), NoMemory: tier.noMemory, Logger: zap.NewNop()})
+				w := testworker.Start(b, testworker.Config{NATSURL: ns.ClientURL(), RedisAddr: rd.Addr(), NoMemory: tier.noMemory, Logger: zap.NewNop()})
 				cli := testenv.Client(b, ns.ClientURL())
-				if _, err := cli.Image(context.Background(), client.ManifestDigest, image); err != nil {
+				if _, err := cli.Image(context.Background(), contract.ManifestDigest, image); err != nil {
 					b.Fatal(err)
 				}
 				runParallel(b, conc, func() error {
-					r, err := cli.Call(context.Background(), client.ManifestDigest, payload)
+					r, err := cli.Call(context.Background(), contract.ManifestDigest, payload)
 					if err == nil && r.Cache != "hit" {
 						err = fmt.Errorf("not a hit: %s", r.Cache)
 					}

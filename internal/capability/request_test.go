@@ -1,9 +1,11 @@
-package handlers
+package capability
 
 import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/regcap/regcap/contract"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -42,7 +44,7 @@ func TestParseReference(t *testing.T) {
 		{"long repository", `"ghcr.io/` + strings.Repeat("a", 256) + `"`, "", "invalid image reference"},
 		{"sha512 digest", `"busybox@sha512:` + strings.Repeat("ab", 64) + `"`, "", "only sha256 digests are accepted"},
 		{"newline", `"busybox\nrm -rf"`, "", "invalid image reference"},
-		{"too large", `"` + strings.Repeat("a", MaxPayload) + `"`, "", "over the 4096-byte limit"},
+		{"too large", `"` + strings.Repeat("a", contract.MaxPayload) + `"`, "", "over the 4096-byte limit"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,22 +58,22 @@ func TestParseReference(t *testing.T) {
 				}
 				return
 			}
-			var he *Error
+			var he *contract.Error
 			if !errors.As(err, &he) || he.Code != 400 {
 				t.Fatalf("want a 400 *Error, got %v", err)
 			}
-			if !strings.Contains(he.Error(), tc.errPart) {
-				t.Fatalf("message %q lacks %q", he.Error(), tc.errPart)
+			if !strings.Contains(he.Message, tc.errPart) {
+				t.Fatalf("message %q lacks %q", he.Message, tc.errPart)
 			}
-			if strings.ContainsAny(he.Error(), "\r\n") || len(he.Error()) > 300 {
-				t.Fatalf("message not one bounded line: %q", he.Error())
+			if strings.ContainsAny(he.Message, "\r\n") || len(he.Message) > 300 {
+				t.Fatalf("message not one bounded line: %q", he.Message)
 			}
 		})
 	}
 }
 
 func TestKeysShareAliases(t *testing.T) {
-	key := func(fn Function, s string, p v1.Platform) string {
+	key := func(fn contract.Function, s string, p v1.Platform) string {
 		ref, err := name.ParseReference(s)
 		if err != nil {
 			t.Fatal(err)
@@ -81,30 +83,18 @@ func TestKeysShareAliases(t *testing.T) {
 	amd := v1.Platform{OS: "linux", Architecture: "amd64"}
 	want := "regcap:v1:manifest_digest:index.docker.io/library/busybox:latest"
 	for _, alias := range []string{"busybox", "busybox:latest", "docker.io/library/busybox:latest", "index.docker.io/library/busybox", "docker.io/busybox"} {
-		if got := key(ManifestDigest, alias, v1.Platform{}); got != want {
+		if got := key(contract.ManifestDigest, alias, v1.Platform{}); got != want {
 			t.Errorf("%s: key %s, want %s", alias, got, want)
 		}
 	}
-	if got, want := key(OCIManifestConfig, "busybox", amd), "regcap:v1:oci_manifest_config:linux/amd64:index.docker.io/library/busybox:latest"; got != want {
+	if got, want := key(contract.OCIManifestConfig, "busybox", amd), "regcap:v1:oci_manifest_config:linux/amd64:index.docker.io/library/busybox:latest"; got != want {
 		t.Errorf("config key %s, want %s", got, want)
 	}
-	if key(OCIManifestConfig, "busybox", amd) == key(OCIManifestConfig, "busybox", v1.Platform{OS: "linux", Architecture: "arm64"}) {
+	if key(contract.OCIManifestConfig, "busybox", amd) == key(contract.OCIManifestConfig, "busybox", v1.Platform{OS: "linux", Architecture: "arm64"}) {
 		t.Error("platforms share a config key")
 	}
-	if key(ManifestDigest, "busybox", amd) == key(OCIManifest, "busybox", amd) {
+	if key(contract.ManifestDigest, "busybox", amd) == key(contract.OCIManifest, "busybox", amd) {
 		t.Error("functions share a key")
-	}
-}
-
-func TestSubjects(t *testing.T) {
-	want := []string{"kubewarden.oci.v1.manifest_digest", "kubewarden.oci.v1.oci_manifest", "kubewarden.oci.v1.oci_manifest_config"}
-	for i, fn := range Functions() {
-		if got := fn.Subject("kubewarden"); got != want[i] {
-			t.Errorf("%s: subject %s, want %s", fn, got, want[i])
-		}
-	}
-	if got := OCIManifest.Subject("fleet-a"); got != "fleet-a.oci.v1.oci_manifest" {
-		t.Errorf("custom prefix: %s", got)
 	}
 }
 
@@ -125,7 +115,7 @@ func TestParsePlatform(t *testing.T) {
 	for _, tc := range cases {
 		got, err := ParsePlatform(tc.in)
 		if tc.bad {
-			var he *Error
+			var he *contract.Error
 			if !errors.As(err, &he) || he.Code != 400 {
 				t.Errorf("%q: want 400, got %v", tc.in, err)
 			}
@@ -154,12 +144,12 @@ func FuzzParseReference(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		ref, err := ParseReference(payload)
 		if err != nil {
-			var he *Error
+			var he *contract.Error
 			if !errors.As(err, &he) || he.Code != 400 {
 				t.Fatalf("non-400 failure for %q: %v", payload, err)
 			}
-			if strings.ContainsAny(he.Error(), "\r\n") {
-				t.Fatalf("multi-line message for %q: %q", payload, he.Error())
+			if strings.ContainsAny(he.Message, "\r\n") {
+				t.Fatalf("multi-line message for %q: %q", payload, he.Message)
 			}
 			return
 		}

@@ -1,4 +1,4 @@
-package queue_test
+package natsfront_test
 
 import (
 	"bytes"
@@ -11,18 +11,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/testworker"
+
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/regcap/regcap/client"
-	"github.com/regcap/regcap/internal/queue"
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 func TestDigestReferences(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{QueueOpts: []queue.Option{queue.WithPlatform(mustPlatform(t, "linux/amd64"))}})
+	f := newFleet(t, testworker.Config{Config: worker.Config{Platform: mustPlatform(t, "linux/amd64")}})
 	idx := f.reg.PushMultiPlatform(t, "app", "v1", testenv.OCIIndex)
 	img := f.reg.PushImage(t, "plain", "v1", testenv.OCIManifest, "linux/amd64")
 
@@ -32,13 +35,13 @@ func TestDigestReferences(t *testing.T) {
 		f.reg.Host + "/app:no-such-tag@" + idx.Digest, // the tag is ignored, as in Docker
 	} {
 		t.Run(image, func(t *testing.T) {
-			if got := call(t, f.cli, client.ManifestDigest, image).Body; !bytes.Equal(got, digestBody(idx.Digest)) {
+			if got := call(t, f.cli, contract.ManifestDigest, image).Body; !bytes.Equal(got, digestBody(idx.Digest)) {
 				t.Errorf("digest: %s", got)
 			}
-			if got := call(t, f.cli, client.OCIManifest, image).Body; !bytes.Equal(got, idx.Body) {
+			if got := call(t, f.cli, contract.OCIManifest, image).Body; !bytes.Equal(got, idx.Body) {
 				t.Errorf("manifest differs: %s", got)
 			}
-			if got := call(t, f.cli, client.OCIManifestConfig, image).Body; !bytes.Equal(got, testenv.ConfigReply(idx.Images[0])) {
+			if got := call(t, f.cli, contract.OCIManifestConfig, image).Body; !bytes.Equal(got, testenv.ConfigReply(idx.Images[0])) {
 				t.Errorf("config differs: %s", got)
 			}
 		})
@@ -46,24 +49,24 @@ func TestDigestReferences(t *testing.T) {
 
 	// A platform manifest by digest.
 	child := f.reg.Ref("app", idx.Images[1].Digest)
-	if got := call(t, f.cli, client.OCIManifestConfig, child).Body; !bytes.Equal(got, testenv.ConfigReply(idx.Images[1])) {
+	if got := call(t, f.cli, contract.OCIManifestConfig, child).Body; !bytes.Equal(got, testenv.ConfigReply(idx.Images[1])) {
 		t.Errorf("config of a child by digest differs: %s", got)
 	}
 
 	// An unknown digest is a 404, checked by HEAD.
 	unknown := f.reg.Ref("plain", testenv.Digest([]byte("nothing")))
-	_, err := f.cli.Image(context.Background(), client.ManifestDigest, unknown)
+	_, err := f.cli.Image(context.Background(), contract.ManifestDigest, unknown)
 	wantCode(t, err, 404, unknown)
 
 	// A digest that exists under another repository is not this one's.
-	_, err = f.cli.Image(context.Background(), client.OCIManifest, f.reg.Ref("plain", idx.Digest))
+	_, err = f.cli.Image(context.Background(), contract.OCIManifest, f.reg.Ref("plain", idx.Digest))
 	wantCode(t, err, 404, "plain@")
 
 	_ = img
 }
 
 func TestDigestMismatchIsRefusedAndNotCached(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{})
+	f := newFleet(t, testworker.Config{})
 	img := f.reg.PushImage(t, "liar", "v1", testenv.OCIManifest, "linux/amd64")
 	other := f.reg.PushImage(t, "liar", "v2", testenv.OCIManifest, "linux/amd64")
 	// The registry answers a request for img's digest with other's bytes.
@@ -76,7 +79,7 @@ func TestDigestMismatchIsRefusedAndNotCached(t *testing.T) {
 	}))
 	ref := f.reg.Ref("liar", img.Digest)
 	for i := 0; i < 2; i++ {
-		_, err := f.cli.Image(context.Background(), client.OCIManifest, ref)
+		_, err := f.cli.Image(context.Background(), contract.OCIManifest, ref)
 		wantCode(t, err, 502, "digest mismatch")
 	}
 	if n := f.reg.Count("GET", "manifest"); n != 2 {
@@ -85,7 +88,7 @@ func TestDigestMismatchIsRefusedAndNotCached(t *testing.T) {
 }
 
 func TestPlatformHeader(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{QueueOpts: []queue.Option{queue.WithPlatform(mustPlatform(t, "linux/amd64"))}})
+	f := newFleet(t, testworker.Config{Config: worker.Config{Platform: mustPlatform(t, "linux/amd64")}})
 	idx := f.reg.PushMultiPlatform(t, "multi", "v1", testenv.OCIIndex)
 	list := f.reg.PushMultiPlatform(t, "list", "v1", testenv.DockerList)
 	amd, arm := idx.Images[0], idx.Images[1]
@@ -100,43 +103,43 @@ func TestPlatformHeader(t *testing.T) {
 		{"linux/arm64/v8", testenv.ConfigReply(arm)},
 	}
 	for _, tc := range cases {
-		r := call(t, f.cli, client.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform(tc.platform))
+		r := call(t, f.cli, contract.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform(tc.platform))
 		if !bytes.Equal(r.Body, tc.want) {
 			t.Errorf("platform %q: got %s", tc.platform, r.Body)
 		}
 	}
-	if r := call(t, f.cli, client.OCIManifestConfig, f.reg.Ref("list", "v1"), client.WithPlatform("linux/arm64")); !bytes.Equal(r.Body, testenv.ConfigReply(list.Images[1])) {
+	if r := call(t, f.cli, contract.OCIManifestConfig, f.reg.Ref("list", "v1"), client.WithPlatform("linux/arm64")); !bytes.Equal(r.Body, testenv.ConfigReply(list.Images[1])) {
 		t.Errorf("docker list arm64: got %s", r.Body)
 	}
 
 	// The platform is part of the key: amd64 was cached, arm64 too, and
 	// neither answers for the other.
-	if r := call(t, f.cli, client.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/arm64")); r.Cache != queue.CacheHit || !bytes.Equal(r.Body, testenv.ConfigReply(arm)) {
+	if r := call(t, f.cli, contract.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/arm64")); r.Cache != contract.Hit || !bytes.Equal(r.Body, testenv.ConfigReply(arm)) {
 		t.Errorf("arm64 second call: cache %s", r.Cache)
 	}
 
-	_, err := f.cli.Image(context.Background(), client.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/s390x"))
+	_, err := f.cli.Image(context.Background(), contract.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/s390x"))
 	wantCode(t, err, 404, "index has no manifest for linux/s390x; it has linux/amd64, linux/arm64/v8, unknown/unknown, unknown/unknown")
 
-	_, err = f.cli.Image(context.Background(), client.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/arm64/v7"))
+	_, err = f.cli.Image(context.Background(), contract.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/arm64/v7"))
 	wantCode(t, err, 404, "linux/arm64/v7")
 
-	_, err = f.cli.Image(context.Background(), client.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux"))
+	_, err = f.cli.Image(context.Background(), contract.OCIManifestConfig, f.reg.Ref("multi", "v1"), client.WithPlatform("linux"))
 	wantCode(t, err, 400, f.reg.Ref("multi", "v1")+": invalid platform")
 
 	// The other functions ignore the header: the index itself.
-	if r := call(t, f.cli, client.ManifestDigest, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/arm64")); !bytes.Equal(r.Body, digestBody(idx.Digest)) {
+	if r := call(t, f.cli, contract.ManifestDigest, f.reg.Ref("multi", "v1"), client.WithPlatform("linux/arm64")); !bytes.Equal(r.Body, digestBody(idx.Digest)) {
 		t.Errorf("digest with platform header: %s", r.Body)
 	}
 }
 
 func TestDigestIsOneHeadAndTransportIsReused(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{})
+	f := newFleet(t, testworker.Config{})
 	a := f.reg.PushImage(t, "repo", "a", testenv.OCIManifest, "linux/amd64")
 	b := f.reg.PushImage(t, "repo", "b", testenv.OCIManifest, "linux/amd64")
 	f.reg.ResetCounts()
 
-	if got := call(t, f.cli, client.ManifestDigest, f.reg.Ref("repo", "a")).Body; !bytes.Equal(got, digestBody(a.Digest)) {
+	if got := call(t, f.cli, contract.ManifestDigest, f.reg.Ref("repo", "a")).Body; !bytes.Equal(got, digestBody(a.Digest)) {
 		t.Fatalf("digest a: %s", got)
 	}
 	want := map[string]int{"GET ping": 1, "HEAD manifest": 1}
@@ -144,7 +147,7 @@ func TestDigestIsOneHeadAndTransportIsReused(t *testing.T) {
 		t.Fatalf("cold digest: registry saw %v, want %v", got, want)
 	}
 
-	if got := call(t, f.cli, client.ManifestDigest, f.reg.Ref("repo", "b")).Body; !bytes.Equal(got, digestBody(b.Digest)) {
+	if got := call(t, f.cli, contract.ManifestDigest, f.reg.Ref("repo", "b")).Body; !bytes.Equal(got, digestBody(b.Digest)) {
 		t.Fatalf("digest b: %s", got)
 	}
 	want = map[string]int{"GET ping": 1, "HEAD manifest": 2}
@@ -154,14 +157,14 @@ func TestDigestIsOneHeadAndTransportIsReused(t *testing.T) {
 }
 
 func TestDigestFallsBackToGetWhenHeadFails(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{})
+	f := newFleet(t, testworker.Config{})
 	img := f.reg.PushImage(t, "nohead", "v1", testenv.OCIManifest, "linux/amd64")
 	f.reg.Override(func(r *http.Request) bool {
 		return r.Method == http.MethodHead && testenv.Kind(r.URL.Path) == "manifest"
 	}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusMethodNotAllowed)
 	}))
-	if got := call(t, f.cli, client.ManifestDigest, f.reg.Ref("nohead", "v1")).Body; !bytes.Equal(got, digestBody(img.Digest)) {
+	if got := call(t, f.cli, contract.ManifestDigest, f.reg.Ref("nohead", "v1")).Body; !bytes.Equal(got, digestBody(img.Digest)) {
 		t.Fatalf("digest by GET: %s", got)
 	}
 	if h, g := f.reg.Count("HEAD", "manifest"), f.reg.Count("GET", "manifest"); h != 1 || g != 1 {
@@ -183,16 +186,16 @@ func equalCounts(got, want map[string]int) bool {
 
 func TestHitsAliasesAndExpiry(t *testing.T) {
 	const ttl = time.Second
-	f := newFleet(t, testenv.WorkerConfig{QueueOpts: []queue.Option{queue.WithTTL(ttl, 0)}})
+	f := newFleet(t, testworker.Config{Config: worker.Config{CacheTTL: ttl}})
 	img := f.reg.PushImage(t, "cached", "latest", testenv.OCIManifest, "linux/amd64")
 
-	for _, fn := range []client.Function{client.ManifestDigest, client.OCIManifest, client.OCIManifestConfig} {
+	for _, fn := range []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig} {
 		first := call(t, f.cli, fn, f.reg.Host+"/cached")
 		before := f.reg.Counts()
 		// Aliases of one reference share one key.
 		for _, alias := range []string{f.reg.Host + "/cached", f.reg.Host + "/cached:latest"} {
 			r := call(t, f.cli, fn, alias)
-			if r.Cache != queue.CacheHit || !bytes.Equal(r.Body, first.Body) {
+			if r.Cache != contract.Hit || !bytes.Equal(r.Body, first.Body) {
 				t.Errorf("%s %s: cache %q", fn, alias, r.Cache)
 			}
 		}
@@ -204,8 +207,8 @@ func TestHitsAliasesAndExpiry(t *testing.T) {
 	// Past the TTL the answer is fetched again.
 	heads := f.reg.Count("HEAD", "manifest")
 	time.Sleep(ttl + 200*time.Millisecond)
-	r := call(t, f.cli, client.ManifestDigest, f.reg.Ref("cached", "latest"))
-	if r.Cache != queue.CacheMiss || !bytes.Equal(r.Body, digestBody(img.Digest)) {
+	r := call(t, f.cli, contract.ManifestDigest, f.reg.Ref("cached", "latest"))
+	if r.Cache != contract.Miss || !bytes.Equal(r.Body, digestBody(img.Digest)) {
 		t.Errorf("after the TTL: cache %q", r.Cache)
 	}
 	if got := f.reg.Count("HEAD", "manifest"); got != heads+1 {
@@ -218,9 +221,9 @@ func TestHitsAliasesAndExpiry(t *testing.T) {
 // memory tier is off) never extend it.
 func TestRedisTTLCountsFromTheFetch(t *testing.T) {
 	rd := testenv.StartRedis(t)
-	f := newFleet(t, testenv.WorkerConfig{RedisAddr: rd.Addr(), NoMemory: true, QueueOpts: []queue.Option{queue.WithTTL(45*time.Second, 0)}})
+	f := newFleet(t, testworker.Config{RedisAddr: rd.Addr(), NoMemory: true, Config: worker.Config{CacheTTL: 45 * time.Second}})
 	img := f.reg.PushImage(t, "ttl", "v1", testenv.OCIManifest, "linux/amd64")
-	call(t, f.cli, client.ManifestDigest, f.reg.Ref("ttl", "v1"))
+	call(t, f.cli, contract.ManifestDigest, f.reg.Ref("ttl", "v1"))
 
 	rdb := rd.Client(t)
 	key := "regcap:v1:manifest_digest:" + f.reg.Ref("ttl", "v1")
@@ -239,7 +242,7 @@ func TestRedisTTLCountsFromTheFetch(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	heads := f.reg.Count("HEAD", "manifest")
 	for i := 0; i < 3; i++ {
-		if r := call(t, f.cli, client.ManifestDigest, f.reg.Ref("ttl", "v1")); r.Cache != queue.CacheHit || !bytes.Equal(r.Body, val) {
+		if r := call(t, f.cli, contract.ManifestDigest, f.reg.Ref("ttl", "v1")); r.Cache != contract.Hit || !bytes.Equal(r.Body, val) {
 			t.Fatalf("want a hit with the stored body, got %s %s", r.Cache, r.Body)
 		}
 	}
@@ -254,7 +257,7 @@ func TestRedisTTLCountsFromTheFetch(t *testing.T) {
 }
 
 func TestConcurrentIdenticalRequestsShareOneFetch(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{})
+	f := newFleet(t, testworker.Config{})
 	img := f.reg.PushImage(t, "burst", "v1", testenv.OCIManifest, "linux/amd64")
 	f.reg.ResetCounts()
 	gate := f.reg.Hold("/burst/manifests/")
@@ -267,7 +270,7 @@ func TestConcurrentIdenticalRequestsShareOneFetch(t *testing.T) {
 	out := make(chan res, n)
 	for i := 0; i < n; i++ {
 		go func() {
-			r, err := f.cli.Image(context.Background(), client.ManifestDigest, f.reg.Ref("burst", "v1"))
+			r, err := f.cli.Image(context.Background(), contract.ManifestDigest, f.reg.Ref("burst", "v1"))
 			out <- res{r, err}
 		}()
 	}
@@ -275,7 +278,7 @@ func TestConcurrentIdenticalRequestsShareOneFetch(t *testing.T) {
 	testenv.Eventually(t, "100 requests pending", func() bool { return f.worker.Pending() == n })
 	gate.Release()
 
-	outcomes := map[string]int{}
+	outcomes := map[contract.Outcome]int{}
 	for i := 0; i < n; i++ {
 		r := <-out
 		if r.err != nil {
@@ -291,7 +294,7 @@ func TestConcurrentIdenticalRequestsShareOneFetch(t *testing.T) {
 	}
 	// Pending() counts a request before it joins the singleflight, so one
 	// that joins after the fetch finished finds the answer cached: a hit.
-	if outcomes[queue.CacheMiss] != 1 || outcomes[queue.CacheShared]+outcomes[queue.CacheHit] != n-1 || outcomes[queue.CacheShared] == 0 {
+	if outcomes[contract.Miss] != 1 || outcomes[contract.Shared]+outcomes[contract.Hit] != n-1 || outcomes[contract.Shared] == 0 {
 		t.Fatalf("outcomes %v, want 1 miss and %d shared or hit", outcomes, n-1)
 	}
 }
@@ -299,19 +302,19 @@ func TestConcurrentIdenticalRequestsShareOneFetch(t *testing.T) {
 // TestCallerGivingUpDoesNotFailOthers: the shared fetch runs on its own
 // context, so the first caller's timeout does not cancel it.
 func TestCallerGivingUpDoesNotFailOthers(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{})
+	f := newFleet(t, testworker.Config{})
 	img := f.reg.PushImage(t, "patient", "v1", testenv.OCIManifest, "linux/amd64")
 	gate := f.reg.Hold("/patient/manifests/")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	impatient := make(chan error, 1)
 	go func() {
-		_, err := f.cli.Image(ctx, client.ManifestDigest, f.reg.Ref("patient", "v1"))
+		_, err := f.cli.Image(ctx, contract.ManifestDigest, f.reg.Ref("patient", "v1"))
 		impatient <- err
 	}()
 	<-gate.Arrived()
 	patient := make(chan *client.Reply, 1)
-	go func() { patient <- call(t, f.cli, client.ManifestDigest, f.reg.Ref("patient", "v1")) }()
+	go func() { patient <- call(t, f.cli, contract.ManifestDigest, f.reg.Ref("patient", "v1")) }()
 	testenv.Eventually(t, "both requests pending", func() bool { return f.worker.Pending() == 2 })
 	cancel()
 	if err := <-impatient; err == nil {
@@ -335,24 +338,24 @@ func TestHangingRegistryDoesNotBlockOthers(t *testing.T) {
 	}{{"memory hit", false}, {"redis hit", true}} {
 		t.Run(tier.name, func(t *testing.T) {
 			rd := testenv.StartRedis(t)
-			f := newFleet(t, testenv.WorkerConfig{RedisAddr: rd.Addr(), NoMemory: tier.noMemory})
+			f := newFleet(t, testworker.Config{RedisAddr: rd.Addr(), NoMemory: tier.noMemory})
 			f.reg.PushImage(t, "slow", "v1", testenv.OCIManifest, "linux/amd64")
 			b := f.reg.PushImage(t, "cached", "v1", testenv.OCIManifest, "linux/amd64")
 			c := f.reg.PushImage(t, "cold", "v1", testenv.OCIManifest, "linux/amd64")
-			call(t, f.cli, client.OCIManifest, f.reg.Ref("cached", "v1"))
+			call(t, f.cli, contract.OCIManifest, f.reg.Ref("cached", "v1"))
 
 			gate := f.reg.Hold("/slow/")
 			aDone := make(chan error, 1)
 			go func() {
-				_, err := f.cli.Image(context.Background(), client.OCIManifest, f.reg.Ref("slow", "v1"))
+				_, err := f.cli.Image(context.Background(), contract.OCIManifest, f.reg.Ref("slow", "v1"))
 				aDone <- err
 			}()
 			<-gate.Arrived()
 
-			if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("cached", "v1")); !bytes.Equal(r.Body, b.Manifest) || r.Cache != queue.CacheHit {
+			if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("cached", "v1")); !bytes.Equal(r.Body, b.Manifest) || r.Cache != contract.Hit {
 				t.Fatalf("cached image while A hangs: cache %q", r.Cache)
 			}
-			if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("cold", "v1")); !bytes.Equal(r.Body, c.Manifest) || r.Cache != queue.CacheMiss {
+			if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("cold", "v1")); !bytes.Equal(r.Body, c.Manifest) || r.Cache != contract.Miss {
 				t.Fatalf("cold image while A hangs: cache %q, body %s", r.Cache, r.Body)
 			}
 			select {
@@ -371,19 +374,19 @@ func TestHangingRegistryDoesNotBlockOthers(t *testing.T) {
 func TestRedisOutage(t *testing.T) {
 	rd := testenv.StartRedis(t)
 	core, logs := observer.New(zap.InfoLevel)
-	f := newFleet(t, testenv.WorkerConfig{RedisAddr: rd.Addr(), Logger: zap.New(core)})
+	f := newFleet(t, testworker.Config{RedisAddr: rd.Addr(), Logger: zap.New(core)})
 	var imgs []testenv.Image
 	for i := 0; i < 6; i++ {
 		imgs = append(imgs, f.reg.PushImage(t, "outage", fmt.Sprintf("v%d", i), testenv.OCIManifest, "linux/amd64"))
 	}
 	ref := func(i int) string { return f.reg.Ref("outage", fmt.Sprintf("v%d", i)) }
-	call(t, f.cli, client.OCIManifest, ref(0))
+	call(t, f.cli, contract.OCIManifest, ref(0))
 
 	rd.Stop()
 	// Cached and new images alike are answered; new ones from the registry.
 	for i := 0; i < 4; i++ {
 		for j := 0; j < 2; j++ {
-			r := call(t, f.cli, client.OCIManifest, ref(i))
+			r := call(t, f.cli, contract.OCIManifest, ref(i))
 			if !bytes.Equal(r.Body, imgs[i].Manifest) {
 				t.Fatalf("during the outage, image %d: %s", i, r.Body)
 			}
@@ -398,7 +401,7 @@ func TestRedisOutage(t *testing.T) {
 	testenv.Eventually(t, "a new answer to reach redis", func() bool {
 		tag := fmt.Sprintf("after%d", next)
 		img := f.reg.PushImage(t, "outage", tag, testenv.OCIManifest, "linux/amd64")
-		call(t, f.cli, client.OCIManifest, f.reg.Ref("outage", tag))
+		call(t, f.cli, contract.OCIManifest, f.reg.Ref("outage", tag))
 		v, err := rdb.Get(context.Background(), "regcap:v1:oci_manifest:"+f.reg.Ref("outage", tag)).Bytes()
 		if err == nil && bytes.Equal(v, img.Manifest) {
 			imgs[5] = img
@@ -409,7 +412,7 @@ func TestRedisOutage(t *testing.T) {
 		return false
 	})
 	ref5 := f.reg.Ref("outage", fmt.Sprintf("after%d", next))
-	if !f.worker.Cache.Available() {
+	if !f.worker.Resolver().RedisAvailable() {
 		t.Fatal("cache still reports redis unavailable")
 	}
 	// One outage, one warning and one recovery line: not one per request.
@@ -419,10 +422,10 @@ func TestRedisOutage(t *testing.T) {
 	if n := logs.FilterMessageSnippet("redis available again").Len(); n != 1 {
 		t.Errorf("recovery logged %d times, want once", n)
 	}
-	other := testenv.StartWorker(t, testenv.WorkerConfig{NATSURL: f.natsURL, RedisAddr: rd.Addr(), QueueOpts: []queue.Option{queue.WithQueueGroup("other")}, NoMemory: true})
+	other := testworker.Start(t, testworker.Config{NATSURL: f.natsURL, RedisAddr: rd.Addr(), Config: worker.Config{QueueGroup: "other"}, NoMemory: true})
 	f.worker.Shutdown(context.Background())
 	_ = other
-	if r := call(t, f.cli, client.OCIManifest, ref5); r.Cache != queue.CacheHit || !bytes.Equal(r.Body, imgs[5].Manifest) {
+	if r := call(t, f.cli, contract.OCIManifest, ref5); r.Cache != contract.Hit || !bytes.Equal(r.Body, imgs[5].Manifest) {
 		t.Fatalf("after redis came back: cache %q", r.Cache)
 	}
 }
@@ -455,11 +458,11 @@ func TestBlackholedRedis(t *testing.T) {
 		}
 		mu.Unlock()
 	})
-	f := newFleet(t, testenv.WorkerConfig{RedisAddr: silent.Addr().String(), Logger: zap.NewNop()})
+	f := newFleet(t, testworker.Config{RedisAddr: silent.Addr().String(), Logger: zap.NewNop()})
 	const n = 20
 	for i := 0; i < n; i++ {
 		img := f.reg.PushImage(t, "blackhole", fmt.Sprint(i), testenv.OCIManifest, "linux/amd64")
-		if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("blackhole", fmt.Sprint(i))); !bytes.Equal(r.Body, img.Manifest) {
+		if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("blackhole", fmt.Sprint(i))); !bytes.Equal(r.Body, img.Manifest) {
 			t.Fatalf("request %d: %s", i, r.Body)
 		}
 	}
@@ -474,7 +477,7 @@ func TestBlackholedRedis(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{QueueOpts: []queue.Option{queue.WithFetchTimeout(2 * time.Second)}})
+	f := newFleet(t, testworker.Config{Config: worker.Config{FetchTimeout: 2 * time.Second}})
 	good := f.reg.PushImage(t, "good", "v1", testenv.OCIManifest, "linux/amd64")
 	nc := testenv.Connect(t, f.natsURL)
 
@@ -540,31 +543,31 @@ func TestBadInput(t *testing.T) {
 
 	cases := []struct {
 		name    string
-		fn      client.Function
+		fn      contract.Function
 		payload []byte
 		code    int
 		part    string
 	}{
-		{"not JSON", client.ManifestDigest, []byte(`busybox`), 400, "not a JSON string"},
-		{"not a string", client.OCIManifest, []byte(`{"image":"busybox"}`), 400, "not a JSON string"},
-		{"number", client.OCIManifestConfig, []byte(`7`), 400, "not a JSON string"},
-		{"zero bytes", client.ManifestDigest, nil, 400, "empty payload"},
-		{"empty string", client.ManifestDigest, []byte(`""`), 400, "empty image reference"},
-		{"over 4 KiB", client.ManifestDigest, []byte(`"` + strings.Repeat("a", 5000) + `"`), 400, "over the 4096-byte limit"},
-		{"invalid reference", client.ManifestDigest, []byte(`"Not/Valid:ref:"`), 400, "invalid image reference"},
-		{"sha512 digest", client.OCIManifest, q(f.reg.Host + "/good@sha512:" + strings.Repeat("ab", 64)), 400, "only sha256"},
-		{"unknown tag", client.ManifestDigest, q(f.reg.Ref("good", "nope")), 404, f.reg.Ref("good", "nope")},
-		{"unknown repository", client.OCIManifest, q(f.reg.Ref("nothing", "v1")), 404, "404"},
-		{"nothing listens", client.ManifestDigest, q(fmt.Sprintf("127.0.0.1:%d/x:y", closedPort)), 502, "unreachable"},
-		{"never answers", client.OCIManifest, q(silent.Addr().String() + "/x:y"), 504, "did not answer in time"},
-		{"registry hangs", client.OCIManifest, q(f.reg.Ref("hang", "v1")), 504, "did not answer in time"},
-		{"oversized manifest", client.OCIManifest, q(f.reg.Ref("huge", "v1")), 413, "limit"},
-		{"oversized config", client.OCIManifestConfig, q(f.reg.Ref("bigconfig", "v1")), 413, "over the 8388608-byte limit"},
-		{"schema 1", client.OCIManifest, q(f.reg.Ref("schema1", "v1")), 415, "schema 1"},
-		{"rate limited", client.OCIManifest, q(f.reg.Ref("limited", "v1")), 429, "Retry-After: 30"},
-		{"rate limited digest", client.ManifestDigest, q(f.reg.Ref("limited", "v1")), 429, "retry after 30s"},
-		{"registry error", client.OCIManifest, q(f.reg.Ref("broken", "v1")), 502, "500"},
-		{"not JSON upstream", client.OCIManifest, q(f.reg.Ref("garbage", "v1")), 502, "not valid JSON"},
+		{"not JSON", contract.ManifestDigest, []byte(`busybox`), 400, "not a JSON string"},
+		{"not a string", contract.OCIManifest, []byte(`{"image":"busybox"}`), 400, "not a JSON string"},
+		{"number", contract.OCIManifestConfig, []byte(`7`), 400, "not a JSON string"},
+		{"zero bytes", contract.ManifestDigest, nil, 400, "empty payload"},
+		{"empty string", contract.ManifestDigest, []byte(`""`), 400, "empty image reference"},
+		{"over 4 KiB", contract.ManifestDigest, []byte(`"` + strings.Repeat("a", 5000) + `"`), 400, "over the 4096-byte limit"},
+		{"invalid reference", contract.ManifestDigest, []byte(`"Not/Valid:ref:"`), 400, "invalid image reference"},
+		{"sha512 digest", contract.OCIManifest, q(f.reg.Host + "/good@sha512:" + strings.Repeat("ab", 64)), 400, "only sha256"},
+		{"unknown tag", contract.ManifestDigest, q(f.reg.Ref("good", "nope")), 404, f.reg.Ref("good", "nope")},
+		{"unknown repository", contract.OCIManifest, q(f.reg.Ref("nothing", "v1")), 404, "404"},
+		{"nothing listens", contract.ManifestDigest, q(fmt.Sprintf("127.0.0.1:%d/x:y", closedPort)), 502, "unreachable"},
+		{"never answers", contract.OCIManifest, q(silent.Addr().String() + "/x:y"), 504, "did not answer in time"},
+		{"registry hangs", contract.OCIManifest, q(f.reg.Ref("hang", "v1")), 504, "did not answer in time"},
+		{"oversized manifest", contract.OCIManifest, q(f.reg.Ref("huge", "v1")), 413, "limit"},
+		{"oversized config", contract.OCIManifestConfig, q(f.reg.Ref("bigconfig", "v1")), 413, "over the 8388608-byte limit"},
+		{"schema 1", contract.OCIManifest, q(f.reg.Ref("schema1", "v1")), 415, "schema 1"},
+		{"rate limited", contract.OCIManifest, q(f.reg.Ref("limited", "v1")), 429, "Retry-After: 30"},
+		{"rate limited digest", contract.ManifestDigest, q(f.reg.Ref("limited", "v1")), 429, "retry after 30s"},
+		{"registry error", contract.OCIManifest, q(f.reg.Ref("broken", "v1")), 502, "500"},
+		{"not JSON upstream", contract.OCIManifest, q(f.reg.Ref("garbage", "v1")), 502, "not valid JSON"},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -588,11 +591,11 @@ func TestBadInput(t *testing.T) {
 			// The worker keeps serving: a hit, and a miss that needs a
 			// fetch slot (a leaked slot or pending count would show here),
 			// and nothing is left pending.
-			if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("good", "v1")); !bytes.Equal(r.Body, good.Manifest) {
+			if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("good", "v1")); !bytes.Equal(r.Body, good.Manifest) {
 				t.Fatalf("worker stopped serving after %s", tc.name)
 			}
 			fresh := f.reg.PushImage(t, "good", fmt.Sprintf("after%d", i), testenv.OCIManifest, "linux/amd64")
-			if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("good", fmt.Sprintf("after%d", i))); !bytes.Equal(r.Body, fresh.Manifest) || r.Cache != queue.CacheMiss {
+			if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("good", fmt.Sprintf("after%d", i))); !bytes.Equal(r.Body, fresh.Manifest) || r.Cache != contract.Miss {
 				t.Fatalf("after %s, a new image: cache %q", tc.name, r.Cache)
 			}
 			testenv.Eventually(t, "no request left pending", func() bool { return f.worker.Pending() == 0 })
@@ -601,7 +604,7 @@ func TestBadInput(t *testing.T) {
 
 	// Errors are not cached: a registry that recovers is asked again.
 	gets := f.reg.Count("GET", "manifest")
-	_, err = f.cli.Image(context.Background(), client.OCIManifest, f.reg.Ref("broken", "v1"))
+	_, err = f.cli.Image(context.Background(), contract.OCIManifest, f.reg.Ref("broken", "v1"))
 	wantCode(t, err, 502, "500")
 	if f.reg.Count("GET", "manifest") != gets+1 {
 		t.Fatal("an error was answered from the cache")
@@ -611,23 +614,23 @@ func TestBadInput(t *testing.T) {
 func q(s string) []byte { return []byte(`"` + s + `"`) }
 
 func TestBackpressure(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{QueueOpts: []queue.Option{queue.WithMaxPending(3), queue.WithConcurrency(1)}})
+	f := newFleet(t, testworker.Config{Config: worker.Config{MaxPending: 3, Concurrency: 1}})
 	good := f.reg.PushImage(t, "ok", "v1", testenv.OCIManifest, "linux/amd64")
-	call(t, f.cli, client.OCIManifest, f.reg.Ref("ok", "v1"))
+	call(t, f.cli, contract.OCIManifest, f.reg.Ref("ok", "v1"))
 	gate := f.reg.Hold("/held/")
 	var wg sync.WaitGroup
 	for i := 0; i < 3; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = f.cli.Image(context.Background(), client.OCIManifest, f.reg.Ref("held", fmt.Sprint(i)))
+			_, _ = f.cli.Image(context.Background(), contract.OCIManifest, f.reg.Ref("held", fmt.Sprint(i)))
 		}()
 	}
 	testenv.Eventually(t, "3 requests pending", func() bool { return f.worker.Pending() == 3 })
-	_, err := f.cli.Image(context.Background(), client.OCIManifest, f.reg.Ref("held", "x"))
+	_, err := f.cli.Image(context.Background(), contract.OCIManifest, f.reg.Ref("held", "x"))
 	wantCode(t, err, 503, "queue limit")
 	// Hits are still answered at once.
-	if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("ok", "v1")); !bytes.Equal(r.Body, good.Manifest) || r.Cache != queue.CacheHit {
+	if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("ok", "v1")); !bytes.Equal(r.Body, good.Manifest) || r.Cache != contract.Hit {
 		t.Fatalf("hit under backpressure: %q", r.Cache)
 	}
 	gate.Release()
@@ -637,12 +640,12 @@ func TestBackpressure(t *testing.T) {
 // TestPublishWithoutReplyIsIgnored: a request without a reply subject
 // must not crash or block the worker.
 func TestPublishWithoutReplyIsIgnored(t *testing.T) {
-	f := newFleet(t, testenv.WorkerConfig{})
+	f := newFleet(t, testworker.Config{})
 	img := f.reg.PushImage(t, "x", "v1", testenv.OCIManifest, "linux/amd64")
 	nc := testenv.Connect(t, f.natsURL)
-	testenv.Must(t, nc.Publish(client.OCIManifest.Subject("kubewarden"), q(f.reg.Ref("x", "v1"))), "publish")
+	testenv.Must(t, nc.Publish(contract.OCIManifest.Subject("kubewarden"), q(f.reg.Ref("x", "v1"))), "publish")
 	testenv.Must(t, nc.Flush(), "flush")
-	if r := call(t, f.cli, client.OCIManifest, f.reg.Ref("x", "v1")); !bytes.Equal(r.Body, img.Manifest) {
+	if r := call(t, f.cli, contract.OCIManifest, f.reg.Ref("x", "v1")); !bytes.Equal(r.Body, img.Manifest) {
 		t.Fatal("worker broken after a publish")
 	}
 }

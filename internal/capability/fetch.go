@@ -1,4 +1,4 @@
-package handlers
+package capability
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/registry"
 )
 
@@ -30,21 +31,22 @@ type Fetcher struct {
 // NewFetcher returns a Fetcher over reg.
 func NewFetcher(reg Registry) *Fetcher { return &Fetcher{reg: reg} }
 
-// Fetch answers req with the reply body of the contract. Errors are *Error.
+// Fetch answers req with the reply body of the contract. Every error is
+// a *contract.Error, classified here.
 func (f *Fetcher) Fetch(ctx context.Context, req Request) ([]byte, error) {
 	var (
 		body []byte
 		err  error
 	)
 	switch req.Function {
-	case ManifestDigest:
+	case contract.ManifestDigest:
 		body, err = f.digest(ctx, req.Ref)
-	case OCIManifest:
+	case contract.OCIManifest:
 		body, err = f.manifest(ctx, req.Ref)
-	case OCIManifestConfig:
+	case contract.OCIManifestConfig:
 		body, err = f.manifestConfig(ctx, req.Ref, req.Platform)
 	default:
-		return nil, Errorf(400, req.Ref.Name(), "unknown function %q", req.Function)
+		return nil, errorf(400, req.Ref.Name(), "unknown function %q", req.Function)
 	}
 	if err != nil {
 		return nil, Classify(req.Ref.Name(), err)
@@ -122,25 +124,25 @@ func (f *Fetcher) manifestConfig(ctx context.Context, ref name.Reference, want v
 			return nil, err
 		}
 		if pm.isIndex {
-			return nil, Errorf(415, ref.Name(), "index entry %s for %s is itself an index", d, FormatPlatform(want))
+			return nil, errorf(415, ref.Name(), "index entry %s for %s is itself an index", d, FormatPlatform(want))
 		}
 	}
 	if pm.Config == nil {
-		return nil, Errorf(502, ref.Name(), "image manifest %s has no config descriptor", m.Digest)
+		return nil, errorf(502, ref.Name(), "image manifest %s has no config descriptor", m.Digest)
 	}
 	cd, err := v1.NewHash(pm.Config.Digest)
 	if err != nil {
-		return nil, Errorf(502, ref.Name(), "image manifest %s has an invalid config digest %q", m.Digest, pm.Config.Digest)
+		return nil, errorf(502, ref.Name(), "image manifest %s has an invalid config digest %q", m.Digest, pm.Config.Digest)
 	}
 	if pm.Config.Size > f.reg.BlobLimit() {
-		return nil, Errorf(413, ref.Name(), "config blob %s is %d bytes, over the %d-byte limit", cd, pm.Config.Size, f.reg.BlobLimit())
+		return nil, errorf(413, ref.Name(), "config blob %s is %d bytes, over the %d-byte limit", cd, pm.Config.Size, f.reg.BlobLimit())
 	}
 	cfg, err := f.reg.Blob(ctx, ref.Context(), cd)
 	if err != nil {
 		return nil, err
 	}
 	if !json.Valid(cfg) {
-		return nil, Errorf(502, ref.Name(), "config blob %s is not valid JSON", cd)
+		return nil, errorf(502, ref.Name(), "config blob %s is not valid JSON", cd)
 	}
 	// Raw bytes embedded as sent, in Kubewarden's field order.
 	var b bytes.Buffer
@@ -184,14 +186,14 @@ type parsedManifest struct {
 func parseManifest(ref name.Reference, m *registry.Manifest) (*parsedManifest, error) {
 	var pm parsedManifest
 	if err := json.Unmarshal(m.Body, &pm); err != nil {
-		return nil, Errorf(502, ref.Name(), "registry sent a manifest that is not valid JSON: %v", err)
+		return nil, errorf(502, ref.Name(), "registry sent a manifest that is not valid JSON: %v", err)
 	}
 	if pm.SchemaVersion == nil || *pm.SchemaVersion != 2 {
 		v := "missing"
 		if pm.SchemaVersion != nil {
 			v = fmt.Sprint(*pm.SchemaVersion)
 		}
-		return nil, Errorf(415, ref.Name(), "unsupported manifest schemaVersion %s (Docker schema 1 is not supported)", v)
+		return nil, errorf(415, ref.Name(), "unsupported manifest schemaVersion %s (Docker schema 1 is not supported)", v)
 	}
 	mt := pm.MediaType
 	if mt == "" {
@@ -210,7 +212,7 @@ func parseManifest(ref name.Reference, m *registry.Manifest) (*parsedManifest, e
 			pm.isIndex = true
 		case pm.Config != nil && pm.Manifests == nil && (mt == "" || mt == "application/json"):
 		default:
-			return nil, Errorf(415, ref.Name(), "unsupported manifest media type %q", mt)
+			return nil, errorf(415, ref.Name(), "unsupported manifest media type %q", mt)
 		}
 	}
 	return &pm, nil
@@ -230,13 +232,13 @@ func pickPlatform(ref name.Reference, pm *parsedManifest, want v1.Platform) (v1.
 		if p.OS == want.OS && p.Architecture == want.Architecture && (want.Variant == "" || p.Variant == want.Variant) {
 			h, err := v1.NewHash(d.Digest)
 			if err != nil {
-				return v1.Hash{}, Errorf(502, ref.Name(), "index entry for %s has an invalid digest %q", FormatPlatform(p), d.Digest)
+				return v1.Hash{}, errorf(502, ref.Name(), "index entry for %s has an invalid digest %q", FormatPlatform(p), d.Digest)
 			}
 			return h, nil
 		}
 	}
 	if len(have) == 0 {
-		return v1.Hash{}, Errorf(404, ref.Name(), "index has no manifest for %s: it is empty", FormatPlatform(want))
+		return v1.Hash{}, errorf(404, ref.Name(), "index has no manifest for %s: it is empty", FormatPlatform(want))
 	}
-	return v1.Hash{}, Errorf(404, ref.Name(), "index has no manifest for %s; it has %s", FormatPlatform(want), strings.Join(have, ", "))
+	return v1.Hash{}, errorf(404, ref.Name(), "index has no manifest for %s; it has %s", FormatPlatform(want), strings.Join(have, ", "))
 }

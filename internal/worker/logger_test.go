@@ -1,10 +1,12 @@
-package main
+package worker_test
 
 import (
 	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // TestLogger: both formats trace the stack on errors only; a warning (the
@@ -13,7 +15,7 @@ func TestLogger(t *testing.T) {
 	for _, format := range []string{"json", "console"} {
 		t.Run(format, func(t *testing.T) {
 			var out bytes.Buffer
-			log, err := newLogger("info", format, &out)
+			log, err := worker.NewLogger("info", format, &out)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,8 +38,8 @@ func TestLogger(t *testing.T) {
 		})
 	}
 	for _, bad := range [][2]string{{"loud", "json"}, {"info", "xml"}} {
-		if _, err := newLogger(bad[0], bad[1], &bytes.Buffer{}); err == nil {
-			t.Errorf("newLogger(%q, %q) accepted", bad[0], bad[1])
+		if _, err := worker.NewLogger(bad[0], bad[1], &bytes.Buffer{}); err == nil {
+			t.Errorf("worker.NewLogger(%q, %q) accepted", bad[0], bad[1])
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package worker_test
 
 import (
 	"flag"
@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regcap/regcap/internal/flagenv"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // TestREADMEConfigurationTable keeps README.md's Configuration table true:
@@ -20,7 +20,7 @@ func TestREADMEConfigurationTable(t *testing.T) {
 	}
 	rows := configRows(t, string(readme))
 
-	fs := flags(&config{}, io.Discard)
+	fs := worker.FlagSet(&worker.Flags{Config: worker.Defaults(), LogLevel: "info", LogFormat: "json"}, io.Discard)
 	fs.VisitAll(func(f *flag.Flag) {
 		row, ok := rows["--"+f.Name]
 		if !ok {
@@ -28,7 +28,7 @@ func TestREADMEConfigurationTable(t *testing.T) {
 			return
 		}
 		delete(rows, "--"+f.Name)
-		if want := "`" + flagenv.Name("REGCAP_", f, envOverrides) + "`"; row.env != want {
+		if want := "`" + worker.EnvName(f) + "`"; row.env != want {
 			t.Errorf("--%s: README says environment %s, the worker reads %s", f.Name, row.env, want)
 		}
 		if f.Name == "platform" {

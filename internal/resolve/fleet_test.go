@@ -1,0 +1,415 @@
+package resolve
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/registry"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+var functions = []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig}
+
+var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+
+// fleet is one registry, one Redis, and resolvers sharing it, each with
+// its own Redis client, as the workers of a fleet have: no NATS.
+type fleet struct {
+	reg   *testenv.Registry
+	redis *testenv.Redis
+	res   []*Resolver
+}
+
+func startFleet(t *testing.T, n int, lockWait time.Duration, opts ...Option) *fleet {
+	t.Helper()
+	f := &fleet{reg: testenv.StartRegistry(t), redis: testenv.StartRedis(t)}
+	for range n {
+		f.add(t, lockWait, opts...)
+	}
+	return f
+}
+
+// add starts one more resolver on the fleet's Redis.
+func (f *fleet) add(t *testing.T, lockWait time.Duration, opts ...Option) *Resolver {
+	t.Helper()
+	rdb, err := NewRedisClient(f.redis.URL())
+	testenv.Must(t, err, "redis client")
+	t.Cleanup(func() { _ = rdb.Close() })
+	r := newResolver(t, append([]Option{WithRedis(rdb, lockWait)}, opts...)...)
+	f.res = append(f.res, r)
+	return r
+}
+
+// newResolver is a resolver over a plain registry client, as the worker
+// builds it, closed at cleanup.
+func newResolver(t *testing.T, opts ...Option) *Resolver {
+	t.Helper()
+	r := New(capability.NewFetcher(registry.New(registry.WithUserAgent("regcap/test"))),
+		append([]Option{WithPlatform(amd64)}, opts...)...)
+	t.Cleanup(r.Close)
+	return r
+}
+
+func request(fn contract.Function, image string) Request {
+	b, _ := json.Marshal(image)
+	return Request{Function: fn, Payload: b}
+}
+
+func key(t *testing.T, fn contract.Function, image string) string {
+	t.Helper()
+	r, err := capability.ParseRequest(fn, []byte(`"`+image+`"`), "", amd64)
+	testenv.Must(t, err, "parsing %s", image)
+	return r.Key()
+}
+
+func (f *fleet) pending() int {
+	n := 0
+	for _, r := range f.res {
+		n += r.Pending()
+	}
+	return n
+}
+
+// waiting is how many of the fleet's resolvers wait on another's fetch of
+// key.
+func (f *fleet) waiting(key string) int {
+	n := 0
+	for _, r := range f.res {
+		l := r.lock.(*fleetLock)
+		l.mu.Lock()
+		n += len(l.waiters[key])
+		l.mu.Unlock()
+	}
+	return n
+}
+
+type reply struct {
+	key string
+	a   Answer
+	err error
+}
+
+// burst sends every (image, function) pair copies times at once, spread
+// over the resolvers, while the registry holds manifest requests;
+// releases them once every request waits; returns the answers by pair.
+func (f *fleet) burst(t *testing.T, images []string, copies int) map[string][]Answer {
+	t.Helper()
+	gate := f.reg.Hold("/manifests/")
+	total := len(images) * len(functions) * copies
+	out := make(chan reply, total)
+	var wg sync.WaitGroup
+	i := 0
+	for range copies {
+		for _, img := range images {
+			for _, fn := range functions {
+				r := f.res[i%len(f.res)]
+				i++
+				wg.Go(func() {
+					a, err := r.Answer(context.Background(), request(fn, img))
+					out <- reply{img + " " + string(fn), a, err}
+				})
+			}
+		}
+	}
+	// Every request waits in a resolver and none is answered: all race
+	// for the same keys when the registry lets go.
+	testenv.Eventually(t, "all requests pending", func() bool { return f.pending() == total })
+	gate.Release()
+	wg.Wait()
+	close(out)
+	answers := map[string][]Answer{}
+	for r := range out {
+		if r.err != nil {
+			t.Errorf("%s: %v", r.key, r.err)
+			continue
+		}
+		answers[r.key] = append(answers[r.key], r.a)
+	}
+	return answers
+}
+
+// TestFleetOneFetchPerKey: 300 concurrent requests over 6 new tags and the
+// 3 functions reach the registry once per tag and function, with one
+// resolver and with three sharing a Redis.
+func TestFleetOneFetchPerKey(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d workers", n), func(t *testing.T) {
+			f := startFleet(t, n, 0)
+			var images []string
+			want := map[string][]byte{}
+			for i := range 6 {
+				tag := fmt.Sprintf("v%d", i)
+				img := f.reg.PushImage(t, "fleet/app", tag, testenv.OCIManifest, "linux/amd64")
+				ref := f.reg.Ref("fleet/app", tag)
+				images = append(images, ref)
+				want[ref+" "+string(contract.ManifestDigest)] = []byte(`{"digest":"` + img.Digest + `"}`)
+				want[ref+" "+string(contract.OCIManifest)] = img.Manifest
+				want[ref+" "+string(contract.OCIManifestConfig)] = testenv.ConfigReply(img)
+			}
+			f.reg.ResetCounts()
+
+			answers := f.burst(t, images, 300/18+1) // 306 requests
+			outcomes := map[contract.Outcome]int{}
+			for key, as := range answers {
+				for _, a := range as {
+					if !bytes.Equal(a.Body, want[key]) {
+						t.Errorf("%s: wrong body %.80s", key, a.Body)
+					}
+					outcomes[a.Outcome]++
+				}
+			}
+			for i := range 6 {
+				tag := fmt.Sprintf("v%d", i)
+				heads := f.reg.CountManifest("HEAD", "fleet/app", tag)
+				gets := f.reg.CountManifest("GET", "fleet/app", tag)
+				// One HEAD for manifest_digest; one GET each for
+				// oci_manifest and oci_manifest_config.
+				if heads != 1 || gets != 2 {
+					t.Errorf("tag %s: registry saw %d HEAD and %d GET of the manifest, want 1 and 2", tag, heads, gets)
+				}
+			}
+			if got := f.reg.Count("GET", "blob"); got != 6 {
+				t.Errorf("registry saw %d config blob GETs, want 6", got)
+			}
+			if outcomes[contract.Miss] != 18 {
+				t.Errorf("outcomes %v: want exactly 18 misses, one per key", outcomes)
+			}
+			if n > 1 && outcomes[contract.Shared] == 0 {
+				t.Errorf("outcomes %v: want shared answers", outcomes)
+			}
+			t.Logf("outcomes: %v", outcomes)
+		})
+	}
+}
+
+// TestFleetHolderErrorPassedOn: a 404 found by the lock holder is the
+// answer of every waiter, from one registry request, and is not cached.
+func TestFleetHolderErrorPassedOn(t *testing.T) {
+	f := startFleet(t, 3, 0)
+	f.reg.PushImage(t, "fleet/err", "present", testenv.OCIManifest, "linux/amd64") // the repository exists
+	ref := f.reg.Ref("fleet/err", "absent")
+	f.reg.ResetCounts()
+	gate := f.reg.Hold("/manifests/absent")
+	const n = 60
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := f.res[i%3].Answer(context.Background(), request(contract.ManifestDigest, ref))
+			errs <- err
+		})
+	}
+	testenv.Eventually(t, "all requests pending", func() bool { return f.pending() == n })
+	// The answer is an error, which is not cached: a resolver that asked
+	// for the lock only after the holder let it go would fetch again. So
+	// the registry answers once the two others wait on the holder.
+	k := key(t, contract.ManifestDigest, ref)
+	testenv.Eventually(t, "two resolvers waiting on the holder", func() bool { return f.waiting(k) == len(f.res)-1 })
+	gate.Release()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		var ce *contract.Error
+		if !errors.As(err, &ce) || ce.Code != 404 {
+			t.Fatalf("want 404, got %v", err)
+		}
+	}
+	// HEAD fails with 404, then the GET fallback: one of each.
+	if h, g := f.reg.CountManifest("HEAD", "fleet/err", "absent"), f.reg.CountManifest("GET", "fleet/err", "absent"); h != 1 || g > 1 {
+		t.Errorf("registry saw %d HEAD and %d GET for the absent tag, want 1 and at most 1", h, g)
+	}
+	// Not cached: asking again asks the registry again.
+	_, err := f.res[0].Answer(context.Background(), request(contract.ManifestDigest, ref))
+	var ce *contract.Error
+	if !errors.As(err, &ce) || ce.Code != 404 {
+		t.Fatalf("want 404 again, got %v", err)
+	}
+	if h := f.reg.CountManifest("HEAD", "fleet/err", "absent"); h != 2 {
+		t.Errorf("the error was cached: %d HEADs after a second request, want 2", h)
+	}
+}
+
+// TestFleetDeadHolder: a lock whose holder never answers (a worker killed
+// mid-fetch leaves exactly that) delays the others by --lock-wait, after
+// which they fetch themselves, while the dead lock is still in Redis.
+func TestFleetDeadHolder(t *testing.T) {
+	f := startFleet(t, 3, 500*time.Millisecond)
+	img := f.reg.PushImage(t, "fleet/dead", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("fleet/dead", "v1")
+	k := key(t, contract.ManifestDigest, ref)
+	rdb := f.redis.Client(t)
+	testenv.Must(t, rdb.Set(context.Background(), lockPrefix+k, "dead-worker", time.Minute).Err(), "planting a dead lock")
+
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Go(func() {
+			a, err := f.res[i%3].Answer(context.Background(), request(contract.ManifestDigest, ref))
+			if err != nil {
+				t.Errorf("request failed: %v", err)
+				return
+			}
+			if want := `{"digest":"` + img.Digest + `"}`; string(a.Body) != want {
+				t.Errorf("body %s, want %s", a.Body, want)
+			}
+		})
+	}
+	wg.Wait()
+	if ttl := rdb.PTTL(context.Background(), lockPrefix+k).Val(); ttl <= 0 {
+		t.Fatalf("the planted lock is gone (PTTL %s): the test did not test a dead holder", ttl)
+	}
+	// Each resolver took over on its own, at most once (singleflight).
+	if h := f.reg.CountManifest("HEAD", "fleet/dead", "v1"); h < 1 || h > 3 {
+		t.Errorf("registry saw %d HEADs, want 1 to 3 (one per resolver at most)", h)
+	}
+}
+
+// TestFleetHolderStops: a holder closed mid-fetch answers 503 and abandons
+// its lock, and the waiting resolver fetches at once, not after its (here
+// one-minute) wait.
+func TestFleetHolderStops(t *testing.T) {
+	f := startFleet(t, 1, time.Minute)
+	img := f.reg.PushImage(t, "fleet/stop", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("fleet/stop", "v1")
+	gate := f.reg.Hold("/manifests/v1")
+
+	holder := f.res[0]
+	first := make(chan error, 1)
+	go func() {
+		_, err := holder.Answer(context.Background(), request(contract.ManifestDigest, ref))
+		first <- err
+	}()
+	<-gate.Arrived()
+	other := f.add(t, time.Minute)
+	second := make(chan reply, 1)
+	go func() {
+		a, err := other.Answer(context.Background(), request(contract.ManifestDigest, ref))
+		second <- reply{a: a, err: err}
+	}()
+	k := key(t, contract.ManifestDigest, ref)
+	testenv.Eventually(t, "the other resolver waiting on the holder", func() bool { return f.waiting(k) == 1 })
+
+	holder.Close()
+	var ce *contract.Error
+	if err := <-first; !errors.As(err, &ce) || ce.Code != 503 {
+		t.Errorf("first request: want 503 from the closed holder, got %v", err)
+	}
+	gate.Release()
+	r := <-second
+	if want := `{"digest":"` + img.Digest + `"}`; r.err != nil || string(r.a.Body) != want || r.a.Outcome != contract.Miss {
+		t.Errorf("second answer %s (%s, %v), want %s (miss)", r.a.Body, r.a.Outcome, r.err, want)
+	}
+}
+
+// TestFleetRedisDown: without Redis the lock is off and each resolver
+// falls back to its own singleflight: no request fails, and each key is
+// fetched at most once per resolver.
+func TestFleetRedisDown(t *testing.T) {
+	f := startFleet(t, 3, 0)
+	var images []string
+	for i := range 2 {
+		tag := fmt.Sprintf("v%d", i)
+		f.reg.PushImage(t, "fleet/down", tag, testenv.OCIManifest, "linux/amd64")
+		images = append(images, f.reg.Ref("fleet/down", tag))
+	}
+	f.reg.ResetCounts()
+	f.redis.Stop()
+	f.burst(t, images, 20) // fails the test on any error
+	for i := range 2 {
+		tag := fmt.Sprintf("v%d", i)
+		if h := f.reg.CountManifest("HEAD", "fleet/down", tag); h < 1 || h > 3 {
+			t.Errorf("tag %s: %d HEADs, want 1 to 3 (one per resolver at most)", tag, h)
+		}
+	}
+}
+
+// TestExpiredHolderSaysNothing: a holder whose lock expired and was taken
+// by another worker neither deletes the new lock nor notifies: the
+// waiters get the new holder's answer, not the stale one.
+func TestExpiredHolderSaysNothing(t *testing.T) {
+	rd := testenv.StartRedis(t)
+	newLock := func() *fleetLock {
+		r := newResolver(t, WithRedis(rd.Client(t), 0))
+		return r.lock.(*fleetLock)
+	}
+	stale, fresh, waiting := newLock(), newLock(), newLock()
+	rdb := rd.Client(t)
+	ctx := context.Background()
+	const key = "regcap:v1:manifest_digest:example.test/app:v1"
+
+	old := stale.Lock(ctx, key, 50*time.Millisecond)
+	if old.lease == nil {
+		t.Fatal("the first Lock did not take the lock")
+	}
+	testenv.Eventually(t, "the first lock expired", func() bool {
+		return rdb.Exists(ctx, lockPrefix+key).Val() == 0
+	})
+	cur := fresh.Lock(ctx, key, time.Minute)
+	if cur.lease == nil {
+		t.Fatal("the second Lock did not take the expired lock")
+	}
+	w := waiting.Lock(ctx, key, time.Minute)
+	if w.waiter == nil {
+		t.Fatal("the third Lock did not wait")
+	}
+
+	// Published first, the stale notice would be the waiter's answer:
+	// each waiter keeps only the first notice it receives.
+	old.lease.Fail(ctx, &contract.Error{Code: 404, Message: "stale holder"})
+	if rdb.Exists(ctx, lockPrefix+key).Val() != 1 {
+		t.Fatal("the expired holder deleted the new holder's lock")
+	}
+	cur.lease.Fail(ctx, &contract.Error{Code: 502, Message: "current holder"})
+	v := w.waiter.Wait(ctx, 20*time.Second)
+	if v == nil || v.failure == nil || v.failure.Message != "current holder" {
+		t.Fatalf("waiter's verdict %+v, want the current holder's failure", v)
+	}
+}
+
+// TestCallerCancelIsNotAnOutage: a Redis command cut short by its
+// caller's context says nothing about Redis; a stopped Redis does.
+func TestCallerCancelIsNotAnOutage(t *testing.T) {
+	rd := testenv.StartRedis(t)
+	var errs []string
+	var mu sync.Mutex
+	r := newResolver(t, WithMemory(0), WithRedis(rd.Client(t), 0), WithRedisErrorHook(func(op string) {
+		mu.Lock()
+		errs = append(errs, op)
+		mu.Unlock()
+	}))
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(errs) }
+	bg := context.Background()
+	done, cancel := context.WithCancel(bg)
+	cancel()
+	r.shared.Set(bg, "k", entry{body: []byte("v"), expires: time.Now().Add(time.Minute)})
+	for _, op := range []struct {
+		name string
+		do   func()
+	}{
+		{"get", func() { r.shared.Get(done, "k") }},
+		{"set", func() { r.shared.Set(done, "k2", entry{body: []byte("v"), expires: time.Now().Add(time.Minute)}) }},
+		{"lock", func() { r.lock.Lock(done, "k3", time.Second) }},
+	} {
+		op.do()
+		if !r.RedisAvailable() || count() != 0 {
+			t.Fatalf("%s with a cancelled context: available %v, errors %v", op.name, r.RedisAvailable(), errs)
+		}
+	}
+	if e, ok := r.shared.Get(bg, "k"); !ok || string(e.body) != "v" {
+		t.Fatalf("after cancelled commands: %q %v", e.body, ok)
+	}
+	rd.Stop()
+	r.shared.Get(bg, "k")
+	if r.RedisAvailable() || count() == 0 {
+		t.Fatalf("redis stopped: available %v, errors %v", r.RedisAvailable(), errs)
+	}
+}

@@ -1,0 +1,403 @@
+package resolve
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/regcap/regcap/contract"
+)
+
+// The fleet lock. A worker that misses takes lockPrefix+key with SET NX PX
+// and a random token; the others wait for its answer. The holder stores
+// the value, then, if it still holds the lock, publishes the outcome on
+// donePrefix+key and deletes the lock, both in one script so that no
+// waiter can see the lock gone before the notification is sent. A holder
+// whose lock expired says nothing: the waiters are then another holder's,
+// and its outcome (or its failure) is not theirs to act on; they see the
+// value, or the lock gone, at their periodic check.
+//
+// Notifications use Redis pub/sub rather than a NATS subject: the lock,
+// the value and the wake-up then live in one system, so there is no window
+// where one is reachable and the other is not, and a Redis outage turns
+// the whole mechanism off at once (every worker falls back to its own
+// singleflight). Each fleetLock holds one PSUBSCRIBE connection for all
+// keys, not one per waiting key.
+const (
+	lockPrefix = "regcap:lock:"
+	donePrefix = "regcap:done:"
+)
+
+// checkEvery is how often a waiter looks at the value and the lock itself,
+// in case a notification was lost (pub/sub is at most once, e.g. across a
+// Redis reconnect) or the holder died and its lock was removed. It is a
+// safety net, not the wake-up path.
+const checkEvery = 250 * time.Millisecond
+
+// release publishes the outcome and deletes the lock, only if the token
+// still owns it. A holder whose lock expired must neither delete another
+// worker's lock nor wake that worker's waiters: a notice of its failure,
+// or of its giving up, would make them fail or fetch while the new
+// holder's fetch is under way.
+const releaseScript = `
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+	redis.call("PUBLISH", KEYS[2], ARGV[2])
+	return redis.call("DEL", KEYS[1])
+end
+return 0
+`
+
+// failureJSON is an error answer as the holder passes it to its waiters.
+// It is never cached.
+type failureJSON struct {
+	Code       int    `json:"code"`
+	Message    string `json:"message"`
+	RetryAfter string `json:"retry_after,omitempty"`
+}
+
+type notice struct {
+	OK        bool         `json:"ok,omitempty"`
+	Abandoned bool         `json:"abandoned,omitempty"`
+	Failure   *failureJSON `json:"failure,omitempty"`
+}
+
+// verdict is what a waiter learned from the holder: its answer, read from
+// the shared tier, or its error.
+type verdict struct {
+	found   entry
+	failure *contract.Error
+}
+
+// claim is the outcome of asking for a key's lock: exactly one of its
+// fields is set, or none when there is no working shared tier (then the
+// caller fetches on its own).
+type claim struct {
+	lease  *lease  // this worker holds the lock and must fetch
+	waiter *waiter // another worker holds it
+	found  *entry  // the answer was stored meanwhile
+}
+
+// lease is a held fleet lock. Exactly one of Store, Fail or Abandon must
+// be called.
+type lease struct {
+	l     *fleetLock
+	key   string
+	token string
+}
+
+// waiter is registered for a key's outcome; call Wait once.
+type waiter struct {
+	l   *fleetLock
+	key string
+	ch  chan notice
+}
+
+// fleetLock lets one worker of a fleet fetch a key while the others wait
+// for its answer. It holds one pub/sub listener, started by the first
+// Lock, and the waiters it wakes.
+type fleetLock struct {
+	rdb    redis.UniversalClient
+	tier   *redisTier // where the holder's answer is read
+	health *health
+	log    *zap.Logger
+
+	once    sync.Once
+	stop    context.CancelFunc
+	done    chan struct{}
+	ready   chan struct{} // closed once the subscription was confirmed or failed
+	mu      sync.Mutex
+	waiters map[string]map[*waiter]struct{}
+	closed  bool
+}
+
+// Lock tries to take key's fleet lock for hold (a little more than a
+// fetch may take), and reads key's value in the same round trip: the
+// holder before us may have stored it since the caller's look.
+func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration) claim {
+	if l.health.skip() {
+		return claim{}
+	}
+	l.startListener()
+	// Registered before SET NX, so that an answer published right after
+	// our attempt is not missed.
+	wt := l.register(key)
+	if wt == nil {
+		return claim{}
+	}
+	token := newToken()
+	op, cancel := l.health.op(ctx)
+	defer cancel()
+	var (
+		set *redis.BoolCmd
+		get *redis.StringCmd
+		ttl *redis.DurationCmd
+	)
+	_, err := l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+		set = p.SetNX(op, lockPrefix+key, token, hold)
+		get, ttl = p.Get(op, key), p.PTTL(op, key)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		l.unregister(wt)
+		l.health.failed(ctx, "lock", err)
+		return claim{}
+	}
+	l.health.ok()
+	e, found := l.tier.decode(get, ttl)
+	switch {
+	case set.Val() && found:
+		// Stored between the caller's look and our lock: nothing to
+		// fetch, and nobody to keep waiting.
+		l.unregister(wt)
+		(&lease{l: l, key: key, token: token}).finish(ctx, notice{OK: true}, nil)
+		return claim{found: &e}
+	case set.Val():
+		l.unregister(wt)
+		return claim{lease: &lease{l: l, key: key, token: token}}
+	case found:
+		l.unregister(wt)
+		return claim{found: &e}
+	}
+	return claim{waiter: wt}
+}
+
+// Store stores e under the key, publishes success to the waiters and
+// releases the lock, in one round trip.
+func (ls *lease) Store(ctx context.Context, e entry) { ls.finish(ctx, notice{OK: true}, &e) }
+
+// Fail passes err to the waiters and releases the lock. Errors are not
+// cached.
+func (ls *lease) Fail(ctx context.Context, err *contract.Error) {
+	ls.finish(ctx, notice{Failure: &failureJSON{Code: err.Code, Message: err.Message, RetryAfter: err.RetryAfter}}, nil)
+}
+
+// Abandon releases the lock without an answer (e.g. the worker is
+// stopping): the waiters fetch themselves at once instead of waiting out
+// their bound.
+func (ls *lease) Abandon(ctx context.Context) { ls.finish(ctx, notice{Abandoned: true}, nil) }
+
+func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
+	msg, _ := json.Marshal(n)
+	l := ls.l
+	// A stopping worker still owes its waiters the notice.
+	ctx, cancel := l.health.op(context.WithoutCancel(ctx))
+	defer cancel()
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if store != nil {
+			if left := store.expires.Sub(l.tier.now()); left >= time.Millisecond {
+				p.Set(ctx, ls.key, store.body, left)
+			}
+		}
+		p.Eval(ctx, releaseScript, []string{lockPrefix + ls.key, donePrefix + ls.key}, ls.token, msg)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		l.health.failed(context.Background(), "unlock", err)
+	}
+}
+
+// Wait waits at most wait for the holder's answer. It returns nil when the
+// caller should fetch itself: the wait ran out, the holder gave up or
+// died, the answer could not be read, or ctx ended.
+func (w *waiter) Wait(ctx context.Context, wait time.Duration) *verdict {
+	defer w.l.unregister(w)
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	check := time.NewTicker(min(checkEvery, max(wait/4, time.Millisecond)))
+	defer check.Stop()
+	for {
+		select {
+		case n := <-w.ch:
+			return w.answer(ctx, n)
+		case <-check.C:
+			e, found, held, err := w.l.peek(ctx, w.key)
+			switch {
+			case err != nil:
+				return nil // Redis is gone: per-worker singleflight from here
+			case found:
+				return &verdict{found: e}
+			case !held:
+				// The holder's notice leaves with its lock, on another
+				// connection: give it a moment before deciding that the
+				// holder vanished without a word (an error, which is not
+				// cached, would otherwise be fetched again).
+				t := time.NewTimer(noticeGrace)
+				defer t.Stop()
+				select {
+				case n := <-w.ch:
+					return w.answer(ctx, n)
+				case <-t.C:
+					return nil // the holder's lock expired or vanished without a word
+				}
+			}
+		case <-deadline.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// noticeGrace is how long a waiter that sees the lock gone waits for the
+// holder's notice, which may still be on its way.
+const noticeGrace = 50 * time.Millisecond
+
+// answer turns the holder's notice into the waiter's verdict; nil means
+// fetch here.
+func (w *waiter) answer(ctx context.Context, n notice) *verdict {
+	switch {
+	case n.Failure != nil:
+		f := n.Failure
+		return &verdict{failure: &contract.Error{Code: f.Code, Message: f.Message, RetryAfter: f.RetryAfter}}
+	case n.OK:
+		if e, ok := w.l.tier.Get(ctx, w.key); ok {
+			return &verdict{found: e}
+		}
+		return nil // stored value lost (Redis hiccup): fetch
+	default:
+		return nil // abandoned
+	}
+}
+
+// peek reads key's value and whether its lock is still held.
+func (l *fleetLock) peek(ctx context.Context, key string) (e entry, found, held bool, err error) {
+	op, cancel := l.health.op(ctx)
+	defer cancel()
+	var (
+		lock *redis.IntCmd
+		get  *redis.StringCmd
+		ttl  *redis.DurationCmd
+	)
+	_, err = l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+		lock = p.Exists(op, lockPrefix+key)
+		get, ttl = p.Get(op, key), p.PTTL(op, key)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		l.health.failed(ctx, "lock_check", err)
+		return entry{}, false, false, err
+	}
+	l.health.ok()
+	e, found = l.tier.decode(get, ttl)
+	return e, found, lock.Val() > 0, nil
+}
+
+func (l *fleetLock) register(key string) *waiter {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	w := &waiter{l: l, key: key, ch: make(chan notice, 1)}
+	if l.waiters == nil {
+		l.waiters = map[string]map[*waiter]struct{}{}
+	}
+	if l.waiters[key] == nil {
+		l.waiters[key] = map[*waiter]struct{}{}
+	}
+	l.waiters[key][w] = struct{}{}
+	return w
+}
+
+func (l *fleetLock) unregister(w *waiter) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m := l.waiters[w.key]; m != nil {
+		delete(m, w)
+		if len(m) == 0 {
+			delete(l.waiters, w.key)
+		}
+	}
+}
+
+func (l *fleetLock) deliver(key string, n notice) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for w := range l.waiters[key] {
+		select {
+		case w.ch <- n:
+		default: // already has one; each waiter needs only the first
+		}
+	}
+}
+
+// startListener starts the one pub/sub subscription the first time a
+// lock is asked for; Close stops it.
+func (l *fleetLock) startListener() {
+	l.once.Do(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.closed {
+			return
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		l.stop, l.done, l.ready = stop, make(chan struct{}), make(chan struct{})
+		go l.listen(ctx, l.ready, l.done)
+	})
+	// The first lock waits for the subscription, or a waiter registered
+	// now would miss the answer and fall back to its periodic check.
+	if l.ready != nil {
+		select {
+		case <-l.ready:
+		case <-time.After(l.health.opTimeout):
+		}
+	}
+}
+
+func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
+	defer close(done)
+	ps := l.rdb.PSubscribe(ctx, donePrefix+"*")
+	defer ps.Close()
+	rctx, cancel := l.health.op(ctx)
+	if _, err := ps.Receive(rctx); err != nil {
+		l.health.failed(ctx, "subscribe", err)
+	}
+	cancel()
+	close(ready)
+	// go-redis re-subscribes after a reconnect; notices sent meanwhile
+	// are lost, which the waiters' periodic check covers.
+	ch := ps.Channel(redis.WithChannelHealthCheckInterval(5 * time.Second))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-ch:
+			if !ok {
+				return
+			}
+			var n notice
+			if err := json.Unmarshal([]byte(m.Payload), &n); err != nil {
+				l.log.Warn("ignoring a malformed fleet-lock notice", zap.String("channel", m.Channel))
+				continue
+			}
+			l.deliver(strings.TrimPrefix(m.Channel, donePrefix), n)
+		}
+	}
+}
+
+// Close stops the listener. Waiters still waiting run out their bound or
+// see the lock go.
+func (l *fleetLock) Close() {
+	l.mu.Lock()
+	l.closed = true
+	stop, done := l.stop, l.done
+	l.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

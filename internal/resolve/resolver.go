@@ -1,0 +1,468 @@
+// Package resolve answers capability requests, whatever front they came
+// through: it decodes a request, and looks for its answer in the memory
+// tier, then Redis, then shares one fetch per key in the worker
+// (singleflight) and across the fleet (the fleet lock), fetches from the
+// registry within a bounded pool of slots, and stores what it fetched in
+// both tiers. It knows nothing of NATS or HTTP: fronts turn their
+// messages into a Request and its Answer into their replies.
+package resolve
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
+)
+
+// Request is a capability request as a front received it.
+type Request struct {
+	Function contract.Function
+	// Payload is the waPC payload: a JSON string holding an image
+	// reference.
+	Payload []byte
+	// Platform is the Regcap-Platform header, os/arch[/variant]; "" for
+	// the resolver's default. Only oci_manifest_config reads it.
+	Platform string
+}
+
+// Answer is a successful answer: the reply body, ready to send, and where
+// it came from.
+type Answer struct {
+	Body    []byte
+	Outcome contract.Outcome
+}
+
+// The tiers, the lock and the fetch, as the resolver uses them.
+type (
+	memoryTier interface {
+		Get(key string) (entry, bool)
+		Set(key string, e entry)
+	}
+	sharedTier interface {
+		Get(ctx context.Context, key string) (entry, bool)
+		Set(ctx context.Context, key string, e entry)
+	}
+	locker interface {
+		Lock(ctx context.Context, key string, hold time.Duration) claim
+	}
+	fetcher interface {
+		Fetch(ctx context.Context, req capability.Request) ([]byte, error)
+	}
+)
+
+// Resolver is safe for concurrent use. Create it with New; Close it to
+// cancel the fetches still running.
+type Resolver struct {
+	fetch  fetcher
+	mem    memoryTier
+	shared sharedTier // nil without Redis
+	lock   locker     // nil without Redis
+	health *health    // nil without Redis
+	closer func()
+	log    *zap.Logger
+
+	platform     v1.Platform
+	fetchTimeout time.Duration
+	lockWait     time.Duration
+	ttl          time.Duration
+	immutableTTL time.Duration
+	maxPending   int64
+	memoryBytes  uint64
+	redisOps     time.Duration
+	onRedisError func(op string)
+	rdb          redis.UniversalClient
+	now          func() time.Time
+
+	decoded *otter.Cache[string, query] // raw request → decoded request
+	slots   chan struct{}               // fetch slots
+	pending atomic.Int64                // requests beyond the memory tier
+	group   singleflight.Group
+	tokens  atomic.Uint64
+
+	life context.Context // ends at Close: fetches and waits are cancelled
+	stop context.CancelFunc
+}
+
+// Option configures a Resolver.
+type Option func(*Resolver)
+
+// WithPlatform sets the platform indexes resolve to when a request names
+// none (default: the worker's own).
+func WithPlatform(p v1.Platform) Option { return func(r *Resolver) { r.platform = p } }
+
+// WithFetchTimeout bounds each upstream fetch (default 10s).
+func WithFetchTimeout(d time.Duration) Option { return func(r *Resolver) { r.fetchTimeout = d } }
+
+// WithTTL sets how long answers are cached, counted from the fetch
+// (default 60s), and the TTL for digest references (0: the same).
+func WithTTL(ttl, immutable time.Duration) Option {
+	return func(r *Resolver) { r.ttl, r.immutableTTL = ttl, immutable }
+}
+
+// WithConcurrency bounds simultaneous upstream fetches (default 64).
+func WithConcurrency(n int) Option {
+	return func(r *Resolver) { r.slots = make(chan struct{}, max(n, 1)) }
+}
+
+// WithMaxPending bounds requests waiting beyond the memory tier; past it
+// the answer is 503 at once (default 1024).
+func WithMaxPending(n int) Option { return func(r *Resolver) { r.maxPending = int64(max(n, 1)) } }
+
+// WithMemory bounds the memory tier, in bytes (default DefaultMemorySize);
+// 0 turns it off, so that every hit asks Redis.
+func WithMemory(bytes uint64) Option { return func(r *Resolver) { r.memoryBytes = bytes } }
+
+// WithRedis shares the cache with the fleet through rdb, and turns the
+// fleet lock on: a worker that misses takes the key's lock before
+// fetching, and the others wait up to lockWait (0: the fetch timeout) for
+// its answer. The caller keeps rdb and closes it after the Resolver.
+func WithRedis(rdb redis.UniversalClient, lockWait time.Duration) Option {
+	return func(r *Resolver) { r.rdb, r.lockWait = rdb, lockWait }
+}
+
+// WithRedisTimeout bounds each Redis command (default 1s), so that a sick
+// Redis costs a request at most that much before it is served upstream.
+func WithRedisTimeout(d time.Duration) Option { return func(r *Resolver) { r.redisOps = d } }
+
+// WithRedisErrorHook is called with the operation name on every failed
+// Redis command, for metrics.
+func WithRedisErrorHook(f func(op string)) Option { return func(r *Resolver) { r.onRedisError = f } }
+
+// WithLogger sets the logger.
+func WithLogger(l *zap.Logger) Option { return func(r *Resolver) { r.log = l } }
+
+// withClock replaces the clock, for tests.
+func withClock(now func() time.Time) Option { return func(r *Resolver) { r.now = now } }
+
+// New returns a Resolver that fetches with f.
+func New(f fetcher, opts ...Option) *Resolver {
+	r := &Resolver{
+		fetch:        f,
+		log:          zap.NewNop(),
+		platform:     capability.DefaultPlatform(),
+		fetchTimeout: 10 * time.Second,
+		ttl:          time.Minute,
+		maxPending:   1024,
+		memoryBytes:  DefaultMemorySize,
+		redisOps:     time.Second,
+		onRedisError: func(string) {},
+		slots:        make(chan struct{}, 64),
+		now:          time.Now,
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.immutableTTL <= 0 {
+		r.immutableTTL = r.ttl
+	}
+	if r.lockWait <= 0 {
+		r.lockWait = r.fetchTimeout
+	}
+	r.mem = noMemory{}
+	if r.memoryBytes > 0 {
+		r.mem = newMemory(r.memoryBytes, r.now)
+	}
+	r.closer = func() {}
+	if r.rdb != nil {
+		r.health = &health{log: r.log, onError: r.onRedisError, opTimeout: r.redisOps, now: r.now}
+		tier := &redisTier{rdb: r.rdb, health: r.health, now: r.now}
+		lock := &fleetLock{rdb: r.rdb, tier: tier, health: r.health, log: r.log}
+		r.shared, r.lock, r.closer = tier, lock, lock.Close
+	}
+	r.life, r.stop = context.WithCancel(context.Background())
+	r.decoded = otter.Must(&otter.Options[string, query]{
+		MaximumWeight: 4 << 20,
+		Weigher:       func(k string, q query) uint32 { return uint32(len(k) + 2*len(q.key) + 128) },
+	})
+	return r
+}
+
+// Close cancels the fetches and waits still running (their requests get
+// 503) and stops the fleet lock's listener. Answer after Close is 503.
+func (r *Resolver) Close() {
+	r.stop()
+	r.closer()
+}
+
+// Shared reports whether answers are shared with the fleet (Redis).
+func (r *Resolver) Shared() bool { return r.shared != nil }
+
+// RedisAvailable reports whether Redis answered its last command (true
+// without Redis).
+func (r *Resolver) RedisAvailable() bool { return r.health == nil || r.health.available() }
+
+// Pending is the number of requests beyond the memory tier: waiting on
+// Redis, a fetch slot, or a fetch.
+func (r *Resolver) Pending() int { return int(r.pending.Load()) }
+
+// FetchPool reports the fetch pool now: the fetch slots in use, and the
+// requests taken beyond the memory tier that hold none (waiting on Redis,
+// a slot, or a fetch another request or worker is making). Metrics read
+// it at scrape time.
+func (r *Resolver) FetchPool() (inFlight, queued int) {
+	inFlight = len(r.slots)
+	return inFlight, max(int(r.pending.Load())-inFlight, 0)
+}
+
+// query is a decoded request and what the resolver derives from it once.
+type query struct {
+	req   capability.Request
+	key   string // cache key
+	image string // normalised reference, for messages
+	ttl   time.Duration
+}
+
+// Lookup answers req without blocking, for fronts that must not wait (a
+// NATS callback): a request that does not decode gets its error, a memory
+// hit its answer. Otherwise ok is false, and Answer must go on to Redis or
+// the registry.
+func (r *Resolver) Lookup(req Request) (a Answer, ok bool, err error) {
+	q, err := r.decode(req)
+	if err != nil {
+		r.failed(req.Function, err)
+		return Answer{}, false, err
+	}
+	if e, ok := r.mem.Get(q.key); ok {
+		return Answer{Body: e.body, Outcome: contract.Hit}, true, nil
+	}
+	return Answer{}, false, nil
+}
+
+// Answer answers req. Every error is a *contract.Error. ctx bounds only
+// the caller's wait: the fetch it shares runs on the resolver's own
+// context and deadline, so one caller giving up fails no other.
+func (r *Resolver) Answer(ctx context.Context, req Request) (Answer, error) {
+	a, err := r.answer(ctx, req)
+	if err != nil {
+		r.failed(req.Function, err)
+	}
+	return a, err
+}
+
+// answer is the request's path, top to bottom: decode, memory, then one
+// resolution per key at a time in this worker.
+func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
+	q, err := r.decode(req)
+	if err != nil {
+		return Answer{}, err
+	}
+	if e, ok := r.mem.Get(q.key); ok {
+		return Answer{Body: e.body, Outcome: contract.Hit}, nil
+	}
+	if r.life.Err() != nil {
+		return Answer{}, contract.Errorf(503, "%s: worker shutting down", q.image)
+	}
+	// Beyond the memory tier, requests wait on the network: bound them.
+	if n := r.pending.Add(1); n > r.maxPending {
+		r.pending.Add(-1)
+		return Answer{}, contract.Errorf(503, "%s: worker over its queue limit (%d requests pending); retry", q.image, r.maxPending)
+	}
+	defer r.pending.Add(-1)
+	token := r.tokens.Add(1)
+	ch := r.group.DoChan(q.key, func() (any, error) { return r.resolve(q, token) })
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return Answer{}, res.Err
+		}
+		s := res.Val.(resolved)
+		if s.leader != token && s.outcome == contract.Miss {
+			// Another request of this worker fetched it.
+			s.outcome = contract.Shared
+		}
+		return Answer{Body: s.body, Outcome: s.outcome}, nil
+	case <-ctx.Done():
+		return Answer{}, contract.Errorf(503, "%s: worker shutting down", q.image)
+	}
+}
+
+// resolved is what the one resolution of a key hands to every request
+// that shared it.
+type resolved struct {
+	body    []byte
+	outcome contract.Outcome
+	leader  uint64 // the token of the request that started it
+}
+
+// resolve runs once per key at a time in this worker, on the resolver's
+// context rather than a caller's, so that no caller's deadline fails the
+// others. Waiting, for a slot or for another worker's fetch, is bounded by
+// --lock-wait, and the registry request by --fetch-timeout of its own: a
+// 504 always means the registry was slow, never that this worker was busy.
+func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
+	hit := func(e entry, o contract.Outcome) (resolved, error) {
+		return resolved{body: e.body, outcome: o, leader: leader}, nil
+	}
+	wait, cancel := context.WithTimeout(r.life, r.lockWait)
+	defer cancel()
+	// The resolution that just finished may have filled the memory tier.
+	if e, ok := r.mem.Get(q.key); ok {
+		return hit(e, contract.Hit)
+	}
+	// The one Redis read before deciding to fetch or wait.
+	if r.shared != nil {
+		if e, ok := r.shared.Get(wait, q.key); ok {
+			r.mem.Set(q.key, e)
+			return hit(e, contract.Hit)
+		}
+	}
+	// The slot is taken before the lock so that the lock is held only
+	// while fetching: its expiry then covers one fetch, not a wait for a
+	// slot as well.
+	if err := r.acquireSlot(wait, q); err != nil {
+		return resolved{}, err
+	}
+	var c claim
+	if r.lock != nil {
+		// On the resolver's context, not the wait's: a slot that came at
+		// the end of the wait must still take the lock (bounded by the
+		// Redis command timeout), or the fleet would fetch twice when it
+		// is busiest.
+		c = r.lock.Lock(r.life, q.key, r.fetchTimeout+lockMargin)
+	}
+	switch {
+	case c.found != nil:
+		r.releaseSlot()
+		r.mem.Set(q.key, *c.found)
+		return hit(*c.found, contract.Hit)
+	case c.waiter != nil:
+		// Waiting is not fetching: give the slot to others meanwhile.
+		r.releaseSlot()
+		if v := c.waiter.Wait(wait, r.lockWait); v != nil {
+			if v.failure != nil {
+				return resolved{}, v.failure
+			}
+			r.mem.Set(q.key, v.found)
+			return hit(v.found, contract.Shared)
+		}
+		// No answer in time, or the holder gave up or died: fetch here,
+		// if a slot is free now (the wait is spent).
+		if err := r.acquireSlot(wait, q); err != nil {
+			return resolved{}, err
+		}
+	}
+	body, err := r.fetchAndStore(q, c.lease)
+	if err != nil {
+		return resolved{}, err
+	}
+	return resolved{body: body, outcome: contract.Miss, leader: leader}, nil
+}
+
+// lockMargin is how much longer than a fetch the fleet lock is held: the
+// store and the release after it.
+const lockMargin = 2 * time.Second
+
+// fetchAndStore asks the registry, stores the answer in both tiers and
+// tells the fleet lock's waiters, if this worker holds the lock. The
+// caller holds a fetch slot; it is released here.
+func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(r.life, r.fetchTimeout)
+	fetched := r.now()
+	body, err := r.fetch.Fetch(ctx, q.req)
+	cancel()
+	r.releaseSlot()
+	if err != nil {
+		ce := asContractError(q.image, err)
+		switch {
+		case held == nil:
+		case ce.Code == 503:
+			// This worker is stopping or overloaded, which says nothing
+			// about the image: let the waiters try.
+			held.Abandon(r.life)
+		default:
+			held.Fail(r.life, ce)
+		}
+		return nil, ce
+	}
+	e := entry{body: body, expires: fetched.Add(q.ttl)}
+	r.mem.Set(q.key, e)
+	switch {
+	case held != nil:
+		held.Store(r.life, e) // the value and the waiters' notice in one round trip
+	case r.shared != nil:
+		r.shared.Set(r.life, q.key, e)
+	}
+	return body, nil
+}
+
+// acquireSlot takes a fetch slot, waiting for one until ctx ends. A free
+// slot is taken even when ctx has already ended.
+func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
+	select {
+	case r.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case r.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		if r.life.Err() != nil {
+			return contract.Errorf(503, "%s: worker shutting down", q.image)
+		}
+		return contract.Errorf(503, "%s: all %d fetch slots stayed busy; retry", q.image, cap(r.slots))
+	}
+}
+
+func (r *Resolver) releaseSlot() { <-r.slots }
+
+// decode turns req into a query. A repeated request skips the reference
+// parser: on a hit its cost bounds the throughput of a NATS subject,
+// whose callback is serial.
+func (r *Resolver) decode(req Request) (query, error) {
+	raw := rawKey(req)
+	if q, ok := r.decoded.GetIfPresent(raw); ok {
+		return q, nil
+	}
+	cr, err := capability.ParseRequest(req.Function, req.Payload, req.Platform, r.platform)
+	if err != nil {
+		return query{}, err
+	}
+	q := query{req: cr, key: cr.Key(), image: cr.Ref.Name(), ttl: r.ttl}
+	if cr.Immutable() {
+		q.ttl = r.immutableTTL
+	}
+	r.decoded.Set(raw, q)
+	return q, nil
+}
+
+// rawKey identifies a request by its bytes: the function, the platform
+// header (config only) and the payload.
+func rawKey(req Request) string {
+	p := ""
+	if req.Function == contract.OCIManifestConfig {
+		p = req.Platform
+	}
+	return string(req.Function) + "\x00" + p + "\x00" + string(req.Payload)
+}
+
+// asContractError returns err as the contract error it is: the fetch
+// classified it where it ended, and the resolver made its own. Anything
+// else is a bug, answered as 502 rather than lost.
+func asContractError(image string, err error) *contract.Error {
+	var ce *contract.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	return contract.Errorf(502, "%s: %v", image, err)
+}
+
+// failed logs a request that got an error answer.
+func (r *Resolver) failed(fn contract.Function, err error) {
+	ce := asContractError("", err)
+	lvl := zap.InfoLevel
+	if ce.Code >= 500 {
+		lvl = zap.WarnLevel
+	}
+	r.log.Log(lvl, "request failed", zap.String("function", string(fn)),
+		zap.Int("code", ce.Code), zap.String("message", ce.Message))
+}

@@ -1,0 +1,188 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/flagenv"
+	"github.com/regcap/regcap/internal/registry"
+	"github.com/regcap/regcap/internal/resolve"
+)
+
+// Config is everything a worker is built from. Flags fills it for
+// cmd/worker; tests fill it directly. Zero values take the defaults that
+// Defaults returns.
+type Config struct {
+	NATSURL          string // comma-separated; "" starts an embedded server
+	EmbeddedNATSAddr string
+	RedisURL         string // "" keeps the cache in this process
+
+	SubjectPrefix string
+	QueueGroup    string
+	Platform      v1.Platform
+
+	FetchTimeout    time.Duration
+	CacheTTL        time.Duration
+	ImmutableTTL    time.Duration
+	LockWait        time.Duration
+	ShutdownTimeout time.Duration
+
+	MemorySize  uint64
+	Concurrency int
+	MaxPending  int
+
+	MetricsAddr string // "" serves no metrics
+
+	ManifestLimit int64
+	BlobLimit     int64
+
+	DockerConfig    string
+	Sources         string
+	DenyCIDRs       []string
+	AllowRegistries []string
+
+	// Version is announced in the user agent, logs and service discovery.
+	Version string
+	// Logger receives the worker's logs (default: none).
+	Logger *zap.Logger
+	// Lookup resolves registry host names (default: the system
+	// resolver); tests map names to loopback with it.
+	Lookup func(ctx context.Context, host string) ([]string, error)
+}
+
+// Defaults returns the configuration of a worker given no flags.
+func Defaults() Config {
+	return Config{
+		EmbeddedNATSAddr: "127.0.0.1:4222",
+		SubjectPrefix:    contract.DefaultSubjectPrefix,
+		QueueGroup:       contract.DefaultQueueGroup,
+		Platform:         capability.DefaultPlatform(),
+		FetchTimeout:     10 * time.Second,
+		CacheTTL:         time.Minute,
+		ShutdownTimeout:  25 * time.Second,
+		MemorySize:       resolve.DefaultMemorySize,
+		Concurrency:      64,
+		MaxPending:       1024,
+		MetricsAddr:      ":9090",
+		ManifestLimit:    registry.DefaultManifestLimit,
+		BlobLimit:        registry.DefaultBlobLimit,
+		DenyCIDRs:        registry.DefaultDenyCIDRs(),
+		Version:          "dev",
+	}
+}
+
+// EnvOverrides names the variables of the flags that do not follow
+// REGCAP_<FLAG>.
+var envOverrides = map[string]string{"nats-url": "NATS_URL", "redis-url": "REDIS_URL"}
+
+// EnvName is the environment variable that sets flag f.
+func EnvName(f *flag.Flag) string { return flagenv.Name("REGCAP_", f, envOverrides) }
+
+// Flags are the worker's command line: a Config, the log settings and
+// the container probe.
+type Flags struct {
+	Config
+	LogLevel  string
+	LogFormat string
+	// Probe is a URL to check instead of running a worker.
+	Probe string
+}
+
+// FlagSet declares every worker flag, bound to f, which holds the
+// defaults.
+func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
+	c := &f.Config
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS server URL(s), comma-separated; empty starts an embedded server on --embedded-nats-addr")
+	fs.StringVar(&c.EmbeddedNATSAddr, "embedded-nats-addr", c.EmbeddedNATSAddr, "listen address of the embedded NATS server used when --nats-url is empty")
+	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL (redis://[:password@]host:port/db); empty uses an in-process cache that is not shared")
+	fs.StringVar(&c.SubjectPrefix, "subject-prefix", c.SubjectPrefix, "subject prefix: subjects are <prefix>.oci.v1.<function>")
+	fs.StringVar(&c.QueueGroup, "queue-group", c.QueueGroup, "NATS queue group shared by the fleet's workers")
+	fs.Var(platformValue{&c.Platform}, "platform", "platform os/arch[/variant] that indexes resolve to for oci_manifest_config")
+	fs.DurationVar(&c.FetchTimeout, "fetch-timeout", c.FetchTimeout, "deadline of one upstream fetch; past it the answer is 504")
+	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "how long an answer is cached, counted from its fetch")
+	fs.DurationVar(&c.ImmutableTTL, "immutable-ttl", c.ImmutableTTL, "cache TTL for digest references, whose answer cannot change (0: same as --cache-ttl)")
+	fs.DurationVar(&c.LockWait, "lock-wait", c.LockWait, "with Redis, how long to wait for another worker's fetch of the same key before fetching here (0: --fetch-timeout)")
+	fs.Uint64Var(&c.MemorySize, "memory-cache-size", c.MemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
+	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "upstream fetches run at once")
+	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests waiting on Redis or a fetch; past it the answer is 503")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for requests in flight before cancelling them (keep it under the pod's terminationGracePeriodSeconds)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address for /metrics, /healthz and /readyz; empty disables")
+	fs.StringVar(&f.Probe, "probe", f.Probe, "check a URL (e.g. http://127.0.0.1:9090/readyz) and exit 0 if it answers 200: a container healthcheck for images without curl")
+	fs.StringVar(&f.LogLevel, "log-level", f.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&f.LogFormat, "log-format", f.LogFormat, "json or console")
+	fs.Int64Var(&c.ManifestLimit, "max-manifest-size", c.ManifestLimit, "largest manifest accepted, in bytes; larger is 413")
+	fs.Int64Var(&c.BlobLimit, "max-config-size", c.BlobLimit, "largest config blob accepted, in bytes; larger is 413")
+	fs.StringVar(&c.DockerConfig, "docker-config", c.DockerConfig, "Docker config with registry credentials: a config.json, a .dockerconfigjson pull secret, or the folder holding one; re-read when it changes (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json)")
+	fs.StringVar(&c.Sources, "sources", c.Sources, "Kubewarden sources.yaml (or JSON): insecure_sources and source_authorities")
+	fs.Var((*listValue)(&c.DenyCIDRs), "deny-cidrs", "networks never connected to, checked on the resolved address at dial time; replaces the default list (empty: deny nothing)")
+	fs.Var((*listValue)(&c.AllowRegistries), "allow-registries", "comma-separated globs of the only registries that may be asked (e.g. ghcr.io,*.example.com,registry.local:5000); empty allows all")
+	fs.Usage = flagenv.Usage(fs, "Usage: worker [flags]\n\nAnswers kubewarden/oci registry capabilities over NATS for a fleet of policy hosts.", "REGCAP_", envOverrides)
+	return fs
+}
+
+// ParseFlags reads the command line, then the environment for every flag
+// not given on it. --help is flag.ErrHelp.
+func ParseFlags(args []string, output io.Writer) (*Flags, error) {
+	f := &Flags{Config: Defaults(), LogLevel: "info", LogFormat: "json"}
+	fs := FlagSet(f, output)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if err := flagenv.Apply(fs, "REGCAP_", envOverrides, nil); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// platformValue is the --platform flag: parsed once, here.
+type platformValue struct{ p *v1.Platform }
+
+func (v platformValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return capability.FormatPlatform(*v.p)
+}
+
+func (v platformValue) Set(s string) error {
+	p, err := capability.ParsePlatform(s)
+	if err != nil {
+		var ce *contract.Error
+		if errors.As(err, &ce) {
+			return errors.New(ce.Message)
+		}
+		return err
+	}
+	*v.p = p
+	return nil
+}
+
+// listValue is a comma-separated list flag.
+type listValue []string
+
+func (l *listValue) String() string { return strings.Join(*l, ",") }
+
+func (l *listValue) Set(s string) error {
+	*l = nil
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			*l = append(*l, f)
+		}
+	}
+	return nil
+}

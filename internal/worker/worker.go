@@ -1,0 +1,337 @@
+// Package worker builds a regcap worker from its configuration: the
+// registry access, the cache tiers and the resolver, the NATS connection
+// (or an embedded server), the NATS front, service discovery, metrics and
+// the probe endpoints. cmd/worker and the tests build workers the same
+// way, through New.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/discovery"
+	"github.com/regcap/regcap/internal/metrics"
+	"github.com/regcap/regcap/internal/natsfront"
+	"github.com/regcap/regcap/internal/resolve"
+)
+
+// Worker is a running worker. Stop it with Shutdown.
+type Worker struct {
+	cfg     Config
+	log     *zap.Logger
+	metrics *metrics.Metrics
+
+	embedded *natsserver.Server // nil with an external NATS
+	nc       *nats.Conn
+	rdb      *redis.Client // nil without Redis
+	res      *resolve.Resolver
+	front    *natsfront.Server
+	disc     *discovery.Service
+	http     *http.Server // nil without --metrics-addr
+	httpAddr string
+}
+
+// New builds a worker from cfg and starts serving. On error, whatever was
+// started is stopped again.
+func New(ctx context.Context, cfg Config) (w *Worker, err error) {
+	cfg = cfg.withDefaults()
+	log := cfg.Logger
+	w = &Worker{cfg: cfg, log: log, metrics: metrics.New()}
+	defer func() {
+		if err != nil {
+			w.close()
+			w = nil
+		}
+	}()
+
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		if w.embedded, err = startEmbeddedNATS(cfg.EmbeddedNATSAddr); err != nil {
+			return nil, err
+		}
+		natsURL = w.embedded.ClientURL()
+		log.Warn("NATS_URL not set: started an embedded NATS server; only clients of this host can reach it",
+			zap.String("url", natsURL))
+	}
+
+	ropts := []resolve.Option{
+		resolve.WithPlatform(cfg.Platform),
+		resolve.WithFetchTimeout(cfg.FetchTimeout),
+		resolve.WithTTL(cfg.CacheTTL, cfg.ImmutableTTL),
+		resolve.WithConcurrency(cfg.Concurrency),
+		resolve.WithMaxPending(cfg.MaxPending),
+		resolve.WithMemory(cfg.MemorySize),
+		resolve.WithLogger(log.Named("resolve")),
+		resolve.WithRedisErrorHook(w.metrics.RedisError),
+	}
+	switch {
+	case cfg.RedisURL != "":
+		if w.rdb, err = resolve.NewRedisClient(cfg.RedisURL); err != nil {
+			return nil, fmt.Errorf("--redis-url: %w", err)
+		}
+		// go-redis logs every failed dial through a global logger; the
+		// resolver reports outages once, so its lines go to debug.
+		redis.SetLogger(redisLog{log.Named("redis")})
+		// One fetch per key across the fleet, not one per worker.
+		ropts = append(ropts, resolve.WithRedis(w.rdb, cfg.LockWait))
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := w.rdb.Ping(pctx).Err(); err != nil {
+			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("addr", w.rdb.Options().Addr), zap.Error(err))
+		} else {
+			log.Info("sharing the cache through redis", zap.String("addr", w.rdb.Options().Addr))
+		}
+		cancel()
+	case cfg.MemorySize == 0:
+		log.Warn("REDIS_URL not set and --memory-cache-size 0: nothing is cached, every request goes to the registry")
+	default:
+		log.Warn("REDIS_URL not set: using an in-process cache that is not shared with other workers")
+	}
+
+	acc, err := newAccess(&cfg, log.Named("registry"))
+	if err != nil {
+		return nil, err
+	}
+	fetcher := capability.NewFetcher(acc.puller(&cfg, w.metrics.WrapBase))
+	w.res = resolve.New(fetcher, ropts...)
+	// The fetch pool gauges read the resolver at every scrape.
+	w.metrics.WatchPool(w.res)
+
+	if w.nc, err = connectNATS(natsURL, log, w.metrics); err != nil {
+		return nil, err
+	}
+	// `nats micro ls/info/stats` see the worker; the subjects stay ours.
+	w.disc, err = discovery.Start(w.nc, discovery.Config{Version: cfg.Version, Prefix: cfg.SubjectPrefix, QueueGroup: cfg.QueueGroup,
+		Description: "kubewarden/oci registry capabilities for a fleet of policy hosts"})
+	if err != nil {
+		return nil, err
+	}
+	w.front = natsfront.New(w.nc, w.res,
+		natsfront.WithSubjectPrefix(cfg.SubjectPrefix),
+		natsfront.WithQueueGroup(cfg.QueueGroup),
+		natsfront.WithLogger(log.Named("nats")),
+		natsfront.WithObserver(observers{w.metrics, w.disc}))
+	if err := w.front.Start(); err != nil {
+		return nil, err
+	}
+
+	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		w.httpAddr = ln.Addr().String()
+		w.http = &http.Server{Handler: w.probes(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := w.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener stopped", zap.Error(err))
+			}
+		}()
+		log.Info("serving /metrics, /healthz and /readyz", zap.String("addr", w.httpAddr))
+	}
+
+	log.Info("worker started",
+		zap.String("version", cfg.Version),
+		zap.Strings("subjects", w.front.Subjects()),
+		zap.String("queue_group", cfg.QueueGroup),
+		zap.String("platform", capability.FormatPlatform(cfg.Platform)),
+		zap.Bool("shared_cache", w.res.Shared()),
+		zap.Duration("cache_ttl", cfg.CacheTTL),
+		zap.Int("concurrency", cfg.Concurrency))
+	return w, nil
+}
+
+// withDefaults fills the zero fields of c from Defaults.
+func (c Config) withDefaults() Config {
+	d := Defaults()
+	set := func(v *string, def string) {
+		if *v == "" {
+			*v = def
+		}
+	}
+	set(&c.EmbeddedNATSAddr, d.EmbeddedNATSAddr)
+	set(&c.SubjectPrefix, d.SubjectPrefix)
+	set(&c.QueueGroup, d.QueueGroup)
+	set(&c.Version, d.Version)
+	if c.Platform.OS == "" {
+		c.Platform = d.Platform
+	}
+	for _, p := range []struct{ v, def *time.Duration }{
+		{&c.FetchTimeout, &d.FetchTimeout}, {&c.CacheTTL, &d.CacheTTL}, {&c.ShutdownTimeout, &d.ShutdownTimeout},
+	} {
+		if *p.v <= 0 {
+			*p.v = *p.def
+		}
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = d.Concurrency
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = d.MaxPending
+	}
+	if c.ManifestLimit <= 0 {
+		c.ManifestLimit = d.ManifestLimit
+	}
+	if c.BlobLimit <= 0 {
+		c.BlobLimit = d.BlobLimit
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c
+}
+
+// Run serves until ctx ends, then shuts down within the configured
+// shutdown timeout.
+func (w *Worker) Run(ctx context.Context) error {
+	<-ctx.Done()
+	w.log.Info("stopping: draining subscriptions and answering requests in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), w.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := w.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	w.log.Info("stopped")
+	return nil
+}
+
+// Shutdown stops taking requests, answers every request already taken,
+// and closes what New opened. If ctx ends first, the requests still
+// waiting are answered 503 and ctx's error is returned.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	w.disc.Stop()
+	err := w.front.Shutdown(ctx)
+	if w.http != nil {
+		_ = w.http.Shutdown(ctx)
+	}
+	w.close()
+	return err
+}
+
+// close releases what New opened, in reverse order.
+func (w *Worker) close() {
+	if w.http != nil {
+		_ = w.http.Close()
+	}
+	if w.disc != nil {
+		w.disc.Stop()
+	}
+	if w.nc != nil {
+		w.nc.Close()
+	}
+	if w.res != nil {
+		w.res.Close()
+	}
+	if w.rdb != nil {
+		_ = w.rdb.Close()
+	}
+	if w.embedded != nil {
+		w.embedded.Shutdown()
+	}
+}
+
+// Resolver is the worker's resolver.
+func (w *Worker) Resolver() *resolve.Resolver { return w.res }
+
+// Metrics are the worker's metrics.
+func (w *Worker) Metrics() *metrics.Metrics { return w.metrics }
+
+// Conn is the worker's NATS connection.
+func (w *Worker) Conn() *nats.Conn { return w.nc }
+
+// DiscoveryID is the worker's service-discovery instance id.
+func (w *Worker) DiscoveryID() string { return w.disc.ID() }
+
+// MetricsAddr is the address /metrics is served on, "" without one.
+func (w *Worker) MetricsAddr() string { return w.httpAddr }
+
+// Subjects lists the subjects served.
+func (w *Worker) Subjects() []string { return w.front.Subjects() }
+
+func (w *Worker) probes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", w.metrics.Handler())
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(rw, "ok")
+	})
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.nc.IsConnected() {
+			http.Error(rw, "NATS not connected", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(rw, "ok")
+	})
+	return mux
+}
+
+func connectNATS(url string, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name("regcap-worker"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() {
+				return // our own Close at shutdown, not an outage
+			}
+			log.Warn("NATS disconnected; reconnecting", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			m.NATSReconnected()
+			log.Info("NATS reconnected", zap.String("url", c.ConnectedUrlRedacted()))
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS: %w", err)
+	}
+	return nc, nil
+}
+
+func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--embedded-nats-addr: %w", err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, fmt.Errorf("--embedded-nats-addr: bad port %q", port)
+	}
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: host, Port: p, NoSigs: true, NoLog: true})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded NATS did not start on %s (is the port taken?)", addr)
+	}
+	return ns, nil
+}
+
+// redisLog sends go-redis's internal log lines to zap at debug level.
+type redisLog struct{ log *zap.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
+}
+
+// observers hands every request outcome to each of its members.
+type observers []natsfront.Observer
+
+func (o observers) Request(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration) {
+	for _, x := range o {
+		x.Request(fn, code, outcome, elapsed)
+	}
+}
