@@ -6,13 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regcap/regcap/internal/testworker"
-
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
+	"github.com/regcap/regcap/internal/testworker"
 )
 
 // BenchmarkHitPath measures a cached digest request through NATS, from the
@@ -20,7 +19,7 @@ import (
 // responder with a reply of the same size on the same server: the floor.
 // Compare the three in one run:
 //
-//	go test -run '^$' -bench HitPath -benchtime 3s ./internal/queue/
+//	go test -run '^$' -bench HitPath -benchtime 3s ./internal/natsfront/
 func BenchmarkHitPath(b *testing.B) {
 	rd := testenv.StartRedis(b)
 	ns := testenv.StartNATS(b)
@@ -55,7 +54,7 @@ func BenchmarkHitPath(b *testing.B) {
 				}
 				runParallel(b, conc, func() error {
 					r, err := cli.Call(context.Background(), contract.ManifestDigest, payload)
-					if err == nil && r.Cache != "hit" {
+					if err == nil && r.Cache != contract.Hit {
 						err = fmt.Errorf("not a hit: %s", r.Cache)
 					}
 					return err

@@ -54,10 +54,20 @@ func (f *fleet) add(t *testing.T, lockWait time.Duration, opts ...Option) *Resol
 // builds it, closed at cleanup.
 func newResolver(t *testing.T, opts ...Option) *Resolver {
 	t.Helper()
-	r := New(capability.NewFetcher(registry.New(registry.WithUserAgent("regcap/test"))),
-		append([]Option{WithPlatform(amd64)}, opts...)...)
+	r := New(fetcherOf(), append([]Option{WithPlatform(amd64)}, opts...)...)
 	t.Cleanup(r.Close)
 	return r
+}
+
+// fetcherOf is the fetch the worker builds, over a plain registry client.
+func fetcherOf() *capability.Fetcher {
+	return capability.NewFetcher(registry.New(registry.WithUserAgent("regcap/test")))
+}
+
+// capabilityKey is the cache key of a manifest_digest request for image.
+func capabilityKey(image string) (string, error) {
+	r, err := capability.ParseRequest(contract.ManifestDigest, []byte(`"`+image+`"`), "", amd64)
+	return r.Key(), err
 }
 
 func request(fn contract.Function, image string) Request {

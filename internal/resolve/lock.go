@@ -137,15 +137,15 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration) cl
 	defer cancel()
 	var (
 		set *redis.BoolCmd
-		get *redis.StringCmd
+		get *redis.SliceCmd
 		ttl *redis.DurationCmd
 	)
 	_, err := l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		set = p.SetNX(op, lockPrefix+key, token, hold)
-		get, ttl = p.Get(op, key), p.PTTL(op, key)
+		get, ttl = read(op, p, key)
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil {
 		l.unregister(wt)
 		l.health.failed(ctx, "lock", err)
 		return claim{}
@@ -273,15 +273,15 @@ func (l *fleetLock) peek(ctx context.Context, key string) (e entry, found, held 
 	defer cancel()
 	var (
 		lock *redis.IntCmd
-		get  *redis.StringCmd
+		get  *redis.SliceCmd
 		ttl  *redis.DurationCmd
 	)
 	_, err = l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		lock = p.Exists(op, lockPrefix+key)
-		get, ttl = p.Get(op, key), p.PTTL(op, key)
+		get, ttl = read(op, p, key)
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil {
 		l.health.failed(ctx, "lock_check", err)
 		return entry{}, false, false, err
 	}

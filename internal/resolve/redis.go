@@ -2,7 +2,6 @@ package resolve
 
 import (
 	"context"
-	"errors"
 	"sync/atomic"
 	"time"
 
@@ -27,13 +26,13 @@ func (t *redisTier) Get(ctx context.Context, key string) (entry, bool) {
 	}
 	op, cancel := t.health.op(ctx)
 	defer cancel()
-	var get *redis.StringCmd
+	var get *redis.SliceCmd
 	var ttl *redis.DurationCmd
 	_, err := t.rdb.Pipelined(op, func(p redis.Pipeliner) error {
-		get, ttl = p.Get(op, key), p.PTTL(op, key)
+		get, ttl = read(op, p, key)
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil {
 		t.health.failed(ctx, "get", err)
 		return entry{}, false
 	}
@@ -41,12 +40,25 @@ func (t *redisTier) Get(ctx context.Context, key string) (entry, bool) {
 	return t.decode(get, ttl)
 }
 
-// decode turns a GET and a PTTL of one key into an entry.
-func (t *redisTier) decode(get *redis.StringCmd, ttl *redis.DurationCmd) (entry, bool) {
-	body, err := get.Bytes()
-	if err != nil {
+// read queues the reading of key's value and remaining TTL on p. The
+// value is read with MGET, not GET: a missing key is then a nil element,
+// not a redis.Nil error, which would make go-redis close the pipeline's
+// connection and dial (and handshake) a new one for the next command.
+func read(ctx context.Context, p redis.Pipeliner, key string) (*redis.SliceCmd, *redis.DurationCmd) {
+	return p.MGet(ctx, key), p.PTTL(ctx, key)
+}
+
+// decode turns what read queued into an entry.
+func (t *redisTier) decode(get *redis.SliceCmd, ttl *redis.DurationCmd) (entry, bool) {
+	vals := get.Val()
+	if len(vals) != 1 {
 		return entry{}, false
 	}
+	s, ok := vals[0].(string)
+	if !ok {
+		return entry{}, false
+	}
+	body := []byte(s)
 	left := ttl.Val()
 	if left <= 0 {
 		// No expiry (-1) would break the TTL promise; expired (-2) is gone.

@@ -1,0 +1,142 @@
+package resolve
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// roundTrips counts the round trips a Redis client makes: one per command
+// or pipeline sent, except a new connection's handshake (HELLO, CLIENT
+// SETINFO), which go-redis makes whenever its pool dials.
+type roundTrips struct{ n atomic.Int64 }
+
+func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != "hello" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() != "client" {
+			c.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// countedResolver is a resolver on the fleet's Redis, without a memory
+// tier, whose Redis round trips are counted.
+func (f *fleet) countedResolver(t testing.TB, c *roundTrips) *Resolver {
+	rdb, err := NewRedisClient(f.redis.URL())
+	testenv.Must(t, err, "redis client")
+	rdb.AddHook(c)
+	t.Cleanup(func() { _ = rdb.Close() })
+	r := New(fetcherOf(), WithPlatform(amd64), WithMemory(0), WithRedis(rdb, 0))
+	t.Cleanup(r.Close)
+	return r
+}
+
+// TestRedisRoundTrips: a Redis hit costs one round trip; a miss one read
+// before deciding, one to take the lock (and read the value again), one
+// to store and release; a shared answer one read, one lock attempt and
+// one read of the holder's answer.
+func TestRedisRoundTrips(t *testing.T) {
+	f := startFleet(t, 0, 0)
+	f.reg.PushImage(t, "rtt/app", "v1", testenv.OCIManifest, "linux/amd64")
+	f.reg.PushImage(t, "rtt/app", "warm", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("rtt/app", "v1")
+	req := request(contract.ManifestDigest, ref)
+	var ca, cb roundTrips
+	a, b := f.countedResolver(t, &ca), f.countedResolver(t, &cb)
+	k := key(t, contract.ManifestDigest, ref)
+	// New connections' handshakes (HELLO, CLIENT SETINFO) are no
+	// answer's cost: one answer each first, so that the pools are warm.
+	for _, r := range []*Resolver{a, b} {
+		_, err := r.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("rtt/app", "warm")))
+		testenv.Must(t, err, "warming up")
+	}
+
+	answer := func(r *Resolver, c *roundTrips, want contract.Outcome) int64 {
+		t.Helper()
+		before := c.n.Load()
+		ans, err := r.Answer(context.Background(), req)
+		if err != nil || ans.Outcome != want {
+			t.Fatalf("answer %v %v, want %s", ans.Outcome, err, want)
+		}
+		return c.n.Load() - before
+	}
+	if n := answer(a, &ca, contract.Miss); n != 3 {
+		t.Errorf("miss: %d round trips, want 3", n)
+	}
+	if n := answer(b, &cb, contract.Hit); n != 1 {
+		t.Errorf("hit: %d round trips, want 1", n)
+	}
+
+	testenv.Must(t, f.redis.Client(t).Del(context.Background(), k).Err(), "forgetting the key")
+	gate := f.reg.Hold("/manifests/")
+	held := make(chan error, 1)
+	go func() { _, err := a.Answer(context.Background(), req); held <- err }()
+	<-gate.Arrived()
+	f.res = []*Resolver{a, b}
+	shared := make(chan int64, 1)
+	go func() { shared <- answer(b, &cb, contract.Shared) }()
+	testenv.Eventually(t, "b waiting on a's fetch", func() bool { return f.waiting(k) == 1 })
+	gate.Release()
+	testenv.Must(t, <-held, "holder")
+	if n := <-shared; n != 3 {
+		t.Errorf("shared: %d round trips, want 3", n)
+	}
+}
+
+// BenchmarkRedisRoundTrips reports the Redis round trips of a hit and of
+// a miss (rtt/op), with the memory tier off:
+//
+//	go test -run '^$' -bench RedisRoundTrips ./internal/resolve/
+func BenchmarkRedisRoundTrips(b *testing.B) {
+	f := &fleet{reg: testenv.StartRegistry(b), redis: testenv.StartRedis(b)}
+	f.reg.PushImage(b, "rtt/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("rtt/app", "v1")
+	req := request(contract.ManifestDigest, ref)
+	r, err := capabilityKey(ref)
+	testenv.Must(b, err, "key")
+	plain := f.redis.Client(b)
+	for _, c := range []struct {
+		name   string
+		before func()
+	}{
+		{"hit", func() {}},
+		{"miss", func() { _ = plain.Del(context.Background(), r).Err() }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var n roundTrips
+			res := f.countedResolver(b, &n)
+			if _, err := res.Answer(context.Background(), req); err != nil {
+				b.Fatal(err)
+			}
+			var counted int64
+			for b.Loop() {
+				b.StopTimer()
+				c.before()
+				start := n.n.Load()
+				b.StartTimer()
+				if _, err := res.Answer(context.Background(), req); err != nil {
+					b.Fatal(err)
+				}
+				counted += n.n.Load() - start
+			}
+			b.ReportMetric(float64(counted)/float64(b.N), "rtt/op")
+		})
+	}
+}
