@@ -1,4 +1,7 @@
 GO ?= go
+# staticcheck, pinned; `make test` installs it into the Go bin folder.
+STATICCHECK_VERSION ?= v0.8.2
+STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
@@ -9,8 +12,8 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-# Installs what the tests need (redis-server, docker-registry), then vets and
-# runs every test with the race detector.
+# Installs what the tests need (redis-server, docker-registry), then vets
+# (gofmt, go vet, staticcheck) and runs every test with the race detector.
 test: test-deps vet
 	$(GO) test -race -count=1 -timeout 30m ./...
 
@@ -20,6 +23,8 @@ test-deps:
 vet:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt needed on the files above" >&2; exit 1)
 	$(GO) vet ./...
+	@$(STATICCHECK) -version 2>/dev/null | grep -q '$(STATICCHECK_VERSION:v%=%)' || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(STATICCHECK) ./...
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/capability/

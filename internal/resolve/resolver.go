@@ -140,9 +140,6 @@ func WithRedisErrorHook(f func(op string)) Option { return func(r *Resolver) { r
 // WithLogger sets the logger.
 func WithLogger(l *zap.Logger) Option { return func(r *Resolver) { r.log = l } }
 
-// withClock replaces the clock, for tests.
-func withClock(now func() time.Time) Option { return func(r *Resolver) { r.now = now } }
-
 // New returns a Resolver that fetches with f.
 func New(f fetcher, opts ...Option) *Resolver {
 	r := &Resolver{

@@ -182,15 +182,15 @@ func StartDistribution(t testing.TB, cfg DistributionConfig) *Distribution {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	proxy := httputil.NewSingleHostReverseProxy(base)
-	proxy.Transport = rt
-	director := proxy.Director
-	proxy.Director = func(r *http.Request) {
-		director(r)
-		r.Host = addr
-		if firstUser != "" {
-			r.SetBasicAuth(firstUser, firstPass)
-		}
+	proxy := &httputil.ReverseProxy{
+		Transport: rt,
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(base)
+			r.Out.Host = addr
+			if firstUser != "" {
+				r.Out.SetBasicAuth(firstUser, firstPass)
+			}
+		},
 	}
 	srv := httptest.NewServer(proxy)
 	t.Cleanup(srv.Close)

@@ -1,0 +1,218 @@
+package registry_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/registry"
+	"github.com/regcap/regcap/internal/testenv"
+)
+
+// Through a proxy the dial-time guard sees only the proxy's address: the
+
+// target is checked before the proxy is used, as an IP literal and as a
+
+// name resolving to a denied address. The proxy sees no connection for
+
+// either; an allowed target still goes through it.
+
+func TestGuardWithProxy(t *testing.T) {
+	denied := testenv.ListenCounting(t, "127.0.0.5:0")
+	port := denied.Port()
+	proxy := testenv.ListenCounting(t, "127.0.0.1:0")
+	proxyURL := &url.URL{Scheme: "http", Host: proxy.Addr()}
+	g, err := registry.NewGuard([]string{"127.0.0.5/32"}, nil)
+	testenv.Must(t, err, "guard")
+	tr := registry.NewTransports(registry.WithDialGuard(g), registry.WithLookup(testLookup),
+		registry.WithProxy(http.ProxyURL(proxyURL)))
+	t.Cleanup(tr.CloseIdleConnections)
+	c := registry.New(registry.WithBaseTransport(tr.For),
+		registry.WithInsecure(func(h string) bool { return strings.HasSuffix(h, ".regcap.test:"+port) }))
+	for _, image := range []string{"127.0.0.5:" + port + "/x/y:z", "denied.regcap.test:" + port + "/x/y:z"} {
+		ref, err := name.ParseReference(image)
+		testenv.Must(t, err, "ref")
+		_, err = c.Manifest(context.Background(), ref)
+		e := capability.Classify(ref.Name(), err)
+		if e.Code != 403 || !strings.Contains(e.Message, "127.0.0.5") {
+			t.Errorf("%s through a proxy: %d %q, want 403 naming 127.0.0.5", image, e.Code, e.Message)
+		}
+	}
+	if n := proxy.CountBefore(t); n != 0 {
+		t.Fatalf("the proxy saw %d connections for denied targets, want 0", n)
+	}
+	if n := denied.CountBefore(t); n != 0 {
+		t.Fatalf("the denied address saw %d connections, want 0", n)
+	}
+	// An allowed target is still sent through the proxy (which hangs up).
+	ref, err := name.ParseReference("127.0.0.1:" + port + "/x/y:z")
+	testenv.Must(t, err, "ref")
+	_, err = c.Manifest(context.Background(), ref)
+	if e := capability.Classify(ref.Name(), err); e.Code == 403 {
+		t.Fatalf("allowed target refused: %v", e)
+	}
+	// The proxy hung up on it, so it had accepted it.
+	if n := proxy.Accepted(); n < 1 {
+		t.Fatal("the proxy saw no connection for an allowed target")
+	}
+}
+
+// The default deny list cannot be changed by a caller for the others.
+
+func TestDefaultDenyCIDRsIsACopy(t *testing.T) {
+	d := registry.DefaultDenyCIDRs()
+	d[0] = "127.0.0.0/8"
+	if got := registry.DefaultDenyCIDRs(); got[0] != "169.254.0.0/16" {
+		t.Fatalf("a caller changed the default deny list: %v", got)
+	}
+}
+
+// IPv4-mapped IPv6 prefixes in the deny list mean the IPv4 networks they
+
+// map: CheckAddr sees addresses unmapped, so they must match.
+
+func TestGuardMappedPrefixes(t *testing.T) {
+	for _, c := range []struct {
+		deny   string
+		addr   string
+		denied bool
+	}{
+		{"::ffff:127.0.0.5/128", "127.0.0.5", true},
+		{"::ffff:127.0.0.5/128", "::ffff:127.0.0.5", true},
+		{"::ffff:127.0.0.5/128", "127.0.0.6", false},
+		{"::ffff:127.0.0.5", "127.0.0.5", true},
+		{"::ffff:127.0.0.5", "::ffff:127.0.0.5", true},
+		{"::ffff:127.0.0.0/104", "127.0.0.9", true},
+		{"::ffff:127.0.0.0/104", "::ffff:127.1.2.3", true},
+		{"::ffff:127.0.0.0/104", "128.0.0.1", false},
+		{"::ffff:127.0.0.0/104", "::1", false},
+		{"::ffff:0:0/96", "127.0.0.1", true},
+		{"::ffff:0:0/96", "::1", false},
+		{"127.0.0.0/8", "::ffff:127.0.0.1", true},
+		{"::1/128", "::1", true},
+		{"::1/128", "127.0.0.1", false},
+		{"fe80::/10", "fe80::1", true},
+	} {
+		g, err := registry.NewGuard([]string{c.deny}, nil)
+		testenv.Must(t, err, "guard %s", c.deny)
+		err = g.CheckAddr(netip.MustParseAddr(c.addr))
+		if (err != nil) != c.denied {
+			t.Errorf("deny %s: CheckAddr(%s) = %v, want denied=%v", c.deny, c.addr, err, c.denied)
+		}
+		if err != nil && !errors.Is(err, registry.ErrDenied) {
+			t.Errorf("deny %s: CheckAddr(%s): %v does not wrap ErrDenied", c.deny, c.addr, err)
+		}
+	}
+}
+
+// localhostIsLoopbackInHosts reports whether /etc/hosts maps localhost,
+
+// and only to loopback addresses: then the resolver answers from the file
+
+// and the test sends nothing to a DNS server.
+
+func localhostIsLoopbackInHosts() bool {
+	f, err := os.Open("/etc/hosts")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	found := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(strings.SplitN(sc.Text(), "#", 2)[0])
+		if len(fields) < 2 {
+			continue
+		}
+		for _, n := range fields[1:] {
+			if n != "localhost" {
+				continue
+			}
+			a, err := netip.ParseAddr(fields[0])
+			if err != nil || !a.IsLoopback() {
+				return false
+			}
+			found = true
+		}
+	}
+	return found
+}
+
+// A DNS name resolving to a denied address is refused on the production
+
+// dial path (the system resolver, no lookup hook): 403, and the listener
+
+// behind the address sees no connection.
+
+func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
+	if !localhostIsLoopbackInHosts() {
+		// Resolving it could send the test's traffic off this machine.
+		t.Fatal("this test needs /etc/hosts to map localhost to loopback addresses only, as Debian's does; it refuses to dial a name that may leave the host")
+	}
+	cl := testenv.ListenCounting(t, "127.0.0.1:0")
+	port := cl.Port()
+	g, err := registry.NewGuard([]string{"127.0.0.0/8", "::1/128"}, nil)
+	testenv.Must(t, err, "guard")
+	tr := registry.NewTransports(registry.WithDialGuard(g))
+	t.Cleanup(tr.CloseIdleConnections)
+	c := registry.New(registry.WithBaseTransport(tr.For))
+	ref, err := name.ParseReference("localhost:" + port + "/x/y:z")
+	testenv.Must(t, err, "ref")
+	_, err = c.Manifest(context.Background(), ref)
+	e := capability.Classify(ref.Name(), err)
+	if e.Code != 403 || !strings.Contains(e.Message, "refused by policy") || !strings.Contains(e.Message, "--deny-cidrs") {
+		t.Errorf("localhost with loopback denied: %d %q, want 403 from the guard", e.Code, e.Message)
+	}
+	if n := cl.CountBefore(t); n != 0 {
+		t.Fatalf("the denied address saw %d connections, want 0", n)
+	}
+}
+
+// Redirects to blob storage still work with the guard on (the default
+
+// deny list, as the worker runs): a blob GET redirected to another
+
+// loopback host:port is followed, the config is fetched, and blob storage
+
+// gets no credentials.
+
+func TestBlobRedirectWithDefaultGuard(t *testing.T) {
+	tr := startTokenRegistryBlobsOn(t, "127.0.0.2:0")
+	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	g, err := registry.NewGuard(registry.DefaultDenyCIDRs(), nil)
+	testenv.Must(t, err, "guard")
+	transports := registry.NewTransports(registry.WithDialGuard(g), registry.WithProxy(nil))
+	t.Cleanup(transports.CloseIdleConnections)
+	c := tokenClient(t, tr.host, registry.WithBaseTransport(transports.For))
+	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	testenv.Must(t, err, "ref")
+	m, err := c.Manifest(context.Background(), ref)
+	testenv.Must(t, err, "manifest")
+	if !bytes.Equal(m.Body, img.Manifest) {
+		t.Fatal("manifest differs")
+	}
+	b, err := c.Blob(context.Background(), ref.Context(), configDigest(t, img.Manifest))
+	testenv.Must(t, err, "config blob through the redirect")
+	if !bytes.Equal(b, img.Config) {
+		t.Fatalf("config differs: %s", b)
+	}
+	if !strings.HasPrefix(tr.blobs.Listener.Addr().String(), "127.0.0.2:") {
+		t.Fatalf("blob storage on %s, want another loopback host", tr.blobs.Listener.Addr())
+	}
+	if n := tr.blobServed.Load(); n != 1 {
+		t.Errorf("blob storage served %d requests, want 1", n)
+	}
+	if n := tr.blobAuth.Load(); n != 0 {
+		t.Errorf("%d blob storage requests carried the registry's Authorization", n)
+	}
+}
