@@ -41,6 +41,7 @@ type Worker struct {
 	disc     *discovery.Service
 	http     *http.Server // nil without --metrics-addr
 	httpAddr string
+	natsURL  string
 }
 
 // New builds a worker from cfg and starts serving. On error, whatever was
@@ -108,6 +109,7 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 	// The fetch pool gauges read the resolver at every scrape.
 	w.metrics.WatchPool(w.res)
 
+	w.natsURL = natsURL
 	if w.nc, err = connectNATS(natsURL, log, w.metrics); err != nil {
 		return nil, err
 	}
@@ -250,6 +252,10 @@ func (w *Worker) Metrics() *metrics.Metrics { return w.metrics }
 // Conn is the worker's NATS connection.
 func (w *Worker) Conn() *nats.Conn { return w.nc }
 
+// NATSURL is the NATS URL the worker connected to: the embedded server's
+// when Config.NATSURL was empty.
+func (w *Worker) NATSURL() string { return w.natsURL }
+
 // DiscoveryID is the worker's service-discovery instance id.
 func (w *Worker) DiscoveryID() string { return w.disc.ID() }
 
@@ -304,6 +310,7 @@ func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--embedded-nats-addr: %w", err)
 	}
+	// Port -1 is nats-server's "any free port" (0 is its default, 4222).
 	p, err := strconv.Atoi(port)
 	if err != nil {
 		return nil, fmt.Errorf("--embedded-nats-addr: bad port %q", port)
