@@ -22,8 +22,8 @@ import (
 
 // fleetOfOne starts what the examples ask: an in-process registry holding
 // one image, and a worker on an embedded NATS server, both on loopback. It
-// returns the image, the NATS URL and a function that stops both.
-func fleetOfOne() (image, natsURL string, stop func()) {
+// returns the image, a client of the fleet and a function that stops all.
+func fleetOfOne() (image string, c *client.Client, stop func()) {
 	reg := httptest.NewServer(ggcr.New(ggcr.Logger(log.New(discard{}, "", 0))))
 	image = strings.TrimPrefix(reg.URL, "http://") + "/demo/app:v1"
 	ref, err := name.ParseReference(image)
@@ -41,7 +41,12 @@ func fleetOfOne() (image, natsURL string, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	return image, w.NATSURL(), func() {
+	nc, err := nats.Connect(w.NATSURL())
+	if err != nil {
+		log.Fatal(err)
+	}
+	return image, client.New(nc), func() {
+		nc.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = w.Shutdown(ctx)
@@ -56,14 +61,8 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 // A policy host asks the fleet for an image's digest. The first answer is
 // fetched from the registry; the next comes from the fleet's cache.
 func ExampleClient_Image() {
-	image, url, stop := fleetOfOne()
+	image, c, stop := fleetOfOne()
 	defer stop()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	c := client.New(nc)
 
 	for range 2 {
 		r, err := c.Image(context.Background(), contract.ManifestDigest, image)
@@ -79,15 +78,10 @@ func ExampleClient_Image() {
 
 // An error answer is a *contract.Error carrying the contract's code.
 func ExampleClient_Digest_notFound() {
-	image, url, stop := fleetOfOne()
+	image, c, stop := fleetOfOne()
 	defer stop()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
 
-	_, err = client.New(nc).Digest(context.Background(), strings.Replace(image, ":v1", ":absent", 1))
+	_, err := c.Digest(context.Background(), strings.Replace(image, ":v1", ":absent", 1))
 	var ce *contract.Error
 	if errors.As(err, &ce) {
 		fmt.Println(ce.Code)
@@ -98,14 +92,8 @@ func ExampleClient_Digest_notFound() {
 // HostCall has wapc-go's host-call signature: a Go policy host forwards
 // every kubewarden/oci call to the fleet unchanged, and refuses the rest.
 func ExampleClient_HostCall() {
-	image, url, stop := fleetOfOne()
+	image, c, stop := fleetOfOne()
 	defer stop()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	c := client.New(nc)
 
 	body, err := c.HostCall(context.Background(), "kubewarden", "oci", "v1/oci_manifest", []byte(`"`+image+`"`))
 	fmt.Println(err == nil, strings.Contains(string(body), `"schemaVersion":2`))

@@ -1,19 +1,14 @@
 package natsfront_test
 
 import (
-	"context"
 	"os"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/regcap/regcap/internal/testenv"
 )
-
-type quietRedis struct{}
-
-func (quietRedis) Printf(context.Context, string, ...any) {}
 
 func TestMain(m *testing.M) {
 	// go-redis logs each failed dial globally; the outage tests make many.
-	redis.SetLogger(quietRedis{})
+	testenv.QuietRedisLogs()
 	os.Exit(m.Run())
 }

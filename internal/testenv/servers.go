@@ -171,3 +171,12 @@ func Client(t testing.TB, natsURL string, opts ...client.Option) *client.Client 
 	t.Helper()
 	return client.New(Connect(t, natsURL), append([]client.Option{client.WithTimeout(30 * time.Second)}, opts...)...)
 }
+
+// QuietRedisLogs silences go-redis's own log lines, which it writes
+// through a package-wide logger on every failed dial: call it from a
+// TestMain whose tests stop Redis on purpose.
+func QuietRedisLogs() { redis.SetLogger(quietRedis{}) }
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
