@@ -3,7 +3,7 @@ package registry
 import "time"
 
 // WithClock sets the clock token expiry is judged by.
-func WithClock(now func() time.Time) Option { return func(c *Client) { c.now = now } }
+func WithClock(now func() time.Time) Option { return func(c *Puller) { c.now = now } }
 
 // WithMaxHosts sets how many hosts keep a transport.
 func WithMaxHosts(n int) TransportsOption { return func(t *Transports) { t.maxHosts = n } }

@@ -161,7 +161,7 @@ func (tr *tokenRegistry) expire(n int64) {
 	tr.gateClosing = &sync.Once{}
 }
 
-func tokenClient(t *testing.T, host string, opts ...registry.Option) *registry.Client {
+func tokenClient(t *testing.T, host string, opts ...registry.Option) *registry.Puller {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := dockerConfigFor(host, tokenUser, tokenPass)

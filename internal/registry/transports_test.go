@@ -154,7 +154,7 @@ func TestFlushDuringTransportSetup(t *testing.T) {
 	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
 	ref, err := name.ParseReference(reg.Ref("r/app", "v1"))
 	testenv.Must(t, err, "ref")
-	fetch := func(c *registry.Client) <-chan error {
+	fetch := func(c *registry.Puller) <-chan error {
 		ch := make(chan error, 1)
 		go func() {
 			m, err := c.Manifest(context.Background(), ref)

@@ -58,7 +58,7 @@ func newAccess(cfg *Config, log *zap.Logger) (*access, error) {
 
 // puller is the registry client for this access; wrap counts and times
 // every HTTP request it makes.
-func (a *access) puller(cfg *Config, wrap func(func(string) http.RoundTripper) func(string) http.RoundTripper) *registry.Client {
+func (a *access) puller(cfg *Config, wrap func(func(string) http.RoundTripper) func(string) http.RoundTripper) *registry.Puller {
 	return registry.New(
 		registry.WithKeychain(a.keychain),
 		registry.WithInsecure(a.sources.Insecure),

@@ -69,7 +69,7 @@ func basicAuthRegistry(t *testing.T, user, pass string) (*testenv.Registry, stri
 	return reg, reg.Ref("team/app", "v1")
 }
 
-func fetchManifest(t *testing.T, c *registry.Client, image string) *contract.Error {
+func fetchManifest(t *testing.T, c *registry.Puller, image string) *contract.Error {
 	t.Helper()
 	ref, err := name.ParseReference(image)
 	testenv.Must(t, err, "ref %s", image)

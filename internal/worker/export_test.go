@@ -15,7 +15,7 @@ type Access struct {
 	Sources  *registry.Sources
 	Guard    *registry.Guard
 	// Puller is the registry client New builds from them.
-	Puller *registry.Client
+	Puller *registry.Puller
 }
 
 // AccessFrom parses args as cmd/worker does (flags, then the environment)

@@ -129,8 +129,10 @@ type Manifest struct {
 	Digest      v1.Hash
 }
 
-// Client fetches manifests and blobs. It is safe for concurrent use.
-type Client struct {
+// Puller fetches manifests and blobs from registries: HEAD and GET of
+// manifests, GET of config blobs, within size limits. It is safe for
+// concurrent use.
+type Puller struct {
 	keychain      authn.Keychain
 	base          func(host string) http.RoundTripper
 	insecure      func(host string) bool
@@ -149,45 +151,45 @@ type Client struct {
 	gen atomic.Uint64
 }
 
-// Option configures a Client.
-type Option func(*Client)
+// Option configures a Puller.
+type Option func(*Puller)
 
 // WithKeychain sets where credentials come from (default: anonymous).
-func WithKeychain(kc authn.Keychain) Option { return func(c *Client) { c.keychain = kc } }
+func WithKeychain(kc authn.Keychain) Option { return func(c *Puller) { c.keychain = kc } }
 
 // WithBaseTransport sets the HTTP transport used for a registry host; it is
 // where TLS settings and dial guards live.
 func WithBaseTransport(f func(host string) http.RoundTripper) Option {
-	return func(c *Client) { c.base = f }
+	return func(c *Puller) { c.base = f }
 }
 
 // WithInsecure reports which registry hosts may be reached over plain HTTP
 // (and HTTPS without verification). Loopback hosts always may.
-func WithInsecure(f func(host string) bool) Option { return func(c *Client) { c.insecure = f } }
+func WithInsecure(f func(host string) bool) Option { return func(c *Puller) { c.insecure = f } }
 
 // WithRegistryCheck sets a check run before any connection to a registry
 // host, e.g. Guard.CheckRegistry for the allow-list. Its error is returned
 // as is.
-func WithRegistryCheck(f func(host string) error) Option { return func(c *Client) { c.check = f } }
+func WithRegistryCheck(f func(host string) error) Option { return func(c *Puller) { c.check = f } }
 
 // A Reloader is a keychain whose source can change (a mounted secret that
-// rotates). The Client asks it before setting up a registry connection and
+// rotates). The Puller asks it before setting up a registry connection and
 // drops its cached transports, with their tokens, when it reports a change.
 type Reloader interface {
 	Reload() (changed bool, err error)
 }
 
 // WithUserAgent sets the User-Agent prefix sent to registries.
-func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
+func WithUserAgent(ua string) Option { return func(c *Puller) { c.userAgent = ua } }
 
 // WithLimits sets the manifest and blob size limits in bytes.
 func WithLimits(manifest, blob int64) Option {
-	return func(c *Client) { c.manifestLimit, c.blobLimit = manifest, blob }
+	return func(c *Puller) { c.manifestLimit, c.blobLimit = manifest, blob }
 }
 
-// New returns a Client.
-func New(opts ...Option) *Client {
-	c := &Client{
+// New returns a Puller.
+func New(opts ...Option) *Puller {
+	c := &Puller{
 		keychain:      authn.NewMultiKeychain(), // anonymous
 		base:          func(string) http.RoundTripper { return http.DefaultTransport },
 		insecure:      func(string) bool { return false },
@@ -214,7 +216,7 @@ func New(opts ...Option) *Client {
 // set-up in flight when Flush is called still answers the callers already
 // waiting for it, but its transport is not kept: later callers set up
 // their own, with the credentials of now.
-func (c *Client) Flush() {
+func (c *Puller) Flush() {
 	c.gen.Add(1)
 	c.transports.InvalidateAll()
 }
@@ -234,7 +236,7 @@ func IsLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func (c *Client) plainHTTPAllowed(host string) bool {
+func (c *Puller) plainHTTPAllowed(host string) bool {
 	return IsLoopback(host) || c.insecure(host)
 }
 
@@ -248,7 +250,7 @@ const setupTimeout = 30 * time.Second
 
 // transport returns the authenticated transport for repo, creating it once:
 // the ping and token exchange happen here, not on every call.
-func (c *Client) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+func (c *Puller) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
 	host := repo.RegistryStr()
 	if err := c.check(host); err != nil {
 		return nil, err
@@ -334,7 +336,7 @@ func manifestURL(ref name.Reference) string {
 	return fmt.Sprintf("https://%s/v2/%s/manifests/%s", ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ref.Identifier())
 }
 
-func (c *Client) do(ctx context.Context, repo name.Repository, method, url string, accept string) (*http.Response, error) {
+func (c *Puller) do(ctx context.Context, repo name.Repository, method, url string, accept string) (*http.Response, error) {
 	rt, err := c.transport(ctx, repo)
 	if err != nil {
 		return nil, err
@@ -427,7 +429,7 @@ func oneLine(s string) string {
 // Head returns the digest the registry announces for ref without
 // downloading the manifest. ok is false when the registry answered but sent
 // no usable Docker-Content-Digest.
-func (c *Client) Head(ctx context.Context, ref name.Reference) (digest v1.Hash, ok bool, err error) {
+func (c *Puller) Head(ctx context.Context, ref name.Reference) (digest v1.Hash, ok bool, err error) {
 	resp, err := c.do(ctx, ref.Context(), http.MethodHead, manifestURL(ref), acceptHeader)
 	if err != nil {
 		return v1.Hash{}, false, err
@@ -446,7 +448,7 @@ func (c *Client) Head(ctx context.Context, ref name.Reference) (digest v1.Hash, 
 // Manifest GETs the manifest for ref, bounded by the manifest limit and
 // verified against the requested digest (digest references) or the
 // announced one (tags).
-func (c *Client) Manifest(ctx context.Context, ref name.Reference) (*Manifest, error) {
+func (c *Puller) Manifest(ctx context.Context, ref name.Reference) (*Manifest, error) {
 	resp, err := c.do(ctx, ref.Context(), http.MethodGet, manifestURL(ref), acceptHeader)
 	if err != nil {
 		return nil, err
@@ -477,7 +479,7 @@ func (c *Client) Manifest(ctx context.Context, ref name.Reference) (*Manifest, e
 
 // Blob GETs a blob of repo (a config), bounded by the blob limit and
 // verified against its digest. Redirects to blob storage are followed.
-func (c *Client) Blob(ctx context.Context, repo name.Repository, digest v1.Hash) ([]byte, error) {
+func (c *Puller) Blob(ctx context.Context, repo name.Repository, digest v1.Hash) ([]byte, error) {
 	url := fmt.Sprintf("https://%s/v2/%s/blobs/%s", repo.RegistryStr(), repo.RepositoryStr(), digest)
 	resp, err := c.do(ctx, repo, http.MethodGet, url, "")
 	if err != nil {
@@ -498,7 +500,7 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, digest v1.Hash)
 }
 
 // BlobLimit is the configured blob size limit.
-func (c *Client) BlobLimit() int64 { return c.blobLimit }
+func (c *Puller) BlobLimit() int64 { return c.blobLimit }
 
 // readLimited reads at most limit bytes and fails, without buffering the
 // rest, if there are more.
