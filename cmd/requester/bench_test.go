@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testworker"
 
 	"github.com/regcap/regcap/internal/testenv"
@@ -61,7 +62,7 @@ func TestBenchCLI(t *testing.T) {
 			t.Fatalf("report: %+v", r)
 		}
 		for i, l := range r.Levels {
-			if l.Concurrency != []int{1, 2, 4}[i] || l.Regcap.Requests != 40 || l.Regcap.Cache["hit"] != 40 || l.Regcap.P50 <= 0 {
+			if l.Concurrency != []int{1, 2, 4}[i] || l.Regcap.Requests != 40 || l.Regcap.Cache[string(contract.Hit)] != 40 || l.Regcap.P50 <= 0 {
 				t.Fatalf("level %d: %+v", i, l)
 			}
 			if l.Echo == nil || l.Echo.Requests != 40 || l.Ratio == nil || l.Ratio.Throughput <= 0 {
@@ -91,7 +92,7 @@ func TestBenchCLI(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Mode != "cold" || len(r.Levels) != 1 || r.Levels[0].Regcap.Cache["miss"] != 10 || r.Levels[0].Echo != nil {
+		if r.Mode != "cold" || len(r.Levels) != 1 || r.Levels[0].Regcap.Cache[string(contract.Miss)] != 10 || r.Levels[0].Echo != nil {
 			t.Fatalf("report: %+v", r)
 		}
 	})

@@ -66,6 +66,12 @@ type Level struct {
 	Regcap      Stats  `json:"regcap"`
 	Echo        *Stats `json:"echo,omitempty"`
 	Ratio       *Ratio `json:"ratio,omitempty"`
+	// Head is the cold path's floor (cold manifest_digest runs only): a
+	// plain HTTP client sending a HEAD for a new tag per request to the
+	// same registry, at the same concurrency, in the same run; HeadRatio
+	// compares regcap with it.
+	Head      *Stats `json:"head_floor,omitempty"`
+	HeadRatio *Ratio `json:"head_ratio,omitempty"`
 }
 
 // Report is a whole benchmark.
@@ -141,7 +147,7 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	}
 	for _, c := range levels {
 		load := Load{Concurrency: c, Duration: opts.Duration, Requests: opts.Requests, Warmup: opts.Warmup}
-		var regs, echos []Stats
+		var regs, echos, heads []Stats
 		for range runs {
 			if ctx.Err() != nil {
 				break
@@ -163,6 +169,19 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 			if echoCall != nil && ctx.Err() == nil {
 				echos = append(echos, Measure(ctx, echoCall, echoLoad))
 			}
+			if opts.Fresh != nil && opts.Function == contract.ManifestDigest && ctx.Err() == nil {
+				// The floor gets tags of its own: the registry has not
+				// been asked for them either.
+				refs, err := opts.Fresh(ctx, opts.Requests)
+				if err != nil {
+					return nil, fmt.Errorf("making fresh tags for the HEAD floor: %w", err)
+				}
+				head, err := HeadFloor(refs, c)
+				if err != nil {
+					return nil, err
+				}
+				heads = append(heads, Measure(ctx, head, regLoad))
+			}
 		}
 		if len(regs) == 0 {
 			break
@@ -172,6 +191,11 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 			e := MedianStats(echos)
 			r := Compare(lv.Regcap, e)
 			lv.Echo, lv.Ratio = &e, &r
+		}
+		if len(heads) > 0 {
+			h := MedianStats(heads)
+			r := Compare(lv.Regcap, h)
+			lv.Head, lv.HeadRatio = &h, &r
 		}
 		rep.Levels = append(rep.Levels, lv)
 	}

@@ -74,16 +74,20 @@ func TestRunWarmAndCold(t *testing.T) {
 			t.Fatal(err)
 		}
 		l := rep.Levels[0]
-		if rep.Mode != "cold" || l.Regcap.Requests != 20 || l.Regcap.Cache["miss"] != 20 || l.Regcap.Cache["hit"] != 0 {
+		if rep.Mode != "cold" || l.Regcap.Requests != 20 || l.Regcap.Cache[contract.Miss] != 20 || l.Regcap.Cache[contract.Hit] != 0 {
 			t.Fatalf("cold run: mode %s, %+v", rep.Mode, l.Regcap)
 		}
 		if l.Echo != nil {
 			t.Fatal("echo measured although none was given")
 		}
-		// Every request reached the registry: one HEAD per fresh tag, plus
-		// the probe's.
-		if n := reg.Count("HEAD", "manifest"); n < 20 {
-			t.Fatalf("%d manifest HEADs for 20 cold requests", n)
+		// The raw HEAD floor ran on tags of its own, without errors.
+		if l.Head == nil || l.Head.Requests != 20 || l.Head.Errors != 0 || l.HeadRatio == nil || l.HeadRatio.Throughput <= 0 {
+			t.Fatalf("cold run: HEAD floor %+v, ratio %+v", l.Head, l.HeadRatio)
+		}
+		// Every request reached the registry: one HEAD per fresh tag, for
+		// regcap and for the floor, plus the probe's.
+		if n := reg.Count("HEAD", "manifest"); n < 40 {
+			t.Fatalf("%d manifest HEADs for 20 cold requests and 20 floor HEADs", n)
 		}
 	})
 

@@ -40,6 +40,10 @@ func WriteText(w io.Writer, rep *Report) {
 			row(tw, l.Concurrency, "echo", *l.Echo)
 			fmt.Fprintf(tw, "%d\tregcap/echo\t%.2f\t%.2fx\t\t%.2fx\t\t\t\t\n", l.Concurrency, l.Ratio.Throughput, l.Ratio.P50, l.Ratio.P99)
 		}
+		if l.Head != nil {
+			row(tw, l.Concurrency, "raw HEAD", *l.Head)
+			fmt.Fprintf(tw, "%d\tregcap/HEAD\t%.2f\t%.2fx\t\t%.2fx\t\t\t\t\n", l.Concurrency, l.HeadRatio.Throughput, l.HeadRatio.P50, l.HeadRatio.P99)
+		}
 	}
 	_ = tw.Flush()
 	for _, l := range rep.Levels {
@@ -48,6 +52,9 @@ func WriteText(w io.Writer, rep *Report) {
 		}
 		if l.Echo != nil && l.Echo.FirstError != "" {
 			fmt.Fprintf(w, "c=%d echo: first error: %s\n", l.Concurrency, l.Echo.FirstError)
+		}
+		if l.Head != nil && l.Head.FirstError != "" {
+			fmt.Fprintf(w, "c=%d raw HEAD: first error: %s\n", l.Concurrency, l.Head.FirstError)
 		}
 	}
 }

@@ -42,8 +42,8 @@ func wantLine(t *testing.T, body, line string) {
 // documented series; two Metrics never share counters.
 func TestObserverAndTransport(t *testing.T) {
 	m := metrics.New()
-	m.Request(contract.ManifestDigest, 0, "hit", time.Millisecond)
-	m.Request(contract.ManifestDigest, 0, "shared", time.Millisecond)
+	m.Request(contract.ManifestDigest, 0, contract.Hit, time.Millisecond)
+	m.Request(contract.ManifestDigest, 0, contract.Shared, time.Millisecond)
 	m.Request(contract.OCIManifest, 404, "", time.Millisecond)
 	m.WatchPool(fixedPool{3, 7})
 	m.RedisError("get")

@@ -155,7 +155,7 @@ func startResponder(t *testing.T, url string, script func(image string, call int
 			return // no answer: the requester times out
 		}
 		if code == 200 {
-			reply.Header.Set(contract.HeaderCache, "miss")
+			reply.Header.Set(contract.HeaderCache, string(contract.Miss))
 			reply.Data = []byte(`{"digest":"sha256:0000"}`)
 		} else {
 			reply.Header.Set(contract.HeaderErrorCode, strconv.Itoa(code))
@@ -275,7 +275,7 @@ type blocking struct{ fast map[string]bool }
 
 func (b blocking) Image(ctx context.Context, fn contract.Function, image string, _ ...client.CallOption) (*client.Reply, error) {
 	if b.fast[image] {
-		return &client.Reply{Body: []byte("{}"), Cache: "hit"}, nil
+		return &client.Reply{Body: []byte("{}"), Cache: contract.Hit}, nil
 	}
 	<-ctx.Done()
 	return nil, ctx.Err()
