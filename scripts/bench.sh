@@ -10,6 +10,8 @@
 #
 #   scripts/bench.sh                 # defaults below
 #   RUNS=5 DURATION=5s scripts/bench.sh
+#   PATHS=cold-digest LEVELS=32 scripts/bench.sh   # the cold path against its raw HEAD floor
+#   WORKER_BIN=/path/to/other/worker scripts/bench.sh  # another build of the worker, same requester
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +27,8 @@ NATS_PORT=${NATS_PORT:-14222}
 REDIS_PORT=${REDIS_PORT:-16379}
 REG_PORT=${REG_PORT:-15000}
 REG=127.0.0.1:$REG_PORT
+PATHS=${PATHS:-warm-digest warm-config cold-digest cold-config}
+WORKER_BIN=${WORKER_BIN:-}
 
 mkdir -p "$OUT"
 work=$(mktemp -d)
@@ -38,7 +42,7 @@ trap cleanup EXIT
 
 echo "building worker and requester" >&2
 CGO_ENABLED=0 go build -trimpath -o "$work/bin/" ./cmd/worker ./cmd/requester
-worker=$work/bin/worker
+worker=${WORKER_BIN:-$work/bin/worker}
 requester=$work/bin/requester
 
 wait_port() { # host:port
@@ -132,23 +136,27 @@ run() { # NAME ARGS...
 	"$requester" bench "$@" -o json >"$OUT/$name.json"
 }
 
-# Warm: the hit path against the echo floor.
-for fn in digest config; do
-	run "warm-$fn" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
-		--duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS"
-done
-# Cold: every request a new tag, so a miss and a registry fetch.
-for fn in digest config; do
-	run "cold-$fn" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
-		--cold --requests "$COLD_REQUESTS" --runs "$RUNS"
+rm -f "$OUT"/warm-*.json "$OUT"/cold-*.json
+for path in $PATHS; do
+	fn=${path#*-}
+	case $path in
+	warm-*) # the hit path against the echo floor
+		run "$path" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
+			--duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" ;;
+	cold-*) # every request a new tag, so a miss and a registry fetch;
+		# for digest also the raw HEAD floor
+		run "$path" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
+			--cold --requests "$COLD_REQUESTS" --runs "$RUNS" ;;
+	*) echo "unknown path $path: want warm-digest, warm-config, cold-digest or cold-config" >&2; exit 2 ;;
+	esac
 done
 
 # The markdown table of README.md (Performance), from the JSON reports.
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os
 out = sys.argv[1]
-print("| path | function | c | regcap req/s (runs min–max) | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+print("| path | function | c | regcap req/s (runs min–max) | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s | raw HEAD req/s | regcap/HEAD req/s |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 def rate(s):
     runs = s.get("run_throughputs") or [s["throughput_per_second"]]
     return f"{s['throughput_per_second']:.0f} ({min(runs):.0f}–{max(runs):.0f})"
@@ -168,6 +176,8 @@ for mode in ("warm", "cold"):
                 row += [f"{e['throughput_per_second']:.0f}", us(e["p50_us"]), us(e["p99_us"]), f"{q['throughput']:.2f}"]
             else:
                 row += ["-"] * 4
+            h, hq = l.get("head_floor"), l.get("head_ratio")
+            row += [rate(h), f"{hq['throughput']:.2f}"] if h else ["-"] * 2
             print("| " + " | ".join(row) + " |")
 PY
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
