@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"testing"
 
@@ -139,4 +140,33 @@ func BenchmarkRedisRoundTrips(b *testing.B) {
 			b.ReportMetric(float64(counted)/float64(b.N), "rtt/op")
 		})
 	}
+}
+
+// BenchmarkColdMiss profiles the miss path of manifest_digest: a new tag
+// per request, through Redis and the fleet lock, to an in-process
+// registry. Profile it with
+//
+//	go test -run '^$' -bench ColdMiss -cpuprofile cpu.out ./internal/resolve/
+func BenchmarkColdMiss(b *testing.B) {
+	f := &fleet{reg: testenv.StartRegistry(b), redis: testenv.StartRedis(b)}
+	img := f.reg.PushImage(b, "cold/app", "v0", testenv.OCIManifest, "linux/amd64")
+	var n roundTrips
+	r := f.countedResolver(b, &n)
+	tags := make([]Request, b.N)
+	for i := range tags {
+		tag := "t" + strconv.Itoa(i)
+		f.reg.PushManifest(b, "cold/app", tag, testenv.OCIManifest, img.Manifest)
+		tags[i] = request(contract.ManifestDigest, f.reg.Ref("cold/app", tag))
+	}
+	var next atomic.Int64
+	b.ResetTimer()
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := r.Answer(context.Background(), tags[next.Add(1)-1]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
