@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -26,10 +28,24 @@ type Registry interface {
 // Fetcher answers capability requests from a registry.
 type Fetcher struct {
 	reg Registry
+	log *zap.Logger
 }
 
+// FetcherOption configures a Fetcher.
+type FetcherOption func(*Fetcher)
+
+// WithLogger sets the logger: where a digest came from is logged at
+// debug level.
+func WithLogger(l *zap.Logger) FetcherOption { return func(f *Fetcher) { f.log = l } }
+
 // NewFetcher returns a Fetcher over reg.
-func NewFetcher(reg Registry) *Fetcher { return &Fetcher{reg: reg} }
+func NewFetcher(reg Registry, opts ...FetcherOption) *Fetcher {
+	f := &Fetcher{reg: reg, log: zap.NewNop()}
+	for _, o := range opts {
+		o(f)
+	}
+	return f
+}
 
 // Fetch answers req with the reply body of the contract. Every error is
 // a *contract.Error, classified here.
@@ -63,6 +79,7 @@ func digestReply(h v1.Hash) []byte {
 func (f *Fetcher) digest(ctx context.Context, ref name.Reference) ([]byte, error) {
 	h, ok, err := f.reg.Head(ctx, ref)
 	if err == nil && ok {
+		f.log.Debug("manifest digest from the HEAD's Docker-Content-Digest", zap.String("image", ref.Name()), zap.String("digest", h.String()))
 		return digestReply(h), nil
 	}
 	if err != nil && !headFallback(ctx, err) {
@@ -72,6 +89,12 @@ func (f *Fetcher) digest(ctx context.Context, ref name.Reference) ([]byte, error
 	if gerr != nil {
 		return nil, gerr
 	}
+	why := "the HEAD gave no digest"
+	if err != nil {
+		why = "the HEAD failed: " + err.Error()
+	}
+	f.log.Debug("manifest digest from the sha256 of the GET body", zap.String("image", ref.Name()),
+		zap.String("digest", m.Digest.String()), zap.String("why", why))
 	return digestReply(m.Digest), nil
 }
 
@@ -140,6 +163,10 @@ func (f *Fetcher) manifestConfig(ctx context.Context, ref name.Reference, want v
 	cfg, err := f.reg.Blob(ctx, ref.Context(), cd)
 	if err != nil {
 		return nil, err
+	}
+	// Blob checked the sha256; the size must match the descriptor too.
+	if int64(len(cfg)) != pm.Config.Size {
+		return nil, errorf(502, ref.Name(), "registry sent corrupt content: config blob %s is %d bytes, its descriptor says %d", cd, len(cfg), pm.Config.Size)
 	}
 	if !json.Valid(cfg) {
 		return nil, errorf(502, ref.Name(), "config blob %s is not valid JSON", cd)

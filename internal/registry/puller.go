@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -459,22 +460,34 @@ func (c *Puller) Manifest(ctx context.Context, ref name.Reference) (*Manifest, e
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	got := sha256Hash(body)
-	want := resp.Header.Get("Docker-Content-Digest")
-	if strings.Contains(resp.Header.Get("Content-Type"), "manifest.v1+") {
-		// A signed schema 1 manifest's announced digest covers the body
-		// without its signatures; the caller refuses schema 1 anyway.
-		want = ""
-	}
+	// Verified against the requested digest for a digest reference, else
+	// against the digest the registry announces, for every media type.
+	want, source := resp.Header.Get("Docker-Content-Digest"), "Docker-Content-Digest"
 	if d, isDigest := ref.(name.Digest); isDigest {
-		want = d.DigestStr()
+		want, source = d.DigestStr(), "the requested digest"
 		if !strings.HasPrefix(want, "sha256:") {
 			return nil, fmt.Errorf("cannot verify %s: only sha256 digests are supported: %w", want, ErrDigestMismatch)
 		}
 	}
-	if strings.HasPrefix(want, "sha256:") && want != got.String() {
-		return nil, fmt.Errorf("manifest body hashes to %s, expected %s: %w", got, want, ErrDigestMismatch)
+	if strings.HasPrefix(want, "sha256:") && want != got.String() && !signedSchema1(resp.Header.Get("Content-Type"), body) {
+		return nil, fmt.Errorf("manifest body hashes to %s, %s is %s: %w", got, source, want, ErrDigestMismatch)
 	}
 	return &Manifest{Body: body, ContentType: resp.Header.Get("Content-Type"), Digest: got}, nil
+}
+
+// signedSchema1 reports whether body is a signed Docker schema 1
+// manifest, whose announced digest covers the body without its
+// signatures. It is let through unverified only to be refused (415) by
+// the caller, which refuses schema 1: judged by the body, not by the
+// Content-Type a registry chooses, so no other manifest skips the check.
+func signedSchema1(contentType string, body []byte) bool {
+	if !strings.HasPrefix(contentType, "application/vnd.docker.distribution.manifest.v1+prettyjws") {
+		return false
+	}
+	var m struct {
+		SchemaVersion int `json:"schemaVersion"`
+	}
+	return json.Unmarshal(body, &m) == nil && m.SchemaVersion == 1
 }
 
 // Blob GETs a blob of repo (a config), bounded by the blob limit and

@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	fetcher := capability.NewFetcher(acc.puller(&cfg, w.metrics.WrapBase))
+	fetcher := capability.NewFetcher(acc.puller(&cfg, w.metrics.WrapBase), capability.WithLogger(log.Named("fetch")))
 	w.res = resolve.New(fetcher, ropts...)
 	// The fetch pool gauges read the resolver at every scrape.
 	w.metrics.WatchPool(w.res)
