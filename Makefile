@@ -28,6 +28,7 @@ vet:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/capability/
+	$(GO) test -run '^$$' -fuzz FuzzOpenValue -fuzztime 60s ./internal/resolve/
 
 bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/natsfront/ ./internal/resolve/

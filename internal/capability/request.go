@@ -30,9 +30,9 @@ type Request struct {
 // Key is the cache key of the request's answer. It carries no credentials.
 func (r Request) Key() string {
 	if r.Function == contract.OCIManifestConfig {
-		return "regcap:v1:" + r.Function.Name() + ":" + FormatPlatform(r.Platform) + ":" + r.Ref.Name()
+		return "regcap:v2:" + r.Function.Name() + ":" + FormatPlatform(r.Platform) + ":" + r.Ref.Name()
 	}
-	return "regcap:v1:" + r.Function.Name() + ":" + r.Ref.Name()
+	return "regcap:v2:" + r.Function.Name() + ":" + r.Ref.Name()
 }
 
 // Immutable reports whether the answer cannot change: a digest reference.

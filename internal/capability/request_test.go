@@ -81,13 +81,13 @@ func TestKeysShareAliases(t *testing.T) {
 		return Request{Function: fn, Ref: ref, Platform: p}.Key()
 	}
 	amd := v1.Platform{OS: "linux", Architecture: "amd64"}
-	want := "regcap:v1:manifest_digest:index.docker.io/library/busybox:latest"
+	want := "regcap:v2:manifest_digest:index.docker.io/library/busybox:latest"
 	for _, alias := range []string{"busybox", "busybox:latest", "docker.io/library/busybox:latest", "index.docker.io/library/busybox", "docker.io/busybox"} {
 		if got := key(contract.ManifestDigest, alias, v1.Platform{}); got != want {
 			t.Errorf("%s: key %s, want %s", alias, got, want)
 		}
 	}
-	if got, want := key(contract.OCIManifestConfig, "busybox", amd), "regcap:v1:oci_manifest_config:linux/amd64:index.docker.io/library/busybox:latest"; got != want {
+	if got, want := key(contract.OCIManifestConfig, "busybox", amd), "regcap:v2:oci_manifest_config:linux/amd64:index.docker.io/library/busybox:latest"; got != want {
 		t.Errorf("config key %s, want %s", got, want)
 	}
 	if key(contract.OCIManifestConfig, "busybox", amd) == key(contract.OCIManifestConfig, "busybox", v1.Platform{OS: "linux", Architecture: "arm64"}) {

@@ -85,6 +85,7 @@ type Metrics struct {
 	inflight        prometheus.GaugeFunc
 	queued          prometheus.GaugeFunc
 	redisErrors     *prometheus.CounterVec
+	redisRejected   *prometheus.CounterVec
 	natsReconnects  prometheus.Counter
 }
 
@@ -119,6 +120,10 @@ func New() *Metrics {
 			Name: "regcap_redis_errors_total",
 			Help: "Failed Redis commands, by operation; each one was absorbed (served from memory or the registry).",
 		}, []string{"op"}),
+		redisRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcap_redis_rejected_total",
+			Help: "Values read from Redis and refused, by reason (short, version, checksum, unsigned, signature, too_large, wrong_type, no_ttl); each was answered as a miss and overwritten by the fetch.",
+		}, []string{"reason"}),
 		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regcap_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
@@ -134,7 +139,7 @@ func New() *Metrics {
 		Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending), read at scrape time.",
 	}, func() float64 { _, n := m.poolNow(); return float64(n) })
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
-		m.inflight, m.queued, m.redisErrors, m.natsReconnects,
+		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -176,6 +181,10 @@ func (m *Metrics) poolNow() (inFlight, queued int) {
 // RedisError counts a failed Redis command; use it as
 // resolve.WithRedisErrorHook.
 func (m *Metrics) RedisError(op string) { m.redisErrors.WithLabelValues(op).Inc() }
+
+// RedisRejected counts a value read from Redis and refused; use it as
+// resolve.WithRejectHook.
+func (m *Metrics) RedisRejected(reason string) { m.redisRejected.WithLabelValues(reason).Inc() }
 
 // NATSReconnected counts a NATS reconnection; call it from the
 // connection's reconnect handler.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/internal/resolve"
+
 	"github.com/regcap/regcap/internal/testworker"
 
 	"github.com/nats-io/nats.go"
@@ -216,7 +218,7 @@ func TestHitsAliasesAndExpiry(t *testing.T) {
 	}
 }
 
-// TestRedisTTLCountsFromTheFetch: the Redis value is the reply body, its
+// TestRedisTTLCountsFromTheFetch: the Redis value holds the reply body, its
 // TTL is --cache-ttl from the fetch, and hits (served from Redis: the
 // memory tier is off) never extend it.
 func TestRedisTTLCountsFromTheFetch(t *testing.T) {
@@ -226,16 +228,18 @@ func TestRedisTTLCountsFromTheFetch(t *testing.T) {
 	call(t, f.cli, contract.ManifestDigest, f.reg.Ref("ttl", "v1"))
 
 	rdb := rd.Client(t)
-	key := "regcap:v1:manifest_digest:" + f.reg.Ref("ttl", "v1")
+	key := "regcap:v2:manifest_digest:" + f.reg.Ref("ttl", "v1")
 	ttl1, err := rdb.PTTL(context.Background(), key).Result()
 	testenv.Must(t, err, "PTTL")
 	if ttl1 <= 0 || ttl1 > 45*time.Second {
 		t.Fatalf("redis TTL %v, want (0, 45s]", ttl1)
 	}
-	val, err := rdb.Get(context.Background(), key).Bytes()
+	raw, err := rdb.Get(context.Background(), key).Bytes()
 	testenv.Must(t, err, "GET")
+	val, _, err := resolve.DecodeValue(key, raw, nil)
+	testenv.Must(t, err, "decoding the redis value")
 	if !bytes.Equal(val, digestBody(img.Digest)) {
-		t.Fatalf("redis value %s, want the reply body %s", val, digestBody(img.Digest))
+		t.Fatalf("redis value holds %s, want the reply body %s", val, digestBody(img.Digest))
 	}
 	// Hits come from Redis and do not extend the entry: a worker that
 	// re-set the value on a hit would push the TTL back up to 45s.
@@ -402,8 +406,10 @@ func TestRedisOutage(t *testing.T) {
 		tag := fmt.Sprintf("after%d", next)
 		img := f.reg.PushImage(t, "outage", tag, testenv.OCIManifest, "linux/amd64")
 		call(t, f.cli, contract.OCIManifest, f.reg.Ref("outage", tag))
-		v, err := rdb.Get(context.Background(), "regcap:v1:oci_manifest:"+f.reg.Ref("outage", tag)).Bytes()
-		if err == nil && bytes.Equal(v, img.Manifest) {
+		key := "regcap:v2:oci_manifest:" + f.reg.Ref("outage", tag)
+		raw, err := rdb.Get(context.Background(), key).Bytes()
+		v, _, derr := resolve.DecodeValue(key, raw, nil)
+		if err == nil && derr == nil && bytes.Equal(v, img.Manifest) {
 			imgs[5] = img
 			return true
 		}

@@ -354,7 +354,7 @@ func TestExpiredHolderSaysNothing(t *testing.T) {
 	stale, fresh, waiting := newLock(), newLock(), newLock()
 	rdb := rd.Client(t)
 	ctx := context.Background()
-	const key = "regcap:v1:manifest_digest:example.test/app:v1"
+	const key = "regcap:v2:manifest_digest:example.test/app:v1"
 
 	old := stale.Lock(ctx, key, 50*time.Millisecond)
 	if old.lease == nil {

@@ -137,21 +137,21 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration) cl
 	defer cancel()
 	var (
 		set *redis.BoolCmd
-		get *redis.SliceCmd
+		get *redis.StringCmd
 		ttl *redis.DurationCmd
 	)
 	_, err := l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		set = p.SetNX(op, lockPrefix+key, token, hold)
-		get, ttl = read(op, p, key)
+		get, ttl = l.tier.read(op, p, key)
 		return nil
 	})
-	if err != nil {
+	if err != nil && (!isReply(err) || set.Err() != nil) {
 		l.unregister(wt)
 		l.health.failed(ctx, "lock", err)
 		return claim{}
 	}
 	l.health.ok()
-	e, found := l.tier.decode(get, ttl)
+	e, found := l.tier.decode(key, get, ttl)
 	switch {
 	case set.Val() && found:
 		// Stored between the caller's look and our lock: nothing to
@@ -193,7 +193,7 @@ func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
 	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if store != nil {
 			if left := store.expires.Sub(l.tier.now()); left >= time.Millisecond {
-				p.Set(ctx, ls.key, store.body, left)
+				p.Set(ctx, ls.key, sealValue(ls.key, store.body, store.fetched, l.tier.macKey), left)
 			}
 		}
 		p.Eval(ctx, releaseScript, []string{lockPrefix + ls.key, donePrefix + ls.key}, ls.token, msg)
@@ -273,20 +273,20 @@ func (l *fleetLock) peek(ctx context.Context, key string) (e entry, found, held 
 	defer cancel()
 	var (
 		lock *redis.IntCmd
-		get  *redis.SliceCmd
+		get  *redis.StringCmd
 		ttl  *redis.DurationCmd
 	)
 	_, err = l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		lock = p.Exists(op, lockPrefix+key)
-		get, ttl = read(op, p, key)
+		get, ttl = l.tier.read(op, p, key)
 		return nil
 	})
-	if err != nil {
+	if err != nil && (!isReply(err) || lock.Err() != nil) {
 		l.health.failed(ctx, "lock_check", err)
 		return entry{}, false, false, err
 	}
 	l.health.ok()
-	e, found = l.tier.decode(get, ttl)
+	e, found = l.tier.decode(key, get, ttl)
 	return e, found, lock.Val() > 0, nil
 }
 

@@ -17,6 +17,7 @@ const entryOverhead = 96
 // fetch, so that no answer is older than the TTL anywhere.
 type entry struct {
 	body    []byte
+	fetched time.Time // when the fetch that made it started
 	expires time.Time
 }
 

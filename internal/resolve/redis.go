@@ -2,6 +2,8 @@ package resolve
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -10,11 +12,16 @@ import (
 )
 
 // redisTier is the fleet's shared tier. A Redis failure is a miss, never
-// an error: it is logged once per outage and counted by health.
+// an error: it is logged once per outage and counted by health. A value
+// that is not a valid envelope (see envelope.go) is a miss too, reported
+// to reject, never an outage.
 type redisTier struct {
-	rdb    redis.UniversalClient
-	health *health
-	now    func() time.Time
+	rdb     redis.UniversalClient
+	health  *health
+	now     func() time.Time
+	macKey  []byte // the fleet's --cache-key; nil for none
+	maxBody int    // the largest body a value may hold
+	reject  func(key string, r *rejection)
 }
 
 // Get reads key and its remaining TTL in one round trip. The entry expires
@@ -26,45 +33,73 @@ func (t *redisTier) Get(ctx context.Context, key string) (entry, bool) {
 	}
 	op, cancel := t.health.op(ctx)
 	defer cancel()
-	var get *redis.SliceCmd
+	var get *redis.StringCmd
 	var ttl *redis.DurationCmd
 	_, err := t.rdb.Pipelined(op, func(p redis.Pipeliner) error {
-		get, ttl = read(op, p, key)
+		get, ttl = t.read(op, p, key)
 		return nil
 	})
-	if err != nil {
+	if err != nil && !isReply(err) {
 		t.health.failed(ctx, "get", err)
 		return entry{}, false
 	}
 	t.health.ok()
-	return t.decode(get, ttl)
+	return t.decode(key, get, ttl)
+}
+
+// isReply reports whether err is an error reply from Redis about one
+// command (WRONGTYPE, say), as opposed to Redis being unreachable.
+func isReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
 }
 
 // read queues the reading of key's value and remaining TTL on p. The
-// value is read with MGET, not GET: a missing key is then a nil element,
-// not a redis.Nil error, which would make go-redis close the pipeline's
-// connection and dial (and handshake) a new one for the next command.
-func read(ctx context.Context, p redis.Pipeliner, key string) (*redis.SliceCmd, *redis.DurationCmd) {
-	return p.MGet(ctx, key), p.PTTL(ctx, key)
+// value is read with GETRANGE, bounded by the largest valid envelope, so
+// that an oversized value is never read whole; and a missing key is then
+// an empty string, not a redis.Nil error, which would make go-redis close
+// the pipeline's connection and dial (and handshake) a new one.
+func (t *redisTier) read(ctx context.Context, p redis.Pipeliner, key string) (*redis.StringCmd, *redis.DurationCmd) {
+	return p.GetRange(ctx, key, 0, int64(t.maxValue())), p.PTTL(ctx, key)
 }
 
-// decode turns what read queued into an entry.
-func (t *redisTier) decode(get *redis.SliceCmd, ttl *redis.DurationCmd) (entry, bool) {
-	vals := get.Val()
-	if len(vals) != 1 {
+// maxValue is the size of the largest envelope a valid value can be.
+func (t *redisTier) maxValue() int { return envelopeHeader + t.maxBody + macSize }
+
+// decode turns what read queued into an entry. A key that does not exist
+// is a plain miss; one whose value is refused is a miss reported to
+// reject.
+func (t *redisTier) decode(key string, get *redis.StringCmd, ttl *redis.DurationCmd) (entry, bool) {
+	if err := get.Err(); err != nil {
+		if redis.HasErrorPrefix(err, "WRONGTYPE") {
+			t.reject(key, &rejection{rejectWrongType, "the key holds another type than a string"})
+		}
 		return entry{}, false
 	}
-	s, ok := vals[0].(string)
-	if !ok {
-		return entry{}, false
-	}
-	body := []byte(s)
 	left := ttl.Val()
-	if left <= 0 {
-		// No expiry (-1) would break the TTL promise; expired (-2) is gone.
+	if ttl.Err() != nil || left == -2 { // go-redis passes PTTL's -2 and -1 through as nanoseconds
+		return entry{}, false // no such key (PTTL -2)
+	}
+	value := []byte(get.Val())
+	if len(value) > t.maxValue() {
+		t.reject(key, &rejection{rejectTooLarge, fmt.Sprintf("over %d bytes", t.maxValue())})
 		return entry{}, false
 	}
-	return entry{body: body, expires: t.now().Add(left)}, true
+	if left <= 0 {
+		// No expiry (-1) would break the TTL promise: regcap never
+		// writes such a value.
+		t.reject(key, &rejection{rejectNoTTL, "the key has no expiry"})
+		return entry{}, false
+	}
+	body, fetched, err := openValue(key, value, t.macKey, t.maxBody)
+	if err != nil {
+		var r *rejection
+		if errors.As(err, &r) {
+			t.reject(key, r)
+		}
+		return entry{}, false
+	}
+	return entry{body: body, fetched: fetched, expires: t.now().Add(left)}, true
 }
 
 // Set stores e until it expires.
@@ -75,7 +110,7 @@ func (t *redisTier) Set(ctx context.Context, key string, e entry) {
 	}
 	op, cancel := t.health.op(ctx)
 	defer cancel()
-	if err := t.rdb.Set(op, key, e.body, left).Err(); err != nil {
+	if err := t.rdb.Set(op, key, sealValue(key, e.body, e.fetched, t.macKey), left).Err(); err != nil {
 		t.health.failed(ctx, "set", err)
 		return
 	}

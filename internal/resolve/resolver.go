@@ -79,8 +79,13 @@ type Resolver struct {
 	memoryBytes  uint64
 	redisOps     time.Duration
 	onRedisError func(op string)
+	onReject     func(reason string)
 	rdb          redis.UniversalClient
+	cacheKey     []byte
+	maxAnswer    int
 	now          func() time.Time
+
+	rejectLogged *otter.Cache[string, struct{}] // keys whose refused value was logged
 
 	decoded *otter.Cache[string, query] // raw request → decoded request
 	slots   chan struct{}               // fetch slots
@@ -137,6 +142,21 @@ func WithRedisTimeout(d time.Duration) Option { return func(r *Resolver) { r.red
 // Redis command, for metrics.
 func WithRedisErrorHook(f func(op string)) Option { return func(r *Resolver) { r.onRedisError = f } }
 
+// WithCacheKey signs every Redis value with key (HMAC-SHA256) and
+// accepts only values signed with it: anyone who can write to Redis but
+// lacks the key cannot plant an answer. Every worker of a fleet needs the
+// same key.
+func WithCacheKey(key []byte) Option { return func(r *Resolver) { r.cacheKey = key } }
+
+// WithMaxAnswer bounds the size of an answer read from Redis, in bytes
+// (default 16 MiB): a larger value is refused unread.
+func WithMaxAnswer(n int) Option { return func(r *Resolver) { r.maxAnswer = n } }
+
+// WithRejectHook is called with the reason (short, checksum, signature,
+// unsigned, version, too_large, wrong_type, no_ttl) whenever a Redis
+// value is refused, for metrics.
+func WithRejectHook(f func(reason string)) Option { return func(r *Resolver) { r.onReject = f } }
+
 // WithLogger sets the logger.
 func WithLogger(l *zap.Logger) Option { return func(r *Resolver) { r.log = l } }
 
@@ -152,6 +172,8 @@ func New(f fetcher, opts ...Option) *Resolver {
 		memoryBytes:  DefaultMemorySize,
 		redisOps:     time.Second,
 		onRedisError: func(string) {},
+		onReject:     func(string) {},
+		maxAnswer:    16 << 20,
 		slots:        make(chan struct{}, 64),
 		now:          time.Now,
 	}
@@ -171,7 +193,8 @@ func New(f fetcher, opts ...Option) *Resolver {
 	r.closer = func() {}
 	if r.rdb != nil {
 		r.health = &health{log: r.log, onError: r.onRedisError, opTimeout: r.redisOps, now: r.now}
-		tier := &redisTier{rdb: r.rdb, health: r.health, now: r.now}
+		tier := &redisTier{rdb: r.rdb, health: r.health, now: r.now, macKey: r.cacheKey, maxBody: r.maxAnswer, reject: r.rejected}
+		r.rejectLogged = otter.Must(&otter.Options[string, struct{}]{MaximumSize: 10000})
 		lock := &fleetLock{rdb: r.rdb, tier: tier, health: r.health, log: r.log}
 		r.shared, r.lock, r.closer = tier, lock, lock.Close
 	}
@@ -380,7 +403,7 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 		}
 		return nil, ce
 	}
-	e := entry{body: body, expires: fetched.Add(q.ttl)}
+	e := entry{body: body, fetched: fetched, expires: fetched.Add(q.ttl)}
 	r.mem.Set(q.key, e)
 	switch {
 	case held != nil:
@@ -451,6 +474,19 @@ func asContractError(image string, err error) *contract.Error {
 		return ce
 	}
 	return contract.Errorf(502, "%s: %v", image, err)
+}
+
+// rejected reports a Redis value refused for key: counted every time,
+// logged once per key (while it is remembered) so that a bad key cannot
+// flood the log. The fetch that follows overwrites the value.
+func (r *Resolver) rejected(key string, why *rejection) {
+	r.onReject(why.reason)
+	if _, seen := r.rejectLogged.GetIfPresent(key); seen {
+		return
+	}
+	r.rejectLogged.Set(key, struct{}{})
+	r.log.Warn("refused a value read from redis: answering as a miss, the fetch overwrites it",
+		zap.String("key", key), zap.String("reason", why.reason), zap.String("detail", why.detail))
 }
 
 // failed logs a request that got an error answer.

@@ -76,6 +76,12 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		resolve.WithMemory(cfg.MemorySize),
 		resolve.WithLogger(log.Named("resolve")),
 		resolve.WithRedisErrorHook(w.metrics.RedisError),
+		resolve.WithRejectHook(w.metrics.RedisRejected),
+		// The largest answer: an oci_manifest_config reply.
+		resolve.WithMaxAnswer(int(cfg.ManifestLimit+cfg.BlobLimit) + 4<<10),
+	}
+	if cfg.CacheKey != "" {
+		ropts = append(ropts, resolve.WithCacheKey([]byte(cfg.CacheKey)))
 	}
 	switch {
 	case cfg.RedisURL != "":
@@ -91,7 +97,7 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		if err := w.rdb.Ping(pctx).Err(); err != nil {
 			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("addr", w.rdb.Options().Addr), zap.Error(err))
 		} else {
-			log.Info("sharing the cache through redis", zap.String("addr", w.rdb.Options().Addr))
+			log.Info("sharing the cache through redis", zap.String("addr", w.rdb.Options().Addr), zap.Bool("values_signed", cfg.CacheKey != ""))
 		}
 		cancel()
 	case cfg.MemorySize == 0:

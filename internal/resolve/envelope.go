@@ -1,0 +1,128 @@
+package resolve
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+
+	"fmt"
+	"time"
+)
+
+// A Redis value is an envelope around the reply body, so that a value
+// that was corrupted, truncated, written by something else, or (with a
+// fleet key) planted by anyone who can write to Redis but lacks the key,
+// is refused instead of served. Layout, integers big-endian:
+//
+//	offset  size  field
+//	0       2     magic "rc"
+//	2       1     version (1)
+//	3       1     flags: bit 0 set when a MAC follows the body
+//	4       8     fetch time, Unix nanoseconds
+//	12      32    sha256 of the body
+//	44      n     body, the reply exactly as sent
+//	44+n    32    HMAC-SHA256 over the Redis key, a zero byte and bytes
+//	              0 to 44+n, with the fleet's --cache-key (flag bit 0)
+//
+// The MAC covers the key, so that a valid value cannot be copied to
+// another key (one image's answer served for another).
+const (
+	envelopeVersion = 1
+	envelopeHeader  = 44
+	macSize         = sha256.Size
+	flagMAC         = 1
+)
+
+var envelopeMagic = [2]byte{'r', 'c'}
+
+// Reasons a value is refused, as metrics and logs name them.
+const (
+	rejectShort     = "short"
+	rejectVersion   = "version"
+	rejectChecksum  = "checksum"
+	rejectUnsigned  = "unsigned"
+	rejectSignature = "signature"
+	rejectTooLarge  = "too_large"
+	rejectWrongType = "wrong_type"
+	rejectNoTTL     = "no_ttl"
+)
+
+// rejection is why a Redis value was refused.
+type rejection struct{ reason, detail string }
+
+func (r *rejection) Error() string { return r.reason + ": " + r.detail }
+
+// sealValue wraps body for key, fetched at fetched; with macKey it is
+// signed.
+func sealValue(key string, body []byte, fetched time.Time, macKey []byte) []byte {
+	n := envelopeHeader + len(body)
+	if macKey != nil {
+		n += macSize
+	}
+	v := make([]byte, envelopeHeader, n)
+	copy(v, envelopeMagic[:])
+	v[2] = envelopeVersion
+	if macKey != nil {
+		v[3] = flagMAC
+	}
+	binary.BigEndian.PutUint64(v[4:12], uint64(fetched.UnixNano()))
+	sum := sha256.Sum256(body)
+	copy(v[12:44], sum[:])
+	v = append(v, body...)
+	if macKey != nil {
+		v = append(v, mac(macKey, key, v)...)
+	}
+	return v
+}
+
+// openValue checks value, read from key, and returns the body and the
+// fetch time. With macKey, only a value signed with it is accepted.
+// maxBody bounds the body.
+func openValue(key string, value []byte, macKey []byte, maxBody int) ([]byte, time.Time, error) {
+	if len(value) < envelopeHeader {
+		return nil, time.Time{}, &rejection{rejectShort, fmt.Sprintf("%d bytes, under the %d-byte header", len(value), envelopeHeader)}
+	}
+	if !bytes.Equal(value[:2], envelopeMagic[:]) || value[2] != envelopeVersion {
+		return nil, time.Time{}, &rejection{rejectVersion, fmt.Sprintf("not a version-%d envelope (starts %q)", envelopeVersion, value[:3])}
+	}
+	signed := value[3]&flagMAC != 0
+	end := len(value)
+	if signed {
+		end -= macSize
+		if end < envelopeHeader {
+			return nil, time.Time{}, &rejection{rejectShort, "too short for its MAC"}
+		}
+	}
+	switch {
+	case macKey != nil && !signed:
+		return nil, time.Time{}, &rejection{rejectUnsigned, "not signed, and this worker has a cache key"}
+	case macKey != nil && !hmac.Equal(value[end:], mac(macKey, key, value[:end])):
+		return nil, time.Time{}, &rejection{rejectSignature, "MAC does not verify with this worker's cache key"}
+	}
+	body := value[envelopeHeader:end]
+	if len(body) > maxBody {
+		return nil, time.Time{}, &rejection{rejectTooLarge, fmt.Sprintf("body of %d bytes, over %d", len(body), maxBody)}
+	}
+	if sum := sha256.Sum256(body); !bytes.Equal(sum[:], value[12:44]) {
+		return nil, time.Time{}, &rejection{rejectChecksum, "body does not match its sha256"}
+	}
+	fetched := time.Unix(0, int64(binary.BigEndian.Uint64(value[4:12])))
+	return body, fetched, nil
+}
+
+func mac(macKey []byte, key string, signed []byte) []byte {
+	h := hmac.New(sha256.New, macKey)
+	h.Write([]byte(key))
+	h.Write([]byte{0})
+	h.Write(signed)
+	return h.Sum(nil)
+}
+
+// DecodeValue returns the reply body and fetch time held in value, the
+// Redis value of key, after checking it as a worker does (macKey: the
+// fleet's --cache-key, nil for none). For tools and tests that look into
+// Redis.
+func DecodeValue(key string, value, macKey []byte) ([]byte, time.Time, error) {
+	return openValue(key, value, macKey, len(value))
+}
