@@ -97,6 +97,10 @@ type Error struct {
 	RetryAfter string
 }
 
+// MaxMessage bounds an error message, in bytes: an error reply travels in
+// a header, and must fit where the answer did not.
+const MaxMessage = 1 << 10
+
 // Errorf returns an *Error with a formatted message.
 func Errorf(code int, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}

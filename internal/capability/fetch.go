@@ -267,5 +267,14 @@ func pickPlatform(ref name.Reference, pm *parsedManifest, want v1.Platform) (v1.
 	if len(have) == 0 {
 		return v1.Hash{}, errorf(404, ref.Name(), "index has no manifest for %s: it is empty", FormatPlatform(want))
 	}
-	return v1.Hash{}, errorf(404, ref.Name(), "index has no manifest for %s; it has %s", FormatPlatform(want), strings.Join(have, ", "))
+	return v1.Hash{}, errorf(404, ref.Name(), "index has no manifest for %s; it has %s", FormatPlatform(want), some(have, 16))
+}
+
+// some lists at most n of items, and says how many it left out: an index
+// may have thousands of entries, and an error message is bounded.
+func some(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }

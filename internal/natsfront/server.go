@@ -253,13 +253,44 @@ func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err 
 		r.Header.Set(contract.HeaderCache, string(a.Outcome))
 		r.Data = a.Body
 	}
+	// A reply the server would refuse is never dropped: the caller gets
+	// a 413 that says so, not a timeout.
+	if limit := s.nc.MaxPayload(); limit > 0 && int64(msgSize(r)) > limit {
+		r, code, a.Outcome = tooLarge(m.Reply, fn, msgSize(r), limit), 413, ""
+	}
 	if !s.nc.IsConnected() {
 		s.repliedOffline.Store(true)
 	}
-	if err := m.RespondMsg(r); err != nil {
+	err = m.RespondMsg(r)
+	if errors.Is(err, nats.ErrMaxPayload) && code != 413 {
+		r, code, a.Outcome = tooLarge(m.Reply, fn, msgSize(r), s.nc.MaxPayload()), 413, ""
+		err = m.RespondMsg(r)
+	}
+	if err != nil {
 		s.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
 	}
 	s.obs.Request(fn, code, a.Outcome, time.Since(start))
+}
+
+// msgSize is what a message counts against the server's max_payload:
+// its headers, as NATS encodes them, and its body.
+func msgSize(m *nats.Msg) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+	}
+	return n + len(m.Data)
+}
+
+// tooLarge is the 413 error reply for an answer of size bytes that does
+// not fit the server's max_payload.
+func tooLarge(reply string, fn contract.Function, size int, limit int64) *nats.Msg {
+	r := nats.NewMsg(reply)
+	r.Header.Set(contract.HeaderErrorCode, "413")
+	r.Header.Set(contract.HeaderError, fmt.Sprintf("%s answer of %d bytes is over the NATS server's max_payload of %d bytes: raise max_payload, or lower --max-manifest-size and --max-config-size", fn.Name(), size, limit))
+	return r
 }
 
 // headerSafe keeps a header value on one line.

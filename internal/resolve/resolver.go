@@ -12,6 +12,7 @@ import (
 	"errors"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/maypok86/otter/v2"
@@ -248,8 +249,7 @@ type query struct {
 func (r *Resolver) Lookup(req Request) (a Answer, ok bool, err error) {
 	q, err := r.decode(req)
 	if err != nil {
-		r.failed(req.Function, err)
-		return Answer{}, false, err
+		return Answer{}, false, r.failed(req.Function, err)
 	}
 	if e, ok := r.mem.Get(q.key); ok {
 		return Answer{Body: e.body, Outcome: contract.Hit}, true, nil
@@ -263,9 +263,9 @@ func (r *Resolver) Lookup(req Request) (a Answer, ok bool, err error) {
 func (r *Resolver) Answer(ctx context.Context, req Request) (Answer, error) {
 	a, err := r.answer(ctx, req)
 	if err != nil {
-		r.failed(req.Function, err)
+		return Answer{}, r.failed(req.Function, err)
 	}
-	return a, err
+	return a, nil
 }
 
 // answer is the request's path, top to bottom: decode, memory, then one
@@ -489,13 +489,39 @@ func (r *Resolver) rejected(key string, why *rejection) {
 		zap.String("key", key), zap.String("reason", why.reason), zap.String("detail", why.detail))
 }
 
-// failed logs a request that got an error answer.
-func (r *Resolver) failed(fn contract.Function, err error) {
+// failed logs a request that got an error answer, and returns the
+// error as every front sends it: a *contract.Error whose message is one
+// line of at most contract.MaxMessage bytes.
+func (r *Resolver) failed(fn contract.Function, err error) *contract.Error {
 	ce := asContractError("", err)
+	if msg := bounded(ce.Message); msg != ce.Message {
+		ce = &contract.Error{Code: ce.Code, Message: msg, RetryAfter: ce.RetryAfter}
+	}
 	lvl := zap.InfoLevel
 	if ce.Code >= 500 {
 		lvl = zap.WarnLevel
 	}
 	r.log.Log(lvl, "request failed", zap.String("function", string(fn)),
 		zap.Int("code", ce.Code), zap.String("message", ce.Message))
+	return ce
+}
+
+// bounded keeps a message on one line of at most contract.MaxMessage
+// bytes, cut at a rune boundary and marked with an ellipsis.
+func bounded(msg string) string {
+	b := []byte(msg)
+	for i, c := range b {
+		if c == '\r' || c == '\n' || c < 0x20 && c != '\t' {
+			b[i] = ' '
+		}
+	}
+	const ellipsis = "…"
+	if len(b) > contract.MaxMessage {
+		cut := contract.MaxMessage - len(ellipsis)
+		for cut > 0 && !utf8.RuneStart(b[cut]) {
+			cut--
+		}
+		b = append(b[:cut:cut], ellipsis...)
+	}
+	return string(b)
 }

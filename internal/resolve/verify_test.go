@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
@@ -93,4 +95,35 @@ type resolverOn struct {
 // newResolverOn is a resolver with its own registry, without Redis.
 func newResolverOn(t *testing.T) resolverOn {
 	return resolverOn{reg: testenv.StartRegistry(t), res: newResolver(t)}
+}
+
+// TestErrorMessagesBounded: a 404 for a platform an index of 500 entries
+// lacks lists a few and counts the rest, and every message stays within
+// contract.MaxMessage on one line, so that an error reply always fits.
+func TestErrorMessagesBounded(t *testing.T) {
+	r := newResolverOn(t)
+	var entries []string
+	for i := range 500 {
+		entries = append(entries, fmt.Sprintf(`{"mediaType":%q,"digest":"sha256:%064x","size":100,"platform":{"os":"linux","architecture":"arch%03d"}}`, testenv.OCIManifest, i, i))
+	}
+	index := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"manifests":[%s]}`, testenv.OCIIndex, strings.Join(entries, ","))
+	// Served as is: the registry would want every entry pushed first.
+	r.reg.Override(func(q *http.Request) bool { return strings.Contains(q.URL.Path, "/bounded/app/manifests/") },
+		http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", testenv.OCIIndex)
+			w.Header().Set("Docker-Content-Digest", testenv.Digest([]byte(index)))
+			_, _ = w.Write([]byte(index))
+		}))
+	_, err := r.res.Answer(context.Background(), Request{Function: contract.OCIManifestConfig,
+		Payload: []byte(`"` + r.reg.Ref("bounded/app", "v1") + `"`), Platform: "linux/s390x"})
+	var ce *contract.Error
+	if !errors.As(err, &ce) || ce.Code != 404 || !strings.Contains(ce.Message, "and 484 more") {
+		t.Fatalf("got %v, want a 404 listing 16 platforms and 484 more", err)
+	}
+	if len(ce.Message) > contract.MaxMessage {
+		t.Fatalf("message of %d bytes", len(ce.Message))
+	}
+	if got := bounded(strings.Repeat("é", contract.MaxMessage) + "\nrest"); len(got) > contract.MaxMessage || !utf8.ValidString(got) || strings.Contains(got, "\n") {
+		t.Fatalf("bounded: %d bytes, valid UTF-8 %v", len(got), utf8.ValidString(got))
+	}
 }

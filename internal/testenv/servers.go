@@ -119,10 +119,16 @@ func (r *Redis) Client(t testing.TB) *redis.Client {
 	return c
 }
 
-// StartNATS starts an embedded NATS server on a free loopback port.
-func StartNATS(t testing.TB) *natsserver.Server {
+// StartNATS starts an embedded NATS server on a free loopback port, with
+// the worker's embedded max_payload (16 MiB, room for the default size
+// limits); opts adjust its options (nats-server's default 1 MiB, say).
+func StartNATS(t testing.TB, opts ...func(*natsserver.Options)) *natsserver.Server {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
+	o := &natsserver.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, MaxPayload: 16 << 20}
+	for _, f := range opts {
+		f(o)
+	}
+	ns, err := natsserver.NewServer(o)
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
 	}

@@ -49,6 +49,7 @@ type Worker struct {
 func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
+	maxManifest, maxBlob := cfg.ManifestLimit, cfg.BlobLimit
 	w = &Worker{cfg: cfg, log: log, metrics: metrics.New()}
 	defer func() {
 		if err != nil {
@@ -77,8 +78,6 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		resolve.WithLogger(log.Named("resolve")),
 		resolve.WithRedisErrorHook(w.metrics.RedisError),
 		resolve.WithRejectHook(w.metrics.RedisRejected),
-		// The largest answer: an oci_manifest_config reply.
-		resolve.WithMaxAnswer(int(cfg.ManifestLimit+cfg.BlobLimit) + 4<<10),
 	}
 	if cfg.CacheKey != "" {
 		ropts = append(ropts, resolve.WithCacheKey([]byte(cfg.CacheKey)))
@@ -106,19 +105,25 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		log.Warn("REDIS_URL not set: using an in-process cache that is not shared with other workers")
 	}
 
+	w.natsURL = natsURL
+	if w.nc, err = connectNATS(natsURL, log, w.metrics); err != nil {
+		return nil, err
+	}
+	cfg.ManifestLimit, cfg.BlobLimit = fitLimits(w.nc, cfg.ManifestLimit, cfg.BlobLimit, log)
+
 	acc, err := newAccess(&cfg, log.Named("registry"))
 	if err != nil {
 		return nil, err
 	}
 	fetcher := capability.NewFetcher(acc.puller(&cfg, w.metrics.WrapBase), capability.WithLogger(log.Named("fetch")))
+	// The largest answer a worker of the fleet may have stored: an
+	// oci_manifest_config reply within the limits (before fitLimits: other
+	// workers may have a larger max_payload).
+	ropts = append(ropts, resolve.WithMaxAnswer(int(maxManifest+maxBlob)+answerOverhead))
 	w.res = resolve.New(fetcher, ropts...)
 	// The fetch pool gauges read the resolver at every scrape.
 	w.metrics.WatchPool(w.res)
 
-	w.natsURL = natsURL
-	if w.nc, err = connectNATS(natsURL, log, w.metrics); err != nil {
-		return nil, err
-	}
 	// `nats micro ls/info/stats` see the worker; the subjects stay ours.
 	w.disc, err = discovery.Start(w.nc, discovery.Config{Version: cfg.Version, Prefix: cfg.SubjectPrefix, QueueGroup: cfg.QueueGroup,
 		Description: "kubewarden/oci registry capabilities for a fleet of policy hosts"})
@@ -321,7 +326,9 @@ func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--embedded-nats-addr: bad port %q", port)
 	}
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: host, Port: p, NoSigs: true, NoLog: true})
+	// max_payload large enough for the largest default answer (a 4 MiB
+	// manifest and an 8 MiB config), where nats-server's default is 1 MiB.
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: host, Port: p, NoSigs: true, NoLog: true, MaxPayload: EmbeddedMaxPayload})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
@@ -331,6 +338,43 @@ func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
 		return nil, fmt.Errorf("embedded NATS did not start on %s (is the port taken?)", addr)
 	}
 	return ns, nil
+}
+
+// EmbeddedMaxPayload is the max_payload of the embedded NATS server: room
+// for the largest answer within the default limits. External servers
+// need as much (max_payload: 16MB) for the defaults to fit.
+const EmbeddedMaxPayload = 16 << 20
+
+// answerOverhead is what an answer adds to the manifest and config it
+// holds (the oci_manifest_config wrapper), with room for the reply's
+// headers.
+const answerOverhead = 4 << 10
+
+// fitLimits lowers the manifest and config limits so that the largest
+// answer fits the NATS server's max_payload, and says so: an answer that
+// does not fit could only be answered 413. With no connection yet, the
+// limit is unknown: the 413 then covers it.
+func fitLimits(nc *nats.Conn, manifest, blob int64, log *zap.Logger) (int64, int64) {
+	limit := nc.MaxPayload()
+	if limit <= 0 {
+		log.Warn("NATS max_payload unknown until connected: an answer larger than it will be answered 413",
+			zap.Int64("max_manifest_size", manifest), zap.Int64("max_config_size", blob))
+		return manifest, blob
+	}
+	room := limit - answerOverhead
+	if manifest+blob <= room {
+		log.Info("NATS max_payload leaves room for the largest answer", zap.Int64("max_payload", limit),
+			zap.Int64("max_manifest_size", manifest), zap.Int64("max_config_size", blob))
+		return manifest, blob
+	}
+	// Shared as the defaults share it: a third for the manifest.
+	m := min(manifest, max(room/3, 1))
+	b := min(blob, max(room-m, 1))
+	log.Warn("NATS max_payload is too small for the size limits: lowered them so that every answer fits (raise max_payload on the server to keep them)",
+		zap.Int64("max_payload", limit),
+		zap.Int64("max_manifest_size", m), zap.Int64("was_max_manifest_size", manifest),
+		zap.Int64("max_config_size", b), zap.Int64("was_max_config_size", blob))
+	return m, b
 }
 
 // redisLog sends go-redis's internal log lines to zap at debug level.
