@@ -77,6 +77,8 @@ type Resolver struct {
 	ttl          time.Duration
 	immutableTTL time.Duration
 	maxPending   int64
+	concurrency  int
+	perRegistry  int
 	memoryBytes  uint64
 	redisOps     time.Duration
 	onRedisError func(op string)
@@ -89,7 +91,7 @@ type Resolver struct {
 	rejectLogged *otter.Cache[string, struct{}] // keys whose refused value was logged
 
 	decoded *otter.Cache[string, query] // raw request → decoded request
-	slots   chan struct{}               // fetch slots
+	slots   *slots                      // fetch slots
 	pending atomic.Int64                // requests beyond the memory tier
 	group   singleflight.Group
 	tokens  atomic.Uint64
@@ -114,9 +116,12 @@ func WithTTL(ttl, immutable time.Duration) Option {
 	return func(r *Resolver) { r.ttl, r.immutableTTL = ttl, immutable }
 }
 
-// WithConcurrency bounds simultaneous upstream fetches (default 64).
-func WithConcurrency(n int) Option {
-	return func(r *Resolver) { r.slots = make(chan struct{}, max(n, 1)) }
+// WithConcurrency bounds simultaneous upstream fetches (default 64), and
+// those to any one registry (0: a quarter of all, at least 1): a registry
+// that hangs holds at most its share. Past either bound a fetch waits up
+// to the lock wait, then is answered 503.
+func WithConcurrency(all, perRegistry int) Option {
+	return func(r *Resolver) { r.concurrency, r.perRegistry = max(all, 1), perRegistry }
 }
 
 // WithMaxPending bounds requests waiting beyond the memory tier; past it
@@ -175,7 +180,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 		onRedisError: func(string) {},
 		onReject:     func(string) {},
 		maxAnswer:    16 << 20,
-		slots:        make(chan struct{}, 64),
+		concurrency:  64,
 		now:          time.Now,
 	}
 	for _, o := range opts {
@@ -187,6 +192,10 @@ func New(f fetcher, opts ...Option) *Resolver {
 	if r.lockWait <= 0 {
 		r.lockWait = r.fetchTimeout
 	}
+	if r.perRegistry <= 0 {
+		r.perRegistry = max(r.concurrency/4, 1)
+	}
+	r.slots = newSlots(r.concurrency, min(r.perRegistry, r.concurrency))
 	r.mem = noMemory{}
 	if r.memoryBytes > 0 {
 		r.mem = newMemory(r.memoryBytes, r.now)
@@ -230,15 +239,16 @@ func (r *Resolver) Pending() int { return int(r.pending.Load()) }
 // a slot, or a fetch another request or worker is making). Metrics read
 // it at scrape time.
 func (r *Resolver) FetchPool() (inFlight, queued int) {
-	inFlight = len(r.slots)
+	inFlight = r.slots.inFlight()
 	return inFlight, max(int(r.pending.Load())-inFlight, 0)
 }
 
 // query is a decoded request and what the resolver derives from it once.
 type query struct {
 	req   capability.Request
-	key   string // cache key
-	image string // normalised reference, for messages
+	key      string // cache key
+	image    string // normalised reference, for messages
+	registry string // its registry host, for the fetch slots
 	ttl   time.Duration
 }
 
@@ -351,12 +361,12 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 	}
 	switch {
 	case c.found != nil:
-		r.releaseSlot()
+		r.releaseSlot(q)
 		r.mem.Set(q.key, *c.found)
 		return hit(*c.found, contract.Hit)
 	case c.waiter != nil:
 		// Waiting is not fetching: give the slot to others meanwhile.
-		r.releaseSlot()
+		r.releaseSlot(q)
 		if v := c.waiter.Wait(wait, r.lockWait); v != nil {
 			if v.failure != nil {
 				return resolved{}, v.failure
@@ -389,7 +399,7 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 	fetched := r.now()
 	body, err := r.fetch.Fetch(ctx, q.req)
 	cancel()
-	r.releaseSlot()
+	r.releaseSlot(q)
 	if err != nil {
 		ce := asContractError(q.image, err)
 		switch {
@@ -414,26 +424,23 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 	return body, nil
 }
 
-// acquireSlot takes a fetch slot, waiting for one until ctx ends. A free
-// slot is taken even when ctx has already ended.
+// acquireSlot takes a fetch slot for q's registry, waiting for one until
+// ctx ends.
 func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
-	select {
-	case r.slots <- struct{}{}:
+	b := r.slots.acquire(ctx, q.registry)
+	switch {
+	case b == nil:
 		return nil
+	case r.life.Err() != nil:
+		return contract.Errorf(503, "%s: worker shutting down", q.image)
+	case b.registry:
+		return contract.Errorf(503, "%s: all %d fetch slots for %s stayed busy (--concurrency-per-registry); retry", q.image, r.slots.per, q.registry)
 	default:
-	}
-	select {
-	case r.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		if r.life.Err() != nil {
-			return contract.Errorf(503, "%s: worker shutting down", q.image)
-		}
-		return contract.Errorf(503, "%s: all %d fetch slots stayed busy; retry", q.image, cap(r.slots))
+		return contract.Errorf(503, "%s: all %d fetch slots stayed busy; retry", q.image, cap(r.slots.all))
 	}
 }
 
-func (r *Resolver) releaseSlot() { <-r.slots }
+func (r *Resolver) releaseSlot(q query) { r.slots.release(q.registry) }
 
 // decode turns req into a query. A repeated request skips the reference
 // parser: on a hit its cost bounds the throughput of a NATS subject,
@@ -447,7 +454,7 @@ func (r *Resolver) decode(req Request) (query, error) {
 	if err != nil {
 		return query{}, err
 	}
-	q := query{req: cr, key: cr.Key(), image: cr.Ref.Name(), ttl: r.ttl}
+	q := query{req: cr, key: cr.Key(), image: cr.Ref.Name(), registry: cr.Ref.Context().RegistryStr(), ttl: r.ttl}
 	if cr.Immutable() {
 		q.ttl = r.immutableTTL
 	}

@@ -42,7 +42,10 @@ type Config struct {
 
 	MemorySize  uint64
 	Concurrency int
-	MaxPending  int
+	// ConcurrencyPerRegistry bounds the fetches to any one registry (0: a
+	// quarter of Concurrency).
+	ConcurrencyPerRegistry int
+	MaxPending             int
 
 	MetricsAddr string // "" serves no metrics
 
@@ -120,6 +123,7 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.LockWait, "lock-wait", c.LockWait, "with Redis, how long to wait for another worker's fetch of the same key before fetching here (0: --fetch-timeout)")
 	fs.Uint64Var(&c.MemorySize, "memory-cache-size", c.MemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "upstream fetches run at once")
+	fs.IntVar(&c.ConcurrencyPerRegistry, "concurrency-per-registry", c.ConcurrencyPerRegistry, "upstream fetches run at once to any one registry, so that one that hangs cannot hold every slot; past it a fetch waits up to --lock-wait, then is answered 503 (0: a quarter of --concurrency)")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests waiting on Redis or a fetch; past it the answer is 503")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for requests in flight before cancelling them (keep it under the pod's terminationGracePeriodSeconds)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address for /metrics, /healthz and /readyz; empty disables")

@@ -72,7 +72,7 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		resolve.WithPlatform(cfg.Platform),
 		resolve.WithFetchTimeout(cfg.FetchTimeout),
 		resolve.WithTTL(cfg.CacheTTL, cfg.ImmutableTTL),
-		resolve.WithConcurrency(cfg.Concurrency),
+		resolve.WithConcurrency(cfg.Concurrency, cfg.ConcurrencyPerRegistry),
 		resolve.WithMaxPending(cfg.MaxPending),
 		resolve.WithMemory(cfg.MemorySize),
 		resolve.WithLogger(log.Named("resolve")),
