@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -90,16 +92,70 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	if err != nil {
 		return nil, errorf(400, "", "invalid image reference %s", quote([]byte(s)))
 	}
+	if ref, err = normalise(ref); err != nil {
+		return nil, errorf(400, "", "invalid image reference %s: %v", quote([]byte(s)), err)
+	}
 	// The parser checks the repository's length before Docker Hub's
 	// implicit "library/" is added: a name that fits only without it has a
 	// normalised form (the cache key, the registry path) that is invalid.
 	if r := ref.Context().RepositoryStr(); len(r) > maxRepository {
 		return nil, errorf(400, "", "invalid image reference %s: repository %s is over %d characters", quote([]byte(s)), quote([]byte(r)), maxRepository)
 	}
-	// Every registry in use digests with sha256; accepting another
-	// algorithm would mean answering bodies nobody verified.
-	if d, ok := ref.(name.Digest); ok && !strings.HasPrefix(d.DigestStr(), "sha256:") {
-		return nil, errorf(400, "", "unsupported digest algorithm in %s: only sha256 digests are accepted", quote([]byte(s)))
+	return ref, nil
+}
+
+// The distribution reference grammar, which go-containerregistry's
+// parser does not hold references to: it passes "a/../b", "a//b" or
+// "-a" to the registry as they are.
+var (
+	pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
+	tagGrammar    = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
+	digestGrammar = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+)
+
+// normalise holds ref to the distribution grammar, before any network
+// activity, and lower-cases its registry host, so that LOCALHOST:5000 and
+// localhost:5000 are one registry and one cache key.
+func normalise(ref name.Reference) (name.Reference, error) {
+	host := ref.Context().RegistryStr()
+	h, port, hasPort := host, "", false
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		h, port, hasPort = host[:i], host[i+1:], true
+	}
+	if h == "" {
+		return nil, fmt.Errorf("registry %s has no host", quote([]byte(host)))
+	}
+	if hasPort {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
+			return nil, fmt.Errorf("registry port %s is not a number from 1 to 65535", quote([]byte(port)))
+		}
+	}
+	for _, c := range strings.Split(ref.Context().RepositoryStr(), "/") {
+		if !pathComponent.MatchString(c) {
+			return nil, fmt.Errorf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
+		}
+	}
+	switch r := ref.(type) {
+	case name.Tag:
+		if !tagGrammar.MatchString(r.TagStr()) {
+			return nil, fmt.Errorf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote([]byte(r.TagStr())))
+		}
+	case name.Digest:
+		// Every registry in use digests with sha256; accepting another
+		// algorithm would mean answering bodies nobody verified.
+		if !strings.HasPrefix(r.DigestStr(), "sha256:") {
+			return nil, fmt.Errorf("unsupported digest algorithm: only sha256 digests are accepted")
+		}
+		if !digestGrammar.MatchString(r.DigestStr()) {
+			return nil, fmt.Errorf("digest %s must be sha256: and 64 lower-case hex digits", quote([]byte(r.DigestStr())))
+		}
+	}
+	if lower := strings.ToLower(host); lower != host {
+		sep := ":"
+		if _, ok := ref.(name.Digest); ok {
+			sep = "@"
+		}
+		return name.ParseReference(lower + "/" + ref.Context().RepositoryStr() + sep + ref.Identifier())
 	}
 	return ref, nil
 }

@@ -19,9 +19,7 @@ import (
 )
 
 // A credential helper that hangs is killed after the helper timeout, and
-
 // the lookup fails instead of hanging the set-up.
-
 func TestCredentialHelperTimeout(t *testing.T) {
 	dir := t.TempDir()
 	testenv.Must(t, os.WriteFile(filepath.Join(dir, "docker-credential-hang"), []byte("#!/bin/sh\nexec sleep 60\n"), 0o755), "helper")
@@ -54,9 +52,7 @@ func TestCredentialHelperTimeout(t *testing.T) {
 }
 
 // installHelper puts an executable docker-credential-<name> with the given
-
 // shell body first on PATH.
-
 func installHelper(t *testing.T, helper, body string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -65,9 +61,7 @@ func installHelper(t *testing.T, helper, body string) {
 }
 
 // captureStderr runs f with os.Stderr redirected to a pipe and returns
-
 // what was written to it.
-
 func captureStderr(t *testing.T, f func()) string {
 	t.Helper()
 	r, w, err := os.Pipe()
@@ -88,13 +82,9 @@ func captureStderr(t *testing.T, f func()) string {
 }
 
 // A credential helper that prints a secret and fails: the error (which
-
 // becomes the reply message, and may be cached as a failure) and the
-
 // worker's stderr never show what it printed, on stdout or stderr; they
-
 // say how it failed. "credentials not found" still means anonymous.
-
 func TestCredentialHelperOutputNeverShown(t *testing.T) {
 	const outSecret, errSecret = "S3CRET-on-stdout-7731", "S3CRET-on-stderr-9912"
 	installHelper(t, "leaky", "cat >/dev/null\n"+
@@ -138,9 +128,7 @@ func TestCredentialHelperOutputNeverShown(t *testing.T) {
 }
 
 // A docker config with "auths": null, looked up concurrently: the lookup
-
 // only reads the config (-race catches a write).
-
 func TestDockerConfigNullAuthsConcurrent(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "config.json")
 	testenv.Must(t, os.WriteFile(p, []byte(`{"auths":null}`), 0o600), "config")

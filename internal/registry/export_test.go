@@ -13,3 +13,6 @@ func (t *Transports) Hosts() int {
 	t.hosts.CleanUp()
 	return t.hosts.EstimatedSize()
 }
+
+// NumericIPv4 is numericIPv4, for its table test.
+var NumericIPv4 = numericIPv4

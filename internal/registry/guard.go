@@ -112,13 +112,31 @@ func (g *Guard) CheckRegistry(host string) error {
 	return fmt.Errorf("registry %s is not in the allowed registries (--allow-registries): %w", host, ErrDenied)
 }
 
+// neverDialled are refused whatever --deny-cidrs says: addresses that
+// mean "this host" or "everyone" rather than one registry. Linux connects
+// 0.0.0.0 and :: to the local host, which walks around a deny list that
+// names 127.0.0.0/8.
+var neverDialled = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),          // "this network", 0.0.0.0 connects locally
+	netip.MustParsePrefix("::/128"),             // the IPv6 unspecified address
+	netip.MustParsePrefix("224.0.0.0/4"),        // IPv4 multicast
+	netip.MustParsePrefix("ff00::/8"),           // IPv6 multicast
+	netip.MustParsePrefix("255.255.255.255/32"), // limited broadcast
+}
+
 // CheckAddr returns an error wrapping ErrDenied when ip is in a denied
-// network.
+// network, or in one that is never dialled. IPv4-mapped IPv6 addresses
+// are judged as the IPv4 address they connect to.
 func (g *Guard) CheckAddr(ip netip.Addr) error {
 	if g == nil {
 		return nil
 	}
 	ip = ip.Unmap()
+	for _, p := range neverDialled {
+		if p.Contains(ip) {
+			return fmt.Errorf("address %s is in %s, never dialled whatever --deny-cidrs says: %w", ip, p, ErrDenied)
+		}
+	}
 	for _, p := range g.deny {
 		if p.Contains(ip) {
 			return fmt.Errorf("address %s is in denied network %s (--deny-cidrs): %w", ip, p, ErrDenied)

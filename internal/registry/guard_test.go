@@ -14,19 +14,16 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
 // Through a proxy the dial-time guard sees only the proxy's address: the
-
 // target is checked before the proxy is used, as an IP literal and as a
-
 // name resolving to a denied address. The proxy sees no connection for
-
 // either; an allowed target still goes through it.
-
 func TestGuardWithProxy(t *testing.T) {
 	denied := testenv.ListenCounting(t, "127.0.0.5:0")
 	port := denied.Port()
@@ -68,7 +65,6 @@ func TestGuardWithProxy(t *testing.T) {
 }
 
 // The default deny list cannot be changed by a caller for the others.
-
 func TestDefaultDenyCIDRsIsACopy(t *testing.T) {
 	d := registry.DefaultDenyCIDRs()
 	d[0] = "127.0.0.0/8"
@@ -78,9 +74,7 @@ func TestDefaultDenyCIDRsIsACopy(t *testing.T) {
 }
 
 // IPv4-mapped IPv6 prefixes in the deny list mean the IPv4 networks they
-
 // map: CheckAddr sees addresses unmapped, so they must match.
-
 func TestGuardMappedPrefixes(t *testing.T) {
 	for _, c := range []struct {
 		deny   string
@@ -116,11 +110,8 @@ func TestGuardMappedPrefixes(t *testing.T) {
 }
 
 // localhostIsLoopbackInHosts reports whether /etc/hosts maps localhost,
-
 // and only to loopback addresses: then the resolver answers from the file
-
 // and the test sends nothing to a DNS server.
-
 func localhostIsLoopbackInHosts() bool {
 	f, err := os.Open("/etc/hosts")
 	if err != nil {
@@ -149,11 +140,8 @@ func localhostIsLoopbackInHosts() bool {
 }
 
 // A DNS name resolving to a denied address is refused on the production
-
 // dial path (the system resolver, no lookup hook): 403, and the listener
-
 // behind the address sees no connection.
-
 func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 	if !localhostIsLoopbackInHosts() {
 		// Resolving it could send the test's traffic off this machine.
@@ -179,13 +167,9 @@ func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 }
 
 // Redirects to blob storage still work with the guard on (the default
-
 // deny list, as the worker runs): a blob GET redirected to another
-
 // loopback host:port is followed, the config is fetched, and blob storage
-
 // gets no credentials.
-
 func TestBlobRedirectWithDefaultGuard(t *testing.T) {
 	tr := startTokenRegistryBlobsOn(t, "127.0.0.2:0")
 	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
@@ -214,5 +198,93 @@ func TestBlobRedirectWithDefaultGuard(t *testing.T) {
 	}
 	if n := tr.blobAuth.Load(); n != 0 {
 		t.Errorf("%d blob storage requests carried the registry's Authorization", n)
+	}
+}
+
+func TestNumericIPv4(t *testing.T) {
+	for _, c := range []struct{ host, want string }{
+		{"2130706433", "127.0.0.1"},
+		{"0x7f000005", "127.0.0.5"},
+		{"0X7F000005", "127.0.0.5"},
+		{"0177.0.0.5", "127.0.0.5"},
+		{"127.5", "127.0.0.5"},
+		{"127.0.5", "127.0.0.5"},
+		{"127.0.0.05", "127.0.0.5"},
+		{"0", "0.0.0.0"},
+		{"127.0.0.1", "127.0.0.1"},
+		{"4294967296", ""},
+		{"256.0.0.1", ""},
+		{"127.65536", "127.1.0.0"},
+		{"127.16777216", ""},
+		{"1.2.3.4.5", ""},
+		{"08", ""},
+		{"0x", ""},
+		{"cafe", ""},
+		{"registry.local", ""},
+		{"", ""},
+		{"1..2", ""},
+	} {
+		ip, ok := registry.NumericIPv4(c.host)
+		if got := map[bool]string{true: ip.String(), false: ""}[ok]; got != c.want {
+			t.Errorf("%q: %q, want %q", c.host, got, c.want)
+		}
+	}
+}
+
+// TestGuardCannotBeWalkedAround: addresses that reach a denied or local
+// host without naming it the way the deny list does are judged by what
+// they dial. With only 127.0.0.5 denied, each request below is answered
+// 403 before any connection: the listeners on 127.0.0.1, ::1 and
+// 127.0.0.5 accept none. A numeric form of an allowed address does
+// connect, so the notation really is understood.
+func TestGuardCannotBeWalkedAround(t *testing.T) {
+	local := testenv.ListenCounting(t, "127.0.0.1:0")
+	port := local.Port()
+	local6 := testenv.ListenCounting(t, "[::1]:"+port)
+	denied := testenv.ListenCounting(t, "127.0.0.5:"+port)
+	g, err := registry.NewGuard([]string{"127.0.0.5/32"}, nil)
+	testenv.Must(t, err, "guard")
+	tr := registry.NewTransports(registry.WithDialGuard(g))
+	t.Cleanup(tr.CloseIdleConnections)
+	c := registry.New(registry.WithBaseTransport(tr.For), registry.WithInsecure(func(string) bool { return true }))
+	fetch := func(host string) (*contract.Error, error) {
+		ref, err := name.ParseReference(host + ":" + port + "/x/y:z")
+		testenv.Must(t, err, "ref %s", host)
+		_, err = capability.NewFetcher(c).Fetch(context.Background(), capability.Request{Function: contract.OCIManifest, Ref: ref})
+		var ce *contract.Error
+		errors.As(err, &ce)
+		return ce, err
+	}
+	for _, c := range []struct{ host, why string }{
+		{"0.0.0.0", "never dialled"},
+		{"0.1.2.3", "never dialled"},
+		{"0", "never dialled"},
+		{"[::]", "never dialled"},
+		{"[::ffff:0.0.0.0]", "never dialled"},
+		{"224.0.0.1", "never dialled"},
+		{"[ff02::1]", "never dialled"},
+		{"255.255.255.255", "never dialled"},
+		{"127.0.0.5", "--deny-cidrs"},
+		{"[::ffff:127.0.0.5]", "--deny-cidrs"},
+		{"[::ffff:7f00:5]", "--deny-cidrs"},
+		{"2130706437", "--deny-cidrs"},
+		{"0x7f000005", "--deny-cidrs"},
+		{"0177.0.0.5", "--deny-cidrs"},
+		{"127.5", "--deny-cidrs"},
+		{"127.0.0.05", "--deny-cidrs"},
+	} {
+		ce, err := fetch(c.host)
+		if ce == nil || ce.Code != 403 || !strings.Contains(ce.Message, c.why) {
+			t.Errorf("%s: %v, want 403 saying %q", c.host, err, c.why)
+		}
+	}
+	for _, l := range []*testenv.CountingListener{local, local6, denied} {
+		if n := l.CountBefore(t); n != 0 {
+			t.Errorf("%s accepted %d connections, want 0", l.Addr(), n)
+		}
+	}
+	// 2130706433 is 127.0.0.1, which is allowed: it is dialled there.
+	if _, _ = fetch("2130706433"); local.CountBefore(t) == 0 {
+		t.Error("2130706433 did not connect to 127.0.0.1: the notation is not understood")
 	}
 }

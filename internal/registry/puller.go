@@ -353,7 +353,7 @@ func (c *Puller) do(ctx context.Context, repo name.Repository, method, url strin
 	if at, ok := rt.(*authTransport); ok {
 		found = at.found
 	}
-	resp, err := (&http.Client{Transport: rt}).Do(req)
+	resp, err := (&http.Client{Transport: rt, CheckRedirect: stayOnAPI(repo.RegistryStr())}).Do(req)
 	if err != nil {
 		// A token refresh refused (401/403) on the way is an access
 		// error of the registry, saying whether we had credentials.
@@ -371,6 +371,21 @@ func (c *Puller) do(ctx context.Context, repo name.Repository, method, url strin
 		return nil, accessError(repo.RegistryStr(), found, se)
 	}
 	return resp, nil
+}
+
+// stayOnAPI keeps redirects on the registry's own /v2/ API; a redirect to
+// another host (blob storage) is followed, and its address judged by the
+// dial guard like any other.
+func stayOnAPI(registry string) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		if strings.EqualFold(req.URL.Host, registry) && !strings.HasPrefix(req.URL.Path, "/v2/") {
+			return fmt.Errorf("registry redirected to %s, outside its /v2/ API", req.URL.Path)
+		}
+		return nil
+	}
 }
 
 // redactURLError drops the query and fragment from the URL of the

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/maypok86/otter/v2"
@@ -139,6 +141,9 @@ func (t *Transports) checkTarget(ctx context.Context, host string) error {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		return t.guard.CheckAddr(ip.WithZone(""))
 	}
+	if ip, ok := numericIPv4(host); ok {
+		return t.guard.CheckAddr(ip)
+	}
 	lookup := t.lookup
 	if lookup == nil {
 		lookup = net.DefaultResolver.LookupHost
@@ -168,7 +173,16 @@ func (t *Transports) dial(ctx context.Context, network, addr string) (net.Conn, 
 		d.Control = t.guard.Control
 	}
 	host, port, err := net.SplitHostPort(addr)
-	if err != nil || t.lookup == nil || net.ParseIP(host) != nil {
+	if err != nil {
+		return d.DialContext(ctx, network, addr)
+	}
+	if ip, ok := numericIPv4(host); ok {
+		// An address in a notation the C resolver accepts but Go's does
+		// not: dialled, and judged by the guard, as what it means, never
+		// sent to DNS.
+		return d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
+	}
+	if t.lookup == nil || net.ParseIP(host) != nil {
 		return d.DialContext(ctx, network, addr)
 	}
 	addrs, err := t.lookup(ctx, host)
@@ -189,4 +203,48 @@ func (t *Transports) dial(ctx context.Context, network, addr string) (net.Conn, 
 		firstErr = fmt.Errorf("dial %s: no addresses for %s", network, host)
 	}
 	return nil, firstErr
+}
+
+// numericIPv4 parses the IPv4 notations of inet_aton that are not
+// dotted-quad decimal: one to four parts, each decimal, octal (leading 0)
+// or hexadecimal (0x), the last filling the remaining bytes
+// ("2130706433", "0x7f000001", "0177.0.0.1", "127.1"). Browsers and the
+// C library resolve these as addresses; a name like that must never
+// reach DNS, nor the dial, as anything but the address it means.
+func numericIPv4(host string) (netip.Addr, bool) {
+	if host == "" || strings.Trim(host, "0123456789abcdefABCDEFxX.") != "" {
+		return netip.Addr{}, false
+	}
+	parts := strings.Split(host, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	vals := make([]uint64, len(parts))
+	for i, p := range parts {
+		base, digits := 10, p
+		switch {
+		case strings.HasPrefix(p, "0x") || strings.HasPrefix(p, "0X"):
+			base, digits = 16, p[2:]
+		case len(p) > 1 && p[0] == '0':
+			base, digits = 8, p[1:]
+		}
+		v, err := strconv.ParseUint(digits, base, 32)
+		if err != nil || digits == "" {
+			return netip.Addr{}, false
+		}
+		vals[i] = v
+	}
+	var n uint64
+	for i, v := range vals[:len(vals)-1] {
+		if v > 0xff {
+			return netip.Addr{}, false
+		}
+		n |= v << (24 - 8*uint(i))
+	}
+	last := vals[len(vals)-1]
+	if last >= 1<<(8*uint(5-len(vals))) {
+		return netip.Addr{}, false
+	}
+	n |= last
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), true
 }

@@ -20,7 +20,6 @@ import (
 )
 
 // waitErr waits (at most 10 s) for an error sent on ch.
-
 func waitErr(t *testing.T, what string, ch <-chan error) error {
 	t.Helper()
 	select {
@@ -33,13 +32,9 @@ func waitErr(t *testing.T, what string, ch <-chan error) error {
 }
 
 // A registry that never answers the ping: a caller joining the set-up
-
 // returns at its own deadline, the caller that started the set-up can
-
 // give up without failing the others, and the set-up, once the registry
-
 // answers, serves a later joiner.
-
 func TestTransportSetupJoinersOwnContext(t *testing.T) {
 	reg := testenv.StartRegistry(t)
 	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
@@ -94,9 +89,7 @@ func TestTransportSetupJoinersOwnContext(t *testing.T) {
 }
 
 // The per-host transports are bounded, and an evicted host's idle
-
 // connections are closed.
-
 func TestTransportsBounded(t *testing.T) {
 	const n, max = 12, 2
 	var opened, closed atomic.Int64
@@ -128,11 +121,8 @@ func TestTransportsBounded(t *testing.T) {
 }
 
 // reloadKeychain is an anonymous keychain whose Reload reports a change
-
 // once after the test asks for it, as DockerConfig does after the file
-
 // was rewritten.
-
 type reloadKeychain struct{ changed atomic.Bool }
 
 func (k *reloadKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
@@ -142,13 +132,9 @@ func (k *reloadKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 func (k *reloadKeychain) Reload() (bool, error) { return k.changed.Swap(false), nil }
 
 // A Flush (credentials changed) while a transport set-up is in flight: the
-
 // set-up, built from the credentials of before, answers the callers that
-
 // were waiting for it, but is neither joined by callers after the Flush
-
 // nor kept for later ones.
-
 func TestFlushDuringTransportSetup(t *testing.T) {
 	reg := testenv.StartRegistry(t)
 	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")

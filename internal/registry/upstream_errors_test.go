@@ -21,9 +21,7 @@ import (
 )
 
 // A redirect to a presigned blob URL that fails: the answer names the
-
 // host but never the signature in the query.
-
 func TestPresignedURLRedacted(t *testing.T) {
 	reg := testenv.StartRegistry(t)
 	img := reg.PushImage(t, "r/app", "v1", testenv.OCIManifest, "linux/amd64")
@@ -55,9 +53,7 @@ func configDigest(t *testing.T, manifest []byte) v1.Hash {
 }
 
 // Blob storage answering 401 or 403 to a redirect is an upstream fault
-
 // (502) naming its host, not the registry refusing our credentials.
-
 func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
 	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden} {
 		storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(status) }))
@@ -84,9 +80,7 @@ func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
 }
 
 // Token-endpoint failures during a request (a refresh after expiry): a 401
-
 // says credentials were configured and refused; a 429 carries Retry-After.
-
 func TestTokenEndpointFailuresExplained(t *testing.T) {
 	tr := startTokenRegistry(t)
 	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"unicode/utf8"
 
@@ -125,5 +126,55 @@ func TestErrorMessagesBounded(t *testing.T) {
 	}
 	if got := bounded(strings.Repeat("é", contract.MaxMessage) + "\nrest"); len(got) > contract.MaxMessage || !utf8.ValidString(got) || strings.Contains(got, "\n") {
 		t.Fatalf("bounded: %d bytes, valid UTF-8 %v", len(got), utf8.ValidString(got))
+	}
+}
+
+// TestBadReferencesNeverDial: a reference outside the distribution
+// grammar is a 400 naming what is wrong, before any network activity:
+// the listener it names accepts no connection.
+func TestBadReferencesNeverDial(t *testing.T) {
+	cl := testenv.ListenCounting(t, "127.0.0.1:0")
+	host := cl.Addr()
+	r := newResolver(t)
+	for _, c := range []struct{ ref, part string }{
+		{host + "/a/../b:v1", `repository path component ".."`},
+		{host + "/./b:v1", `repository path component "."`},
+		{host + "/a//b:v1", `repository path component ""`},
+		{host + "/-a:v1", `repository path component "-a"`},
+		{host + "/a:.v1", `tag ".v1"`},
+		{"127.0.0.1:65536/a:v1", `registry port "65536"`},
+		{"127.0.0.1:0/a:v1", `registry port "0"`},
+	} {
+		_, err := r.Answer(context.Background(), request(contract.ManifestDigest, c.ref))
+		var ce *contract.Error
+		if !errors.As(err, &ce) || ce.Code != 400 || !strings.Contains(ce.Message, c.part) {
+			t.Errorf("%s: %v, want 400 naming %s", c.ref, err, c.part)
+		}
+	}
+	if n := cl.CountBefore(t); n != 0 {
+		t.Errorf("the listener accepted %d connections for invalid references", n)
+	}
+}
+
+// TestRedirectStaysOnTheAPI: a registry redirecting a manifest request to
+// a path of its own outside /v2/ is an upstream fault (502); the path is
+// never requested.
+func TestRedirectStaysOnTheAPI(t *testing.T) {
+	r := newResolverOn(t)
+	r.reg.PushImage(t, "redirect/app", "v1", testenv.OCIManifest, "linux/amd64")
+	var followed atomic.Int64
+	r.reg.Override(func(q *http.Request) bool { return strings.HasPrefix(q.URL.Path, "/admin/") },
+		http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { followed.Add(1) }))
+	r.reg.Override(func(q *http.Request) bool { return strings.Contains(q.URL.Path, "/redirect/app/manifests/") },
+		http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			http.Redirect(w, q, "/admin/delete-everything", http.StatusTemporaryRedirect)
+		}))
+	_, err := r.res.Answer(context.Background(), request(contract.OCIManifest, r.reg.Ref("redirect/app", "v1")))
+	var ce *contract.Error
+	if !errors.As(err, &ce) || ce.Code != 502 || !strings.Contains(ce.Message, "outside its /v2/ API") {
+		t.Fatalf("got %v, want 502 saying the redirect left /v2/", err)
+	}
+	if n := followed.Load(); n != 0 {
+		t.Fatalf("the redirect was followed %d times", n)
 	}
 }
