@@ -28,16 +28,24 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stderr))
 }
 
-// run parses the flags and runs one worker until ctx ends: exit 0 after a
-// clean stop, 1 when the worker failed, 2 for a bad command line.
+// Exit codes.
+const (
+	exitOK          = 0 // stopped after answering every request taken
+	exitFailed      = 1 // the worker could not start, or failed
+	exitUsage       = 2 // a bad command line
+	exitShutdownCut = 3 // --shutdown-timeout ran out: requests in flight were cancelled (answered 503)
+)
+
+// run parses the flags and runs one worker until ctx ends, and returns
+// its exit code.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
 	f, err := worker.ParseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		return 0
+		return exitOK
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "worker:", err)
-		return 2
+		return exitUsage
 	}
 	if f.Probe != "" {
 		return probe(ctx, f.Probe, stderr)
@@ -45,7 +53,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	log, err := worker.NewLogger(f.LogLevel, f.LogFormat, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "worker:", err)
-		return 2
+		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
 	f.Version, f.Logger = version, log
@@ -53,11 +61,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err == nil {
 		err = w.Run(ctx)
 	}
-	if err != nil {
+	var cut *worker.ShutdownTimeoutError
+	switch {
+	case errors.As(err, &cut):
+		log.Warn("stopped before answering everything", zap.Int("cancelled", cut.Cancelled), zap.Duration("shutdown_timeout", cut.Timeout))
+		return exitShutdownCut
+	case err != nil:
 		log.Error("worker stopped", zap.Error(err))
-		return 1
+		return exitFailed
 	}
-	return 0
+	return exitOK
 }
 
 // probe is the container healthcheck: distroless images have no curl.

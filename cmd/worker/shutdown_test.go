@@ -25,31 +25,103 @@ import (
 // gets its reply, new requests find no responder once the subscriptions
 // are drained, and the process exits 0.
 func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
+	h := startHeld(t)
+	testenv.Must(t, h.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+
+	// Drained: the subjects have no responder any more, while the fetch
+	// taken before SIGTERM is still held.
+	testenv.Eventually(t, "the subscriptions to drain", func() bool {
+		_, err := h.nc.Request(contract.OCIManifest.Subject("kubewarden"), []byte(`"x"`), 2*time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	select {
+	case err := <-h.exited:
+		t.Fatalf("worker exited with a request in flight: %v", err)
+	default:
+	}
+	h.gate.Release()
+
+	select {
+	case r := <-h.reply:
+		if !bytes.Equal(r.Body, h.img.Manifest) {
+			t.Fatalf("reply after SIGTERM: %s", r.Body)
+		}
+	case err := <-h.replyErr:
+		t.Fatalf("request in flight at SIGTERM failed: %v", err)
+	}
+	if err := <-h.exited; err != nil {
+		t.Fatalf("worker exit: %v", err)
+	}
+}
+
+// TestShutdownTimeoutExit3: when --shutdown-timeout runs out with a
+// request in flight, the request is answered 503 and the worker exits 3,
+// saying how many it cancelled.
+func TestShutdownTimeoutExit3(t *testing.T) {
+	h := startHeld(t, "--shutdown-timeout", "1s")
+	defer h.gate.Release()
+	testenv.Must(t, h.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+	select {
+	case r := <-h.reply:
+		t.Fatalf("a held request was answered: %s", r.Body)
+	case err := <-h.replyErr:
+		var ce *contract.Error
+		if !errors.As(err, &ce) || ce.Code != 503 {
+			t.Fatalf("held request: %v, want 503", err)
+		}
+	}
+	err := <-h.exited
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("exit %v, want code 3\n%s", err, h.stderr.String())
+	}
+	if !strings.Contains(h.stderr.String(), `"cancelled": 1`) {
+		t.Errorf("stderr does not say what was cancelled:\n%s", h.stderr.String())
+	}
+}
+
+// held is a worker process with one request whose fetch is held at the
+// registry.
+type held struct {
+	cmd      *exec.Cmd
+	exited   chan error
+	stderr   *testenv.SyncBuffer
+	nc       *nats.Conn
+	gate     *testenv.Gate
+	img      testenv.Image
+	reply    chan *client.Reply
+	replyErr chan error
+}
+
+// startHeld runs the worker binary with args, waits until it serves, and
+// sends one request whose manifest GET the registry holds.
+func startHeld(t *testing.T, args ...string) *held {
+	t.Helper()
 	bin := testenv.BuildCommand(t, "worker")
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
-	img := reg.PushImage(t, "inflight", "v1", testenv.OCIManifest, "linux/amd64")
-	gate := reg.Hold("/inflight/manifests/")
+	h := &held{exited: make(chan error, 1), stderr: &testenv.SyncBuffer{},
+		reply: make(chan *client.Reply, 1), replyErr: make(chan error, 1)}
+	h.img = reg.PushImage(t, "inflight", "v1", testenv.OCIManifest, "linux/amd64")
+	h.gate = reg.Hold("/inflight/manifests/")
 
-	var stderr testenv.SyncBuffer
-	cmd := exec.Command(bin, "--nats-url", ns.ClientURL(), "--metrics-addr", "", "--log-format", "console")
-	cmd.Env = append(os.Environ(), "REDIS_URL=")
-	cmd.Stderr = &stderr
-	testenv.Must(t, cmd.Start(), "starting worker")
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	h.cmd = exec.Command(bin, append([]string{"--nats-url", ns.ClientURL(), "--metrics-addr", "", "--log-format", "console"}, args...)...)
+	h.cmd.Env = append(os.Environ(), "REDIS_URL=")
+	h.cmd.Stderr = h.stderr
+	testenv.Must(t, h.cmd.Start(), "starting worker")
+	go func() { h.exited <- h.cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = h.cmd.Process.Kill()
 		if t.Failed() {
-			t.Logf("worker stderr:\n%s", stderr.String())
+			t.Logf("worker stderr:\n%s", h.stderr.String())
 		}
 	})
 
-	nc := testenv.Connect(t, ns.ClientURL())
-	cli := client.New(nc, client.WithTimeout(30*time.Second))
+	h.nc = testenv.Connect(t, ns.ClientURL())
+	cli := client.New(h.nc, client.WithTimeout(30*time.Second))
 	// Subscribed once a bad request is answered with its 400.
 	testenv.Eventually(t, "the worker to subscribe", func() bool {
-		for _, fn := range []contract.Function{contract.ManifestDigest, contract.OCIManifest, contract.OCIManifestConfig} {
+		for _, fn := range contract.Functions() {
 			_, err := cli.Call(context.Background(), fn, []byte(`""`))
 			var ce *contract.Error
 			if !errors.As(err, &ce) || ce.Code != 400 {
@@ -58,48 +130,20 @@ func TestSIGTERMAnswersRequestsInFlight(t *testing.T) {
 		}
 		return true
 	})
-
-	reply := make(chan *client.Reply, 1)
-	replyErr := make(chan error, 1)
 	go func() {
 		r, err := cli.Image(context.Background(), contract.OCIManifest, reg.Ref("inflight", "v1"))
 		if err != nil {
-			replyErr <- err
+			h.replyErr <- err
 			return
 		}
-		reply <- r
+		h.reply <- r
 	}()
 	select {
-	case <-gate.Arrived():
-	case err := <-replyErr:
+	case <-h.gate.Arrived():
+	case err := <-h.replyErr:
 		t.Fatalf("request failed before reaching the registry: %v", err)
 	}
-	testenv.Must(t, cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
-
-	// Drained: the subjects have no responder any more, while the fetch
-	// taken before SIGTERM is still held.
-	testenv.Eventually(t, "the subscriptions to drain", func() bool {
-		_, err := nc.Request(contract.OCIManifest.Subject("kubewarden"), []byte(`"x"`), 2*time.Second)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
-	select {
-	case err := <-exited:
-		t.Fatalf("worker exited with a request in flight: %v", err)
-	default:
-	}
-	gate.Release()
-
-	select {
-	case r := <-reply:
-		if !bytes.Equal(r.Body, img.Manifest) {
-			t.Fatalf("reply after SIGTERM: %s", r.Body)
-		}
-	case err := <-replyErr:
-		t.Fatalf("request in flight at SIGTERM failed: %v", err)
-	}
-	if err := <-exited; err != nil {
-		t.Fatalf("worker exit: %v", err)
-	}
+	return h
 }
 
 // TestHelpListsEveryFlagWithItsVariable checks `worker --help` and that

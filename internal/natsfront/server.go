@@ -52,9 +52,11 @@ type Server struct {
 	// repliedOffline is set when a reply went to the reconnect buffer.
 	repliedOffline atomic.Bool
 
-	life     context.Context // cancelled only by a hard stop
-	hardStop context.CancelFunc
-	inflight sync.WaitGroup
+	life      context.Context // cancelled only by a hard stop
+	hardStop  context.CancelFunc
+	inflight  sync.WaitGroup
+	busy      atomic.Int64 // requests handed to a goroutine and not answered
+	cancelled atomic.Int64 // of those, how many the hard stop cut short
 	subs     []*nats.Subscription
 }
 
@@ -161,6 +163,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
+		s.cancelled.Store(s.busy.Load())
 		s.hardStop()
 		<-done
 	}
@@ -186,6 +189,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	return err
 }
+
+// Cancelled is how many requests a Shutdown whose context ended cut
+// short: they were answered 503.
+func (s *Server) Cancelled() int { return int(s.cancelled.Load()) }
 
 // subsIdle reports whether no subscription holds undelivered messages.
 func (s *Server) subsIdle() bool {
@@ -225,8 +232,10 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 			return
 		}
 		s.inflight.Add(1)
+		s.busy.Add(1)
 		go func() {
 			defer s.inflight.Done()
+			defer s.busy.Add(-1)
 			a, err := s.res.Answer(s.life, req)
 			s.reply(m, fn, a, err, start)
 		}()

@@ -206,25 +206,40 @@ func (c Config) withDefaults() Config {
 }
 
 // Run serves until ctx ends, then shuts down within the configured
-// shutdown timeout.
+// shutdown timeout. It returns nil after a complete drain, and a
+// *ShutdownTimeoutError when the timeout ran out with requests cancelled.
 func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	w.log.Info("stopping: draining subscriptions and answering requests in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), w.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := w.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		return err
 	}
 	w.log.Info("stopped")
 	return nil
 }
 
+// ShutdownTimeoutError says that the shutdown timeout ran out before the
+// requests in flight were answered: they were cancelled (answered 503).
+type ShutdownTimeoutError struct {
+	Timeout   time.Duration
+	Cancelled int // requests still waiting when it ran out
+}
+
+func (e *ShutdownTimeoutError) Error() string {
+	return fmt.Sprintf("shutdown timeout (%s) ran out: %d requests in flight were cancelled and answered 503", e.Timeout, e.Cancelled)
+}
+
 // Shutdown stops taking requests, answers every request already taken,
 // and closes what New opened. If ctx ends first, the requests still
-// waiting are answered 503 and ctx's error is returned.
+// waiting are answered 503 and a *ShutdownTimeoutError is returned.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.disc.Stop()
 	err := w.front.Shutdown(ctx)
+	if err != nil && ctx.Err() != nil {
+		err = &ShutdownTimeoutError{Timeout: w.cfg.ShutdownTimeout, Cancelled: w.front.Cancelled()}
+	}
 	if w.http != nil {
 		_ = w.http.Shutdown(ctx)
 	}
