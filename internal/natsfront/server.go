@@ -57,7 +57,7 @@ type Server struct {
 	inflight  sync.WaitGroup
 	busy      atomic.Int64 // requests handed to a goroutine and not answered
 	cancelled atomic.Int64 // of those, how many the hard stop cut short
-	subs     []*nats.Subscription
+	subs      []*nats.Subscription
 }
 
 // Option configures a Server.

@@ -245,11 +245,11 @@ func (r *Resolver) FetchPool() (inFlight, queued int) {
 
 // query is a decoded request and what the resolver derives from it once.
 type query struct {
-	req   capability.Request
+	req      capability.Request
 	key      string // cache key
 	image    string // normalised reference, for messages
 	registry string // its registry host, for the fetch slots
-	ttl   time.Duration
+	ttl      time.Duration
 }
 
 // Lookup answers req without blocking, for fronts that must not wait (a
