@@ -171,14 +171,14 @@ func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 // loopback host:port is followed, the config is fetched, and blob storage
 // gets no credentials.
 func TestBlobRedirectWithDefaultGuard(t *testing.T) {
-	tr := startTokenRegistryBlobsOn(t, "127.0.0.2:0")
-	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	tr := testenv.StartTokenRegistryBlobsOn(t, "127.0.0.2:0")
+	img := tr.Push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
 	g, err := registry.NewGuard(registry.DefaultDenyCIDRs(), nil)
 	testenv.Must(t, err, "guard")
 	transports := registry.NewTransports(registry.WithDialGuard(g), registry.WithProxy(nil))
 	t.Cleanup(transports.CloseIdleConnections)
-	c := tokenClient(t, tr.host, registry.WithBaseTransport(transports.For))
-	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	c := tokenClient(t, tr.Host, registry.WithBaseTransport(transports.For))
+	ref, err := name.ParseReference(tr.Host + "/team/app:v1")
 	testenv.Must(t, err, "ref")
 	m, err := c.Manifest(context.Background(), ref)
 	testenv.Must(t, err, "manifest")
@@ -190,13 +190,13 @@ func TestBlobRedirectWithDefaultGuard(t *testing.T) {
 	if !bytes.Equal(b, img.Config) {
 		t.Fatalf("config differs: %s", b)
 	}
-	if !strings.HasPrefix(tr.blobs.Listener.Addr().String(), "127.0.0.2:") {
-		t.Fatalf("blob storage on %s, want another loopback host", tr.blobs.Listener.Addr())
+	if !strings.HasPrefix(tr.Blobs.Listener.Addr().String(), "127.0.0.2:") {
+		t.Fatalf("blob storage on %s, want another loopback host", tr.Blobs.Listener.Addr())
 	}
-	if n := tr.blobServed.Load(); n != 1 {
+	if n := tr.BlobServed.Load(); n != 1 {
 		t.Errorf("blob storage served %d requests, want 1", n)
 	}
-	if n := tr.blobAuth.Load(); n != 0 {
+	if n := tr.BlobAuth.Load(); n != 0 {
 		t.Errorf("%d blob storage requests carried the registry's Authorization", n)
 	}
 }

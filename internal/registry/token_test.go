@@ -5,11 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +16,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -29,142 +24,10 @@ import (
 	"github.com/regcap/regcap/internal/testenv"
 )
 
-// tokenRegistry is go-containerregistry's registry behind the distribution
-// token protocol (as Docker Hub, GHCR, Harbor speak it), with a token
-// endpoint that counts exchanges, tokens that the test can revoke, and blob
-// GETs redirected to a separate "blob storage" server, as S3-backed
-// registries do.
-type tokenRegistry struct {
-	host  string
-	srv   *httptest.Server
-	blobs *httptest.Server
-	push  *testenv.Registry
-
-	exchanges   atomic.Int64 // requests to the token endpoint
-	unauthed    atomic.Int64 // 401s served to registry requests
-	blobAuth    atomic.Int64 // blob-storage requests that carried Authorization
-	blobServed  atomic.Int64
-	tokenFail   atomic.Int64 // when set, the token endpoint answers this status
-	mu          sync.Mutex
-	valid       map[string]bool
-	gate        chan struct{} // when set, the token endpoint waits for it
-	gateAfter   int64         // close gate once this many 401s were served
-	gateClosing *sync.Once
-}
-
-const tokenUser, tokenPass = "robot", "robot-pw"
-
-func startTokenRegistry(t *testing.T) *tokenRegistry {
-	t.Helper()
-	return startTokenRegistryBlobsOn(t, "")
-}
-
-// startTokenRegistryBlobsOn is startTokenRegistry with blob storage
-// listening on blobAddr (a loopback host:port; "" for httptest's
-// default), so that a redirect goes to another host, not just another
-// port.
-func startTokenRegistryBlobsOn(t *testing.T, blobAddr string) *tokenRegistry {
-	t.Helper()
-	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
-	tr := &tokenRegistry{valid: map[string]bool{}}
-	tr.blobs = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "" {
-			tr.blobAuth.Add(1)
-		}
-		tr.blobServed.Add(1)
-		inner.ServeHTTP(w, r)
-	}))
-	if blobAddr != "" {
-		ln, err := net.Listen("tcp", blobAddr)
-		testenv.Must(t, err, "blob storage listener on %s", blobAddr)
-		tr.blobs.Listener.Close()
-		tr.blobs.Listener = ln
-	}
-	tr.blobs.Start()
-	t.Cleanup(tr.blobs.Close)
-	tr.srv = httptest.NewServer(http.HandlerFunc(tr.serve(inner)))
-	t.Cleanup(tr.srv.Close)
-	tr.host = strings.TrimPrefix(tr.srv.URL, "http://")
-	pushSrv := httptest.NewServer(inner) // fixtures go in without auth
-	t.Cleanup(pushSrv.Close)
-	tr.push = &testenv.Registry{Host: strings.TrimPrefix(pushSrv.URL, "http://"), Server: pushSrv}
-	return tr
-}
-
-func (tr *tokenRegistry) serve(inner http.Handler) func(http.ResponseWriter, *http.Request) {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/token" {
-			tr.exchanges.Add(1)
-			if code := int(tr.tokenFail.Load()); code != 0 {
-				if code == http.StatusTooManyRequests {
-					w.Header().Set("Retry-After", "7")
-				}
-				w.WriteHeader(code)
-				return
-			}
-			if u, p, ok := r.BasicAuth(); !ok || u != tokenUser || p != tokenPass {
-				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}`, http.StatusUnauthorized)
-				return
-			}
-			tr.mu.Lock()
-			gate := tr.gate
-			tr.mu.Unlock()
-			if gate != nil {
-				select {
-				case <-gate:
-				case <-time.After(20 * time.Second): // the assertions will say what went wrong
-				}
-			}
-			tok := fmt.Sprintf("token-%d", tr.exchanges.Load())
-			tr.mu.Lock()
-			tr.valid[tok] = true
-			tr.mu.Unlock()
-			_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "expires_in": 300})
-			return
-		}
-		tr.mu.Lock()
-		ok := tr.valid[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
-		tr.mu.Unlock()
-		if !ok {
-			scope := ""
-			if parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/v2/"), "/manifests/", 2); len(parts) == 2 {
-				scope = fmt.Sprintf(`,scope="repository:%s:pull"`, parts[0])
-			}
-			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="regcap-test"%s`, tr.host, scope))
-			w.WriteHeader(http.StatusUnauthorized)
-			tr.mu.Lock()
-			gate, after, once := tr.gate, tr.gateAfter, tr.gateClosing
-			tr.mu.Unlock()
-			if n := tr.unauthed.Add(1); after > 0 && n >= after {
-				once.Do(func() { close(gate) })
-			}
-			return
-		}
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
-			http.Redirect(w, r, tr.blobs.URL+r.URL.Path, http.StatusTemporaryRedirect)
-			return
-		}
-		inner.ServeHTTP(w, r)
-	}
-}
-
-// expire revokes every token; the next token exchange waits until n
-// requests have been refused, so that all n are in flight together when
-// the refresh happens.
-func (tr *tokenRegistry) expire(n int64) {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	tr.valid = map[string]bool{}
-	tr.unauthed.Store(0)
-	tr.gate = make(chan struct{})
-	tr.gateAfter = n
-	tr.gateClosing = &sync.Once{}
-}
-
 func tokenClient(t *testing.T, host string, opts ...registry.Option) *registry.Puller {
 	t.Helper()
 	dir := t.TempDir()
-	cfg := dockerConfigFor(host, tokenUser, tokenPass)
+	cfg := dockerConfigFor(host, testenv.TokenUser, testenv.TokenPass)
 	testenv.Must(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600), "config")
 	kc, err := registry.LoadDockerConfig(filepath.Join(dir, "config.json"))
 	testenv.Must(t, err, "docker config")
@@ -198,11 +61,11 @@ func concurrently(t *testing.T, n int, f func() error) {
 // its own token. Blob redirects to storage work and carry no credentials.
 func TestTokenReuse(t *testing.T) {
 	const n = 16
-	tr := startTokenRegistry(t)
-	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
-	other := tr.push.PushImage(t, "team/other", "v1", testenv.OCIManifest, "linux/amd64")
-	c := tokenClient(t, tr.host)
-	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	tr := testenv.StartTokenRegistry(t)
+	img := tr.Push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	other := tr.Push.PushImage(t, "team/other", "v1", testenv.OCIManifest, "linux/amd64")
+	c := tokenClient(t, tr.Host)
+	ref, err := name.ParseReference(tr.Host + "/team/app:v1")
 	testenv.Must(t, err, "ref")
 	var m struct {
 		Config struct{ Digest string }
@@ -223,10 +86,10 @@ func TestTokenReuse(t *testing.T) {
 	}
 
 	concurrently(t, n, fetch)
-	if got := tr.exchanges.Load(); got != 1 {
+	if got := tr.Exchanges.Load(); got != 1 {
 		t.Fatalf("%d cold requests made %d token exchanges, want 1", n, got)
 	}
-	t.Logf("cold: %d concurrent requests, %d token exchange(s)", n, tr.exchanges.Load())
+	t.Logf("cold: %d concurrent requests, %d token exchange(s)", n, tr.Exchanges.Load())
 
 	concurrently(t, n, func() error {
 		b, err := c.Blob(context.Background(), ref.Context(), cfgDigest)
@@ -235,28 +98,28 @@ func TestTokenReuse(t *testing.T) {
 		}
 		return err
 	})
-	if tr.blobServed.Load() != n {
-		t.Errorf("blob storage served %d requests, want %d (redirects not followed?)", tr.blobServed.Load(), n)
+	if tr.BlobServed.Load() != n {
+		t.Errorf("blob storage served %d requests, want %d (redirects not followed?)", tr.BlobServed.Load(), n)
 	}
-	if tr.blobAuth.Load() != 0 {
-		t.Errorf("%d requests to blob storage carried the registry's Authorization", tr.blobAuth.Load())
+	if tr.BlobAuth.Load() != 0 {
+		t.Errorf("%d requests to blob storage carried the registry's Authorization", tr.BlobAuth.Load())
 	}
-	if got := tr.exchanges.Load(); got != 1 {
+	if got := tr.Exchanges.Load(); got != 1 {
 		t.Fatalf("token exchanges after blob fetches: %d, want 1", got)
 	}
 
-	tr.expire(n)
+	tr.Expire(n)
 	concurrently(t, n, fetch)
-	if got := tr.unauthed.Load(); got != n {
+	if got := tr.Unauthed.Load(); got != n {
 		t.Errorf("%d requests saw the expired token, want all %d in flight together", got, n)
 	}
-	if got := tr.exchanges.Load() - 1; got != 1 {
+	if got := tr.Exchanges.Load() - 1; got != 1 {
 		t.Fatalf("after expiry, %d concurrent requests made %d refreshes, want 1", n, got)
 	}
-	t.Logf("after expiry: %d concurrent requests, %d refresh(es)", n, tr.exchanges.Load()-1)
+	t.Logf("after expiry: %d concurrent requests, %d refresh(es)", n, tr.Exchanges.Load()-1)
 
 	// Another repository is another scope: its own token, once.
-	oref, err := name.ParseReference(tr.host + "/team/other:v1")
+	oref, err := name.ParseReference(tr.Host + "/team/other:v1")
 	testenv.Must(t, err, "ref")
 	concurrently(t, n, func() error {
 		got, err := c.Manifest(context.Background(), oref)
@@ -265,7 +128,7 @@ func TestTokenReuse(t *testing.T) {
 		}
 		return err
 	})
-	if got := tr.exchanges.Load(); got != 3 {
+	if got := tr.Exchanges.Load(); got != 3 {
 		t.Fatalf("token exchanges after a second repository: %d, want 3", got)
 	}
 }
@@ -275,15 +138,15 @@ func TestTokenReuse(t *testing.T) {
 // refreshes once per request that sees the expired token.
 func TestTokenRefreshBaseline(t *testing.T) {
 	const n = 16
-	tr := startTokenRegistry(t)
-	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
-	repo, err := name.NewRepository(tr.host + "/team/app")
+	tr := testenv.StartTokenRegistry(t)
+	tr.Push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	repo, err := name.NewRepository(tr.Host + "/team/app")
 	testenv.Must(t, err, "repo")
-	auth := authn.FromConfig(authn.AuthConfig{Username: tokenUser, Password: tokenPass})
+	auth := authn.FromConfig(authn.AuthConfig{Username: testenv.TokenUser, Password: testenv.TokenPass})
 	rt, err := transport.NewWithContext(context.Background(), repo.Registry, auth, http.DefaultTransport, []string{repo.Scope(transport.PullScope)})
 	testenv.Must(t, err, "ggcr transport")
 	get := func() error {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+tr.host+"/v2/team/app/manifests/v1", nil)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+tr.Host+"/v2/team/app/manifests/v1", nil)
 		req.Header.Set("Accept", testenv.OCIManifest)
 		resp, err := (&http.Client{Transport: rt}).Do(req)
 		if err != nil {
@@ -295,22 +158,22 @@ func TestTokenRefreshBaseline(t *testing.T) {
 		}
 		return nil
 	}
-	before := tr.exchanges.Load()
-	tr.expire(n)
+	before := tr.Exchanges.Load()
+	tr.Expire(n)
 	concurrently(t, n, get)
-	t.Logf("ggcr bearer transport, after expiry: %d concurrent requests, %d refreshes (regcap: 1)", n, tr.exchanges.Load()-before)
+	t.Logf("ggcr bearer transport, after expiry: %d concurrent requests, %d refreshes (regcap: 1)", n, tr.Exchanges.Load()-before)
 }
 
 // TestTokenExpiresIn: a token past its expires_in is refreshed before it
 // is sent, once for all concurrent requests, and no request is refused.
 func TestTokenExpiresIn(t *testing.T) {
 	const n = 16
-	tr := startTokenRegistry(t)
-	img := tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	tr := testenv.StartTokenRegistry(t)
+	img := tr.Push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
 	var now atomic.Int64
 	now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	c := tokenClient(t, tr.host, registry.WithClock(func() time.Time { return time.Unix(0, now.Load()) }))
-	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	c := tokenClient(t, tr.Host, registry.WithClock(func() time.Time { return time.Unix(0, now.Load()) }))
+	ref, err := name.ParseReference(tr.Host + "/team/app:v1")
 	testenv.Must(t, err, "ref")
 	fetch := func() error {
 		got, err := c.Manifest(context.Background(), ref)
@@ -320,24 +183,24 @@ func TestTokenExpiresIn(t *testing.T) {
 		return err
 	}
 	concurrently(t, n, fetch)
-	if got := tr.exchanges.Load(); got != 1 {
+	if got := tr.Exchanges.Load(); got != 1 {
 		t.Fatalf("cold: %d exchanges, want 1", got)
 	}
 	// Still valid (the registry says 300 s): no exchange.
 	now.Add(int64(200 * time.Second))
 	concurrently(t, n, fetch)
-	if got := tr.exchanges.Load(); got != 1 {
+	if got := tr.Exchanges.Load(); got != 1 {
 		t.Fatalf("within expires_in: %d exchanges, want 1", got)
 	}
 	// Past it: one refresh for all, before sending, so no 401s. (The
 	// cold phase's ping was refused, as pings are: reset the count.)
-	tr.unauthed.Store(0)
+	tr.Unauthed.Store(0)
 	now.Add(int64(200 * time.Second))
 	concurrently(t, n, fetch)
-	if got := tr.exchanges.Load(); got != 2 {
+	if got := tr.Exchanges.Load(); got != 2 {
 		t.Fatalf("past expires_in: %d exchanges, want 2", got)
 	}
-	if got := tr.unauthed.Load(); got != 0 {
+	if got := tr.Unauthed.Load(); got != 0 {
 		t.Errorf("%d requests were sent with an expired token", got)
 	}
 }
@@ -345,14 +208,14 @@ func TestTokenExpiresIn(t *testing.T) {
 // A registry's 401 at the token endpoint and its 403 on a repository are
 // explained: whether credentials were configured, never what they are.
 func TestAccessErrorsExplained(t *testing.T) {
-	tr := startTokenRegistry(t)
-	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
-	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	tr := testenv.StartTokenRegistry(t)
+	tr.Push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref, err := name.ParseReference(tr.Host + "/team/app:v1")
 	testenv.Must(t, err, "ref")
 
 	dir := t.TempDir()
 	p := filepath.Join(dir, "config.json")
-	testenv.Must(t, os.WriteFile(p, []byte(dockerConfigFor(tr.host, tokenUser, "wrong-pw-123")), 0o600), "config")
+	testenv.Must(t, os.WriteFile(p, []byte(dockerConfigFor(tr.Host, testenv.TokenUser, "wrong-pw-123")), 0o600), "config")
 	kc, err := registry.LoadDockerConfig(p)
 	testenv.Must(t, err, "config")
 	_, err = registry.New(registry.WithKeychain(kc)).Manifest(context.Background(), ref)
@@ -368,8 +231,8 @@ func TestAccessErrorsExplained(t *testing.T) {
 	}
 
 	// The registry denies the repository to these (valid) credentials.
-	tr.srv.Config.Handler = denyRepo(tr.srv.Config.Handler, "/v2/team/app/manifests/")
-	_, err = tokenClient(t, tr.host).Manifest(context.Background(), ref)
+	tr.Server.Config.Handler = denyRepo(tr.Server.Config.Handler, "/v2/team/app/manifests/")
+	_, err = tokenClient(t, tr.Host).Manifest(context.Background(), ref)
 	e = capability.Classify(ref.Name(), err)
 	if e.Code != 403 || !strings.Contains(e.Message, "denied access with the credentials configured") {
 		t.Errorf("403: %d %q", e.Code, e.Error())

@@ -82,17 +82,17 @@ func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
 // Token-endpoint failures during a request (a refresh after expiry): a 401
 // says credentials were configured and refused; a 429 carries Retry-After.
 func TestTokenEndpointFailuresExplained(t *testing.T) {
-	tr := startTokenRegistry(t)
-	tr.push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
+	tr := testenv.StartTokenRegistry(t)
+	tr.Push.PushImage(t, "team/app", "v1", testenv.OCIManifest, "linux/amd64")
 	var now atomic.Int64
 	now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	c := tokenClient(t, tr.host, registry.WithClock(func() time.Time { return time.Unix(0, now.Load()) }))
-	ref, err := name.ParseReference(tr.host + "/team/app:v1")
+	c := tokenClient(t, tr.Host, registry.WithClock(func() time.Time { return time.Unix(0, now.Load()) }))
+	ref, err := name.ParseReference(tr.Host + "/team/app:v1")
 	testenv.Must(t, err, "ref")
 	_, err = c.Manifest(context.Background(), ref)
 	testenv.Must(t, err, "first manifest")
 
-	tr.tokenFail.Store(http.StatusUnauthorized)
+	tr.TokenFail.Store(http.StatusUnauthorized)
 	now.Add(int64(time.Hour)) // past expires_in: the next request refreshes
 	_, err = c.Manifest(context.Background(), ref)
 	e := capability.Classify(ref.Name(), err)
@@ -100,7 +100,7 @@ func TestTokenEndpointFailuresExplained(t *testing.T) {
 		t.Errorf("token endpoint 401 during a request: %d %q", e.Code, e.Message)
 	}
 
-	tr.tokenFail.Store(http.StatusTooManyRequests)
+	tr.TokenFail.Store(http.StatusTooManyRequests)
 	_, err = c.Manifest(context.Background(), ref)
 	e = capability.Classify(ref.Name(), err)
 	if e.Code != 429 || e.RetryAfter != "7" || !strings.Contains(e.Message, "retry after 7s") {
