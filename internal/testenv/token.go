@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -39,6 +40,7 @@ type TokenRegistry struct {
 	TokenFail   atomic.Int64 // when set, the token endpoint answers this status
 	mu          sync.Mutex
 	valid       map[string]bool
+	issued      []string
 	gate        chan struct{} // when set, the token endpoint waits for it
 	gateAfter   int64         // close gate once this many 401s were served
 	gateClosing *sync.Once
@@ -107,9 +109,11 @@ func (tr *TokenRegistry) serve(inner http.Handler) func(http.ResponseWriter, *ht
 				case <-time.After(20 * time.Second): // the assertions will say what went wrong
 				}
 			}
-			tok := fmt.Sprintf("token-%d", tr.Exchanges.Load())
+			// Unguessable, so that a test can search every output for it.
+			tok := fmt.Sprintf("token-%d-%s", tr.Exchanges.Load(), rand.Text())
 			tr.mu.Lock()
 			tr.valid[tok] = true
+			tr.issued = append(tr.issued, tok)
 			tr.mu.Unlock()
 			_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "expires_in": 300})
 			return
@@ -138,6 +142,14 @@ func (tr *TokenRegistry) serve(inner http.Handler) func(http.ResponseWriter, *ht
 		}
 		inner.ServeHTTP(w, r)
 	}
+}
+
+// Issued lists every token the endpoint handed out.
+func (tr *TokenRegistry) Issued() []string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	out := make([]string, 0, len(tr.issued))
+	return append(out, tr.issued...)
 }
 
 // Expire revokes every token; the next token exchange waits until n
