@@ -178,5 +178,15 @@ func FuzzParseReference(f *testing.F) {
 		if err != nil || again.Name() != ref.Name() {
 			t.Fatalf("normalised name %q does not re-parse to itself: %v", ref.Name(), err)
 		}
+		// What is accepted holds to the distribution grammar, with a
+		// lower-case registry host.
+		if h := ref.Context().RegistryStr(); h != strings.ToLower(h) {
+			t.Fatalf("registry %q is not lower-case", h)
+		}
+		for _, c := range strings.Split(ref.Context().RepositoryStr(), "/") {
+			if !pathComponent.MatchString(c) {
+				t.Fatalf("accepted path component %q of %q", c, payload)
+			}
+		}
 	})
 }
