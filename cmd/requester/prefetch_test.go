@@ -196,7 +196,7 @@ func TestPrefetchCLI(t *testing.T) {
 // TestPrefetchCLIUnreachable: a NATS server without workers, and no NATS
 // server at all, both exit 2.
 func TestPrefetchCLIUnreachable(t *testing.T) {
-	ns := testenv.StartNATS(t)
+	ns := testenv.StartNATS(t, testenv.MaxPayload(1<<20)) // nats-server's default
 	code, out, errs := cli(t, "", "prefetch", "--nats-url", ns.ClientURL(), "--retries", "1", "--timeout", "2s", "-o", "json", "busybox", "nginx")
 	if code != exitUnreachable {
 		t.Fatalf("no workers: exit %d, want 2; stderr:\n%s", code, errs)

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -19,8 +18,6 @@ import (
 )
 
 const smallPayload = 64 << 10
-
-func smallMaxPayload(o *natsserver.Options) { o.MaxPayload = smallPayload }
 
 // bigManifest pushes an image manifest of about size bytes (a long
 // annotation) and returns its reference and body.
@@ -39,7 +36,7 @@ func bigManifest(t *testing.T, reg *testenv.Registry, repo string, size int) (st
 func TestReplyOverMaxPayload(t *testing.T) {
 	rd := testenv.StartRedis(t)
 	big := testenv.StartNATS(t)
-	small := testenv.StartNATS(t, smallMaxPayload)
+	small := testenv.StartNATS(t, testenv.MaxPayload(smallPayload))
 	reg := testenv.StartRegistry(t)
 	ref, body := bigManifest(t, reg, "huge/app", 200<<10)
 	testworker.Start(t, testworker.Config{NATSURL: big.ClientURL(), RedisAddr: rd.Addr()})
@@ -63,7 +60,7 @@ func TestReplyOverMaxPayload(t *testing.T) {
 // a manifest over the lowered limit is refused (413) before it is read
 // whole, not fetched and then dropped.
 func TestLimitsFitMaxPayload(t *testing.T) {
-	small := testenv.StartNATS(t, smallMaxPayload)
+	small := testenv.StartNATS(t, testenv.MaxPayload(smallPayload))
 	reg := testenv.StartRegistry(t)
 	core, logs := observer.New(zap.InfoLevel)
 	testworker.Start(t, testworker.Config{NATSURL: small.ClientURL(), Logger: zap.New(core)})

@@ -436,7 +436,7 @@ func TestPrefetchManyRetries(t *testing.T) {
 // a payload over the server's limit) is a failure of its own, not "no
 // worker answered", and it is not retried.
 func TestPrefetchErrorNotUnreachable(t *testing.T) {
-	ns := testenv.StartNATS(t)
+	ns := testenv.StartNATS(t, testenv.MaxPayload(1<<20)) // nats-server's default
 	cli := testenv.Client(t, ns.ClientURL(), client.WithTimeout(5*time.Second))
 	huge := strings.Repeat("a", 2<<20) // over NATS's 1 MiB max_payload
 	rep := prefetch.Run(context.Background(), cli, []string{huge}, prefetch.Options{

@@ -140,6 +140,11 @@ func StartNATS(t testing.TB, opts ...func(*natsserver.Options)) *natsserver.Serv
 	return ns
 }
 
+// MaxPayload sets a NATS server's max_payload, for StartNATS.
+func MaxPayload(n int32) func(*natsserver.Options) {
+	return func(o *natsserver.Options) { o.MaxPayload = n }
+}
+
 // Connect opens a NATS connection closed at cleanup.
 func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
