@@ -275,9 +275,6 @@ func (w *Worker) Resolver() *resolve.Resolver { return w.res }
 // Metrics are the worker's metrics.
 func (w *Worker) Metrics() *metrics.Metrics { return w.metrics }
 
-// Conn is the worker's NATS connection.
-func (w *Worker) Conn() *nats.Conn { return w.nc }
-
 // NATSURL is the NATS URL the worker connected to: the embedded server's
 // when Config.NATSURL was empty.
 func (w *Worker) NATSURL() string { return w.natsURL }
