@@ -23,8 +23,10 @@ var ErrUnreachable = errors.New("regcap fleet unreachable")
 // Reply is a successful answer.
 type Reply struct {
 	Body []byte
-	// Cache says where the answer came from: hit, miss or shared.
+	// Cache says where the answer came from: hit, miss, shared or stale.
 	Cache contract.Outcome
+	// Age is how long ago a stale answer was fetched (Regcap-Age).
+	Age time.Duration
 }
 
 // Client is safe for concurrent use.
@@ -99,7 +101,11 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 		}
 		return nil, &contract.Error{Code: n, Message: resp.Header.Get(contract.HeaderError), RetryAfter: resp.Header.Get(contract.HeaderRetryAfter)}
 	}
-	return &Reply{Body: resp.Data, Cache: contract.Outcome(resp.Header.Get(contract.HeaderCache))}, nil
+	r := &Reply{Body: resp.Data, Cache: contract.Outcome(resp.Header.Get(contract.HeaderCache))}
+	if age, err := strconv.Atoi(resp.Header.Get(contract.HeaderAge)); err == nil && age >= 0 {
+		r.Age = time.Duration(age) * time.Second
+	}
+	return r, nil
 }
 
 // Image calls fn for an image reference such as "busybox:latest".

@@ -70,6 +70,8 @@ const (
 	HeaderError     = "Nats-Service-Error"
 	// HeaderRetryAfter is the registry's Retry-After, on 429.
 	HeaderRetryAfter = "Retry-After"
+	// HeaderAge is how many seconds ago a stale answer was fetched.
+	HeaderAge = "Regcap-Age"
 )
 
 // Outcome says where a successful answer came from. It is sent in the
@@ -85,6 +87,9 @@ const (
 	// Shared: from a fetch another request, or another worker, was
 	// already making.
 	Shared Outcome = "shared"
+	// Stale: past its TTL, served because the registry failed (429, 5xx,
+	// a timeout, unreachable); HeaderAge says how old it is.
+	Stale Outcome = "stale"
 )
 
 // Error is an error answer: a code of the contract's table (400, 401,

@@ -260,6 +260,9 @@ func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err 
 		}
 	} else {
 		r.Header.Set(contract.HeaderCache, string(a.Outcome))
+		if a.Outcome == contract.Stale {
+			r.Header.Set(contract.HeaderAge, strconv.Itoa(int(a.Age.Seconds())))
+		}
 		r.Data = a.Body
 	}
 	// A reply the server would refuse is never dropped: the caller gets

@@ -20,16 +20,18 @@ import (
 //	2       1     version (1)
 //	3       1     flags: bit 0 set when a MAC follows the body
 //	4       8     fetch time, Unix nanoseconds
-//	12      32    sha256 of the body
-//	44      n     body, the reply exactly as sent
-//	44+n    32    HMAC-SHA256 over the Redis key, a zero byte and bytes
-//	              0 to 44+n, with the fleet's --cache-key (flag bit 0)
+//	12      8     stale span, nanoseconds: the entry stops being fresh
+//	              this long before the key expires (--stale-if-error)
+//	20      32    sha256 of the body
+//	52      n     body, the reply exactly as sent
+//	52+n    32    HMAC-SHA256 over the Redis key, a zero byte and bytes
+//	              0 to 52+n, with the fleet's --cache-key (flag bit 0)
 //
 // The MAC covers the key, so that a valid value cannot be copied to
 // another key (one image's answer served for another).
 const (
 	envelopeVersion = 1
-	envelopeHeader  = 44
+	envelopeHeader  = 52
 	macSize         = sha256.Size
 	flagMAC         = 1
 )
@@ -53,9 +55,9 @@ type rejection struct{ reason, detail string }
 
 func (r *rejection) Error() string { return r.reason + ": " + r.detail }
 
-// sealValue wraps body for key, fetched at fetched; with macKey it is
-// signed.
-func sealValue(key string, body []byte, fetched time.Time, macKey []byte) []byte {
+// sealValue wraps body for key, fetched at fetched and stale for the last
+// staleFor of its life; with macKey it is signed.
+func sealValue(key string, body []byte, fetched time.Time, staleFor time.Duration, macKey []byte) []byte {
 	n := envelopeHeader + len(body)
 	if macKey != nil {
 		n += macSize
@@ -67,8 +69,9 @@ func sealValue(key string, body []byte, fetched time.Time, macKey []byte) []byte
 		v[3] = flagMAC
 	}
 	binary.BigEndian.PutUint64(v[4:12], uint64(fetched.UnixNano()))
+	binary.BigEndian.PutUint64(v[12:20], uint64(max(staleFor, 0)))
 	sum := sha256.Sum256(body)
-	copy(v[12:44], sum[:])
+	copy(v[20:52], sum[:])
 	v = append(v, body...)
 	if macKey != nil {
 		v = append(v, mac(macKey, key, v)...)
@@ -76,39 +79,53 @@ func sealValue(key string, body []byte, fetched time.Time, macKey []byte) []byte
 	return v
 }
 
-// openValue checks value, read from key, and returns the body and the
-// fetch time. With macKey, only a value signed with it is accepted.
-// maxBody bounds the body.
-func openValue(key string, value []byte, macKey []byte, maxBody int) ([]byte, time.Time, error) {
+// opened is what a valid value holds.
+type opened struct {
+	body     []byte
+	fetched  time.Time
+	staleFor time.Duration
+}
+
+// openValue checks value, read from key, and returns what it holds. With
+// macKey, only a value signed with it is accepted. maxBody bounds the
+// body.
+func openValue(key string, value []byte, macKey []byte, maxBody int) (opened, error) {
 	if len(value) < envelopeHeader {
-		return nil, time.Time{}, &rejection{rejectShort, fmt.Sprintf("%d bytes, under the %d-byte header", len(value), envelopeHeader)}
+		return opened{}, &rejection{rejectShort, fmt.Sprintf("%d bytes, under the %d-byte header", len(value), envelopeHeader)}
 	}
 	if !bytes.Equal(value[:2], envelopeMagic[:]) || value[2] != envelopeVersion {
-		return nil, time.Time{}, &rejection{rejectVersion, fmt.Sprintf("not a version-%d envelope (starts %q)", envelopeVersion, value[:3])}
+		return opened{}, &rejection{rejectVersion, fmt.Sprintf("not a version-%d envelope (starts %q)", envelopeVersion, value[:3])}
 	}
 	signed := value[3]&flagMAC != 0
 	end := len(value)
 	if signed {
 		end -= macSize
 		if end < envelopeHeader {
-			return nil, time.Time{}, &rejection{rejectShort, "too short for its MAC"}
+			return opened{}, &rejection{rejectShort, "too short for its MAC"}
 		}
 	}
 	switch {
 	case macKey != nil && !signed:
-		return nil, time.Time{}, &rejection{rejectUnsigned, "not signed, and this worker has a cache key"}
+		return opened{}, &rejection{rejectUnsigned, "not signed, and this worker has a cache key"}
 	case macKey != nil && !hmac.Equal(value[end:], mac(macKey, key, value[:end])):
-		return nil, time.Time{}, &rejection{rejectSignature, "MAC does not verify with this worker's cache key"}
+		return opened{}, &rejection{rejectSignature, "MAC does not verify with this worker's cache key"}
 	}
 	body := value[envelopeHeader:end]
 	if len(body) > maxBody {
-		return nil, time.Time{}, &rejection{rejectTooLarge, fmt.Sprintf("body of %d bytes, over %d", len(body), maxBody)}
+		return opened{}, &rejection{rejectTooLarge, fmt.Sprintf("body of %d bytes, over %d", len(body), maxBody)}
 	}
-	if sum := sha256.Sum256(body); !bytes.Equal(sum[:], value[12:44]) {
-		return nil, time.Time{}, &rejection{rejectChecksum, "body does not match its sha256"}
+	if sum := sha256.Sum256(body); !bytes.Equal(sum[:], value[20:52]) {
+		return opened{}, &rejection{rejectChecksum, "body does not match its sha256"}
 	}
-	fetched := time.Unix(0, int64(binary.BigEndian.Uint64(value[4:12])))
-	return body, fetched, nil
+	staleFor := binary.BigEndian.Uint64(value[12:20])
+	if staleFor > uint64(maxStaleFor) {
+		return opened{}, &rejection{rejectVersion, "stale span out of range"}
+	}
+	return opened{
+		body:     body,
+		fetched:  time.Unix(0, int64(binary.BigEndian.Uint64(value[4:12]))),
+		staleFor: time.Duration(staleFor),
+	}, nil
 }
 
 func mac(macKey []byte, key string, signed []byte) []byte {
@@ -119,10 +136,14 @@ func mac(macKey []byte, key string, signed []byte) []byte {
 	return h.Sum(nil)
 }
 
+// maxStaleFor bounds the stale span a value may claim.
+const maxStaleFor = 30 * 24 * time.Hour
+
 // DecodeValue returns the reply body and fetch time held in value, the
 // Redis value of key, after checking it as a worker does (macKey: the
 // fleet's --cache-key, nil for none). For tools and tests that look into
 // Redis.
 func DecodeValue(key string, value, macKey []byte) ([]byte, time.Time, error) {
-	return openValue(key, value, macKey, len(value))
+	o, err := openValue(key, value, macKey, len(value))
+	return o.body, o.fetched, err
 }

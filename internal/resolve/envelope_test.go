@@ -19,10 +19,10 @@ import (
 func TestEnvelopeRoundTrip(t *testing.T) {
 	fetched := time.Unix(1700000000, 123456789)
 	for _, macKey := range [][]byte{nil, []byte("fleet secret")} {
-		v := sealValue("k", []byte("body"), fetched, macKey)
-		body, at, err := openValue("k", v, macKey, 16)
-		if err != nil || string(body) != "body" || !at.Equal(fetched) {
-			t.Fatalf("key %q: %q %v %v", macKey, body, at, err)
+		v := sealValue("k", []byte("body"), fetched, time.Minute, macKey)
+		o, err := openValue("k", v, macKey, 16)
+		if err != nil || string(o.body) != "body" || !o.fetched.Equal(fetched) || o.staleFor != time.Minute {
+			t.Fatalf("key %q: %+v %v", macKey, o, err)
 		}
 	}
 }
@@ -31,8 +31,8 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 // it, and the reason it is refused with.
 func TestEnvelopeRefusals(t *testing.T) {
 	key, secret := "regcap:v2:oci_manifest:r/a:v1", []byte("fleet secret")
-	good := sealValue(key, []byte(`{"schemaVersion":2}`), time.Now(), nil)
-	signed := sealValue(key, []byte(`{"schemaVersion":2}`), time.Now(), secret)
+	good := sealValue(key, []byte(`{"schemaVersion":2}`), time.Now(), time.Minute, nil)
+	signed := sealValue(key, []byte(`{"schemaVersion":2}`), time.Now(), time.Minute, secret)
 	flip := func(v []byte, i int) []byte { v = bytes.Clone(v); v[i] ^= 1; return v }
 	for _, c := range []struct {
 		name   string
@@ -50,13 +50,14 @@ func TestEnvelopeRefusals(t *testing.T) {
 		{"truncated body", good[:len(good)-2], nil, 64, rejectChecksum},
 		{"over the size limit", good, nil, 4, rejectTooLarge},
 		{"unsigned, worker has a key", good, secret, 64, rejectUnsigned},
-		{"signed with another key", sealValue(key, []byte(`{}`), time.Now(), []byte("other")), secret, 64, rejectSignature},
+		{"signed with another key", sealValue(key, []byte(`{}`), time.Now(), time.Minute, []byte("other")), secret, 64, rejectSignature},
 		{"signed body changed, checksum fixed", resealBody(signed, []byte(`{"schemaVersion":3}`)), secret, 64, rejectSignature},
-		{"signed for another key", sealValue("regcap:v2:oci_manifest:r/b:v1", []byte(`{}`), time.Now(), secret), secret, 64, rejectSignature},
-		{"MAC flag, too short", []byte{'r', 'c', 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, secret, 64, rejectShort},
+		{"signed for another key", sealValue("regcap:v2:oci_manifest:r/b:v1", []byte(`{}`), time.Now(), time.Minute, secret), secret, 64, rejectSignature},
+		{"MAC flag, too short", append([]byte{'r', 'c', 1, 1}, make([]byte, envelopeHeader)...), secret, 64, rejectShort},
+		{"stale span out of range", func() []byte { v := bytes.Clone(good); v[12] = 0xff; return v }(), nil, 64, rejectVersion},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			_, _, err := openValue(key, c.value, c.macKey, c.max)
+			_, err := openValue(key, c.value, c.macKey, c.max)
 			var r *rejection
 			if !errors.As(err, &r) || r.reason != c.reason {
 				t.Fatalf("got %v, want a %s rejection", err, c.reason)
@@ -64,7 +65,7 @@ func TestEnvelopeRefusals(t *testing.T) {
 		})
 	}
 	// A worker without a key still checks a signed value's sha256.
-	if _, _, err := openValue(key, signed, nil, 64); err != nil {
+	if _, err := openValue(key, signed, nil, 64); err != nil {
 		t.Fatalf("signed value, worker without a key: %v", err)
 	}
 }
@@ -72,15 +73,15 @@ func TestEnvelopeRefusals(t *testing.T) {
 // resealBody replaces the body of a signed envelope and fixes its sha256,
 // as someone without the key could: only the MAC can tell.
 func resealBody(signed, body []byte) []byte {
-	v := sealValue("", body, time.Now(), nil)
+	v := sealValue("", body, time.Now(), time.Minute, nil)
 	v[3] = flagMAC
 	return append(v, signed[len(signed)-macSize:]...)
 }
 
 func FuzzOpenValue(f *testing.F) {
 	key, secret := "regcap:v2:manifest_digest:r/a:v1", []byte("k")
-	f.Add(sealValue(key, []byte(`{"digest":"sha256:00"}`), time.Now(), nil), false)
-	f.Add(sealValue(key, []byte(`{}`), time.Now(), secret), true)
+	f.Add(sealValue(key, []byte(`{"digest":"sha256:00"}`), time.Now(), time.Minute, nil), false)
+	f.Add(sealValue(key, []byte(`{}`), time.Now(), time.Minute, secret), true)
 	f.Add([]byte("rc\x01\x01"), true)
 	f.Add([]byte{}, false)
 	f.Fuzz(func(t *testing.T, v []byte, withKey bool) {
@@ -88,7 +89,7 @@ func FuzzOpenValue(f *testing.F) {
 		if withKey {
 			k = secret
 		}
-		body, fetched, err := openValue(key, v, k, 1<<10)
+		o, err := openValue(key, v, k, 1<<10)
 		if err != nil {
 			var r *rejection
 			if !errors.As(err, &r) {
@@ -96,13 +97,13 @@ func FuzzOpenValue(f *testing.F) {
 			}
 			return
 		}
-		if len(body) > 1<<10 {
-			t.Fatalf("accepted a body of %d bytes", len(body))
+		if len(o.body) > 1<<10 {
+			t.Fatalf("accepted a body of %d bytes", len(o.body))
 		}
 		// What is accepted is exactly what a worker would have written
 		// around that body (signed when the worker has a key).
 		if signed := v[3]&flagMAC != 0; withKey || !signed {
-			if again := sealValue(key, body, fetched, k); !bytes.Equal(again, v) {
+			if again := sealValue(key, o.body, o.fetched, o.staleFor, k); !bytes.Equal(again, v) {
 				t.Fatalf("accepted %x, a worker writes %x", v, again)
 			}
 		}
@@ -138,13 +139,13 @@ func TestBadRedisValues(t *testing.T) {
 		{"empty", func() error { return rdb.Set(ctx, k, "", time.Minute).Err() }, rejectShort},
 		{"a bare body, as the v1 format", func() error { return rdb.Set(ctx, k, planted, time.Minute).Err() }, rejectVersion},
 		{"planted without the key", func() error {
-			return rdb.Set(ctx, k, sealValue(k, planted, time.Now(), nil), time.Minute).Err()
+			return rdb.Set(ctx, k, sealValue(k, planted, time.Now(), time.Minute, nil), time.Minute).Err()
 		}, rejectUnsigned},
 		{"planted with another key", func() error {
-			return rdb.Set(ctx, k, sealValue(k, planted, time.Now(), []byte("guess")), time.Minute).Err()
+			return rdb.Set(ctx, k, sealValue(k, planted, time.Now(), time.Minute, []byte("guess")), time.Minute).Err()
 		}, rejectSignature},
 		{"oversized", func() error { return rdb.Set(ctx, k, strings.Repeat("x", 1<<20), time.Minute).Err() }, rejectTooLarge},
-		{"no expiry", func() error { return rdb.Set(ctx, k, sealValue(k, planted, time.Now(), secret), 0).Err() }, rejectNoTTL},
+		{"no expiry", func() error { return rdb.Set(ctx, k, sealValue(k, planted, time.Now(), time.Minute, secret), 0).Err() }, rejectNoTTL},
 		{"a list", func() error { return rdb.RPush(ctx, k, "a", "b").Err() }, rejectWrongType},
 		{"a hash", func() error { return rdb.HSet(ctx, k, "f", "v").Err() }, rejectWrongType},
 	} {

@@ -400,13 +400,15 @@ func TestCallerCancelIsNotAnOutage(t *testing.T) {
 	bg := context.Background()
 	done, cancel := context.WithCancel(bg)
 	cancel()
-	r.shared.Set(bg, "k", entry{body: []byte("v"), expires: time.Now().Add(time.Minute)})
+	r.shared.Set(bg, "k", entry{body: []byte("v"), fresh: time.Now().Add(time.Minute), expires: time.Now().Add(time.Minute)})
 	for _, op := range []struct {
 		name string
 		do   func()
 	}{
 		{"get", func() { r.shared.Get(done, "k") }},
-		{"set", func() { r.shared.Set(done, "k2", entry{body: []byte("v"), expires: time.Now().Add(time.Minute)}) }},
+		{"set", func() {
+			r.shared.Set(done, "k2", entry{body: []byte("v"), fresh: time.Now().Add(time.Minute), expires: time.Now().Add(time.Minute)})
+		}},
 		{"lock", func() { r.lock.Lock(done, "k3", time.Second) }},
 	} {
 		op.do()

@@ -151,7 +151,10 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration) cl
 		return claim{}
 	}
 	l.health.ok()
+	// A stale value (kept for --stale-if-error) is no answer here: the
+	// lock is for fetching a fresh one.
 	e, found := l.tier.decode(key, get, ttl)
+	found = found && e.isFresh(l.tier.now())
 	switch {
 	case set.Val() && found:
 		// Stored between the caller's look and our lock: nothing to
@@ -193,7 +196,7 @@ func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
 	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if store != nil {
 			if left := store.expires.Sub(l.tier.now()); left >= time.Millisecond {
-				p.Set(ctx, ls.key, sealValue(ls.key, store.body, store.fetched, l.tier.macKey), left)
+				p.Set(ctx, ls.key, sealValue(ls.key, store.body, store.fetched, store.expires.Sub(store.fresh), l.tier.macKey), left)
 			}
 		}
 		p.Eval(ctx, releaseScript, []string{lockPrefix + ls.key, donePrefix + ls.key}, ls.token, msg)
@@ -287,7 +290,7 @@ func (l *fleetLock) peek(ctx context.Context, key string) (e entry, found, held 
 	}
 	l.health.ok()
 	e, found = l.tier.decode(key, get, ttl)
-	return e, found, lock.Val() > 0, nil
+	return e, found && e.isFresh(l.tier.now()), lock.Val() > 0, nil
 }
 
 func (l *fleetLock) register(key string) *waiter {

@@ -12,14 +12,20 @@ const DefaultMemorySize = 64 << 20
 // entryOverhead approximates what an entry costs beyond its key and body.
 const entryOverhead = 96
 
-// entry is a cached answer and the absolute moment it expires. Every tier
-// and every worker expires an entry at that same moment, counted from the
-// fetch, so that no answer is older than the TTL anywhere.
+// entry is a cached answer, fresh until one absolute moment and kept
+// until another (later with --stale-if-error, to answer with while the
+// registry fails). Every tier and every worker uses the same moments,
+// counted from the fetch, so that no fresh answer is older than the TTL
+// anywhere.
 type entry struct {
 	body    []byte
 	fetched time.Time // when the fetch that made it started
-	expires time.Time
+	fresh   time.Time // served as a hit until then
+	expires time.Time // kept until then
 }
+
+// isFresh reports whether e may be served as a hit at now.
+func (e entry) isFresh(now time.Time) bool { return now.Before(e.fresh) }
 
 // memory is the per-worker tier, bounded in bytes. It never blocks on the
 // network, so a hit can be answered inside a NATS callback.

@@ -91,7 +91,7 @@ func (t *redisTier) decode(key string, get *redis.StringCmd, ttl *redis.Duration
 		t.reject(key, &rejection{rejectNoTTL, "the key has no expiry"})
 		return entry{}, false
 	}
-	body, fetched, err := openValue(key, value, t.macKey, t.maxBody)
+	o, err := openValue(key, value, t.macKey, t.maxBody)
 	if err != nil {
 		var r *rejection
 		if errors.As(err, &r) {
@@ -99,7 +99,8 @@ func (t *redisTier) decode(key string, get *redis.StringCmd, ttl *redis.Duration
 		}
 		return entry{}, false
 	}
-	return entry{body: body, fetched: fetched, expires: t.now().Add(left)}, true
+	expires := t.now().Add(left)
+	return entry{body: o.body, fetched: o.fetched, fresh: expires.Add(-o.staleFor), expires: expires}, true
 }
 
 // Set stores e until it expires.
@@ -110,11 +111,57 @@ func (t *redisTier) Set(ctx context.Context, key string, e entry) {
 	}
 	op, cancel := t.health.op(ctx)
 	defer cancel()
-	if err := t.rdb.Set(op, key, sealValue(key, e.body, e.fetched, t.macKey), left).Err(); err != nil {
+	if err := t.rdb.Set(op, key, sealValue(key, e.body, e.fetched, e.expires.Sub(e.fresh), t.macKey), left).Err(); err != nil {
 		t.health.failed(ctx, "set", err)
 		return
 	}
 	t.health.ok()
+}
+
+// backoffPrefix marks keys whose fetch failed and that the fleet answers
+// stale for a while (see WithStaleIfError).
+const backoffPrefix = "regcap:backoff:"
+
+// SetBackoff marks key as backing off for d, fleet-wide.
+func (t *redisTier) SetBackoff(ctx context.Context, key string, d time.Duration) {
+	if d < time.Millisecond || t.health.skip() {
+		return
+	}
+	op, cancel := t.health.op(ctx)
+	defer cancel()
+	if err := t.rdb.Set(op, backoffPrefix+key, "1", d).Err(); err != nil {
+		t.health.failed(ctx, "backoff", err)
+		return
+	}
+	t.health.ok()
+}
+
+// BackingOff reports whether some worker marked any of keys as backing
+// off, in one round trip (one EXISTS per key, so that each is a
+// single-key command).
+func (t *redisTier) BackingOff(ctx context.Context, keys ...string) bool {
+	if t.health.skip() {
+		return false
+	}
+	op, cancel := t.health.op(ctx)
+	defer cancel()
+	cmds, err := t.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Exists(op, backoffPrefix+k)
+		}
+		return nil
+	})
+	if err != nil {
+		t.health.failed(ctx, "backoff", err)
+		return false
+	}
+	t.health.ok()
+	for _, c := range cmds {
+		if c.(*redis.IntCmd).Val() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // health tracks Redis outages for the tier and the fleet lock: one log

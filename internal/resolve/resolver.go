@@ -22,6 +22,7 @@ import (
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/registry"
 )
 
 // Request is a capability request as a front received it.
@@ -40,6 +41,8 @@ type Request struct {
 type Answer struct {
 	Body    []byte
 	Outcome contract.Outcome
+	// Age is how long ago the answer was fetched, for stale answers.
+	Age time.Duration
 }
 
 // The tiers, the lock and the fetch, as the resolver uses them.
@@ -51,6 +54,10 @@ type (
 	sharedTier interface {
 		Get(ctx context.Context, key string) (entry, bool)
 		Set(ctx context.Context, key string, e entry)
+		// SetBackoff and BackingOff share, fleet-wide, that a key's
+		// fetch failed and it is answered stale for a while.
+		SetBackoff(ctx context.Context, key string, d time.Duration)
+		BackingOff(ctx context.Context, keys ...string) bool
 	}
 	locker interface {
 		Lock(ctx context.Context, key string, hold time.Duration) claim
@@ -77,6 +84,7 @@ type Resolver struct {
 	ttl          time.Duration
 	immutableTTL time.Duration
 	maxPending   int64
+	staleIfError time.Duration
 	concurrency  int
 	perRegistry  int
 	memoryBytes  uint64
@@ -88,7 +96,8 @@ type Resolver struct {
 	maxAnswer    int
 	now          func() time.Time
 
-	rejectLogged *otter.Cache[string, struct{}] // keys whose refused value was logged
+	rejectLogged *otter.Cache[string, struct{}]  // keys whose refused value was logged
+	backoff      *otter.Cache[string, time.Time] // key → no fetch before, while serving it stale
 
 	decoded *otter.Cache[string, query] // raw request → decoded request
 	slots   *slots                      // fetch slots
@@ -114,6 +123,16 @@ func WithFetchTimeout(d time.Duration) Option { return func(r *Resolver) { r.fet
 // (default 60s), and the TTL for digest references (0: the same).
 func WithTTL(ttl, immutable time.Duration) Option {
 	return func(r *Resolver) { r.ttl, r.immutableTTL = ttl, immutable }
+}
+
+// WithStaleIfError keeps answers for d past their TTL, and serves one
+// (outcome stale) when a fetch for its key fails with 429, a 5xx, a
+// timeout or an unreachable registry, if it was fetched within d; never
+// for 401, 403 or 404. While the registry keeps failing, a stale key goes
+// upstream at most once per TTL for the whole fleet (0, the default:
+// off).
+func WithStaleIfError(d time.Duration) Option {
+	return func(r *Resolver) { r.staleIfError = max(d, 0) }
 }
 
 // WithConcurrency bounds simultaneous upstream fetches (default 64), and
@@ -208,6 +227,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 		lock := &fleetLock{rdb: r.rdb, tier: tier, health: r.health, log: r.log}
 		r.shared, r.lock, r.closer = tier, lock, lock.Close
 	}
+	r.backoff = otter.Must(&otter.Options[string, time.Time]{MaximumSize: 100000})
 	r.life, r.stop = context.WithCancel(context.Background())
 	r.decoded = otter.Must(&otter.Options[string, query]{
 		MaximumWeight: 4 << 20,
@@ -261,7 +281,7 @@ func (r *Resolver) Lookup(req Request) (a Answer, ok bool, err error) {
 	if err != nil {
 		return Answer{}, false, r.failed(req.Function, err)
 	}
-	if e, ok := r.mem.Get(q.key); ok {
+	if e, ok := r.mem.Get(q.key); ok && e.isFresh(r.now()) {
 		return Answer{Body: e.body, Outcome: contract.Hit}, true, nil
 	}
 	return Answer{}, false, nil
@@ -285,7 +305,7 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 	if err != nil {
 		return Answer{}, err
 	}
-	if e, ok := r.mem.Get(q.key); ok {
+	if e, ok := r.mem.Get(q.key); ok && e.isFresh(r.now()) {
 		return Answer{Body: e.body, Outcome: contract.Hit}, nil
 	}
 	if r.life.Err() != nil {
@@ -309,7 +329,7 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 			// Another request of this worker fetched it.
 			s.outcome = contract.Shared
 		}
-		return Answer{Body: s.body, Outcome: s.outcome}, nil
+		return Answer{Body: s.body, Outcome: s.outcome, Age: s.age}, nil
 	case <-ctx.Done():
 		return Answer{}, contract.Errorf(503, "%s: worker shutting down", q.image)
 	}
@@ -320,7 +340,8 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 type resolved struct {
 	body    []byte
 	outcome contract.Outcome
-	leader  uint64 // the token of the request that started it
+	age     time.Duration // for stale answers
+	leader  uint64        // the token of the request that started it
 }
 
 // resolve runs once per key at a time in this worker, on the resolver's
@@ -335,21 +356,36 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 	wait, cancel := context.WithTimeout(r.life, r.lockWait)
 	defer cancel()
 	// The resolution that just finished may have filled the memory tier.
+	// An entry past its TTL is no hit, but may answer a failed fetch.
+	var stale *entry
 	if e, ok := r.mem.Get(q.key); ok {
-		return hit(e, contract.Hit)
+		if e.isFresh(r.now()) {
+			return hit(e, contract.Hit)
+		}
+		stale = &e
 	}
 	// The one Redis read before deciding to fetch or wait.
 	if r.shared != nil {
 		if e, ok := r.shared.Get(wait, q.key); ok {
 			r.mem.Set(q.key, e)
-			return hit(e, contract.Hit)
+			if e.isFresh(r.now()) {
+				return hit(e, contract.Hit)
+			}
+			if stale == nil || e.fetched.After(stale.fetched) {
+				stale = &e
+			}
 		}
+	}
+	// While the registry keeps failing, a key answered stale goes
+	// upstream once per TTL for the fleet, not once per request.
+	if stale != nil && r.backingOff(wait, q) {
+		return r.staleAnswer(*stale, leader), nil
 	}
 	// The slot is taken before the lock so that the lock is held only
 	// while fetching: its expiry then covers one fetch, not a wait for a
 	// slot as well.
 	if err := r.acquireSlot(wait, q); err != nil {
-		return resolved{}, err
+		return r.orStale(err, stale, leader)
 	}
 	var c claim
 	if r.lock != nil {
@@ -369,7 +405,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		r.releaseSlot(q)
 		if v := c.waiter.Wait(wait, r.lockWait); v != nil {
 			if v.failure != nil {
-				return resolved{}, v.failure
+				return r.orStale(v.failure, stale, leader)
 			}
 			r.mem.Set(q.key, v.found)
 			return hit(v.found, contract.Shared)
@@ -377,14 +413,76 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		// No answer in time, or the holder gave up or died: fetch here,
 		// if a slot is free now (the wait is spent).
 		if err := r.acquireSlot(wait, q); err != nil {
-			return resolved{}, err
+			return r.orStale(err, stale, leader)
 		}
+	}
+	if c.lease != nil && stale != nil && r.backingOff(r.life, q) {
+		// The holder before us failed and backed off between our look
+		// and our lock: answer stale, and so do our waiters.
+		r.releaseSlot(q)
+		c.lease.Fail(r.life, contract.Errorf(503, "%s: registry failing, backing off", q.image))
+		return r.staleAnswer(*stale, leader), nil
 	}
 	body, err := r.fetchAndStore(q, c.lease)
 	if err != nil {
-		return resolved{}, err
+		return r.orStale(err, stale, leader)
 	}
 	return resolved{body: body, outcome: contract.Miss, leader: leader}, nil
+}
+
+// staleWorthy reports whether a failure may be answered with a stale
+// entry: the registry is rate-limiting, failing, slow or unreachable. A
+// revoked credential or a deleted tag (401, 403, 404) must show, and so
+// must a bad request.
+func staleWorthy(err error) bool {
+	ce := asContractError("", err)
+	return ce.Code == 429 || ce.Code >= 500
+}
+
+// orStale answers err, or the stale entry when err is stale-worthy and the
+// entry was fetched within --stale-if-error.
+func (r *Resolver) orStale(err error, stale *entry, leader uint64) (resolved, error) {
+	if stale == nil || !staleWorthy(err) || r.now().Sub(stale.fetched) > r.staleIfError {
+		return resolved{}, err
+	}
+	r.log.Info("registry failed: answering stale", zap.Duration("age", r.now().Sub(stale.fetched)), zap.Error(err))
+	return r.staleAnswer(*stale, leader), nil
+}
+
+func (r *Resolver) staleAnswer(e entry, leader uint64) resolved {
+	return resolved{body: e.body, outcome: contract.Stale, age: r.now().Sub(e.fetched), leader: leader}
+}
+
+// backOff records that q's key was answered stale after err, a failed
+// fetch: for one TTL, no worker of the fleet fetches it again; after a
+// 429, no stale key of its registry is fetched before its Retry-After.
+func (r *Resolver) backOff(q query, err error) {
+	r.setBackoff(q.key, q.ttl)
+	ce := asContractError("", err)
+	if d, ok := registry.RetryAfter(ce.RetryAfter, r.now()); ok && ce.Code == 429 && d > 0 {
+		r.setBackoff(registryBackoff(q.registry), d)
+	}
+}
+
+func (r *Resolver) setBackoff(key string, d time.Duration) {
+	r.backoff.Set(key, r.now().Add(d))
+	if r.shared != nil {
+		r.shared.SetBackoff(r.life, key, d)
+	}
+}
+
+func registryBackoff(host string) string { return "registry:" + host }
+
+// backingOff reports whether this worker or the fleet is backing off
+// q's fetch: its key, or its registry after a 429.
+func (r *Resolver) backingOff(ctx context.Context, q query) bool {
+	keys := []string{q.key, registryBackoff(q.registry)}
+	for _, k := range keys {
+		if until, ok := r.backoff.GetIfPresent(k); ok && r.now().Before(until) {
+			return true
+		}
+	}
+	return r.shared != nil && r.shared.BackingOff(ctx, keys...)
 }
 
 // lockMargin is how much longer than a fetch the fleet lock is held: the
@@ -402,6 +500,11 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 	r.releaseSlot(q)
 	if err != nil {
 		ce := asContractError(q.image, err)
+		if r.staleIfError > 0 && staleWorthy(ce) {
+			// Before the waiters hear of the failure: none of them, nor
+			// any worker after them, tries again within the back-off.
+			r.backOff(q, ce)
+		}
 		switch {
 		case held == nil:
 		case ce.Code == 503:
@@ -413,7 +516,8 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 		}
 		return nil, ce
 	}
-	e := entry{body: body, fetched: fetched, expires: fetched.Add(q.ttl)}
+	fresh := fetched.Add(q.ttl)
+	e := entry{body: body, fetched: fetched, fresh: fresh, expires: fresh.Add(r.staleIfError)}
 	r.mem.Set(q.key, e)
 	switch {
 	case held != nil:

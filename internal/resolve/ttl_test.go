@@ -35,7 +35,7 @@ func TestTTLCountsFromTheFetch(t *testing.T) {
 	if !ok {
 		t.Fatal("B did not keep the answer in memory")
 	}
-	if latest := fetchedBy.Add(ttl); e.expires.After(latest) {
+	if latest := fetchedBy.Add(ttl); e.fresh.After(latest) {
 		t.Fatalf("B's memory entry expires %s after A's fetch time + TTL", e.expires.Sub(latest))
 	}
 	// And so, once A's TTL is over, B no longer answers from memory: the

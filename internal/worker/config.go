@@ -37,6 +37,7 @@ type Config struct {
 	FetchTimeout    time.Duration
 	CacheTTL        time.Duration
 	ImmutableTTL    time.Duration
+	StaleIfError    time.Duration // 0: never answer stale
 	LockWait        time.Duration
 	ShutdownTimeout time.Duration
 
@@ -75,6 +76,7 @@ func Defaults() Config {
 		Platform:         capability.DefaultPlatform(),
 		FetchTimeout:     10 * time.Second,
 		CacheTTL:         time.Minute,
+		StaleIfError:     time.Hour,
 		ShutdownTimeout:  25 * time.Second,
 		MemorySize:       resolve.DefaultMemorySize,
 		Concurrency:      64,
@@ -120,6 +122,7 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.FetchTimeout, "fetch-timeout", c.FetchTimeout, "deadline of one upstream fetch; past it the answer is 504")
 	fs.DurationVar(&c.CacheTTL, "cache-ttl", c.CacheTTL, "how long an answer is cached, counted from its fetch")
 	fs.DurationVar(&c.ImmutableTTL, "immutable-ttl", c.ImmutableTTL, "cache TTL for digest references, whose answer cannot change (0: same as --cache-ttl)")
+	fs.DurationVar(&c.StaleIfError, "stale-if-error", c.StaleIfError, "keep answers this long past their TTL, and answer with one (Regcap-Cache: stale, Regcap-Age) when the registry fails with 429, 5xx, a timeout or is unreachable; never for 401, 403 or 404 (0: never)")
 	fs.DurationVar(&c.LockWait, "lock-wait", c.LockWait, "with Redis, how long to wait for another worker's fetch of the same key before fetching here (0: --fetch-timeout)")
 	fs.Uint64Var(&c.MemorySize, "memory-cache-size", c.MemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "upstream fetches run at once")

@@ -72,6 +72,7 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		resolve.WithPlatform(cfg.Platform),
 		resolve.WithFetchTimeout(cfg.FetchTimeout),
 		resolve.WithTTL(cfg.CacheTTL, cfg.ImmutableTTL),
+		resolve.WithStaleIfError(cfg.StaleIfError),
 		resolve.WithConcurrency(cfg.Concurrency, cfg.ConcurrencyPerRegistry),
 		resolve.WithMaxPending(cfg.MaxPending),
 		resolve.WithMemory(cfg.MemorySize),
