@@ -258,6 +258,11 @@ func singleCommand(name string, fn contract.Function) *command {
 				fmt.Fprintln(env.stderr, "requester:", err)
 				return exitUnreachable
 			}
+			if r.Cache == contract.Stale {
+				// The body is still the answer; say on stderr that it is
+				// an old one, served because the registry is failing.
+				fmt.Fprintf(env.stderr, "requester %s: stale answer, fetched %s ago: the registry is failing (Regcap-Cache: stale)\n", name, r.Age)
+			}
 			_, _ = env.stdout.Write(r.Body)
 			if f, ok := env.stdout.(*os.File); ok && isTerminal(f) {
 				fmt.Fprintln(env.stdout)

@@ -38,6 +38,7 @@ type prefetchJSON struct {
 	Images      int            `json:"images"`
 	Functions   []string       `json:"functions"`
 	Shared      int            `json:"shared"`
+	Stale       int            `json:"stale"`
 	Retries     int            `json:"retries"`
 	Interrupted bool           `json:"interrupted"`
 	Total       int            `json:"total"`

@@ -86,6 +86,7 @@ type Metrics struct {
 	queued          prometheus.GaugeFunc
 	redisErrors     *prometheus.CounterVec
 	redisRejected   *prometheus.CounterVec
+	refreshes       prometheus.Counter
 	natsReconnects  prometheus.Counter
 }
 
@@ -105,7 +106,7 @@ func New() *Metrics {
 		}, []string{"function"}),
 		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcap_cache_total",
-			Help: "Successful answers by Regcap-Cache outcome: hit (memory or Redis), miss (fetched for this request), shared (another request's or worker's fetch).",
+			Help: "Successful answers by Regcap-Cache outcome: hit (memory or Redis), miss (fetched for this request), shared (another request's or worker's fetch), stale (past its TTL, served because the registry failed).",
 		}, []string{"result"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcap_upstream_requests_total",
@@ -124,6 +125,10 @@ func New() *Metrics {
 			Name: "regcap_redis_rejected_total",
 			Help: "Values read from Redis and refused, by reason (short, version, checksum, unsigned, signature, too_large, wrong_type, no_ttl); each was answered as a miss and overwritten by the fetch.",
 		}, []string{"reason"}),
+		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regcap_refreshes_total",
+			Help: "Background refreshes of hot keys ahead of their expiry (--refresh-ahead) that went to the registry.",
+		}),
 		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regcap_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
@@ -139,7 +144,7 @@ func New() *Metrics {
 		Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending), read at scrape time.",
 	}, func() float64 { _, n := m.poolNow(); return float64(n) })
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
-		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.natsReconnects,
+		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.refreshes, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -185,6 +190,10 @@ func (m *Metrics) RedisError(op string) { m.redisErrors.WithLabelValues(op).Inc(
 // RedisRejected counts a value read from Redis and refused; use it as
 // resolve.WithRejectHook.
 func (m *Metrics) RedisRejected(reason string) { m.redisRejected.WithLabelValues(reason).Inc() }
+
+// Refreshed counts a refresh ahead of expiry; use it as
+// resolve.WithRefreshHook.
+func (m *Metrics) Refreshed() { m.refreshes.Inc() }
 
 // NATSReconnected counts a NATS reconnection; call it from the
 // connection's reconnect handler.

@@ -115,6 +115,9 @@ func WriteText(w io.Writer, r *Report, maxFailures int) {
 		fmt.Fprintf(w, "  interrupted: %d done, %d skipped\n", done, r.Skipped)
 	}
 	fmt.Fprintf(w, "  ok       %d (cache hit %d, fetched %d, shared %d)\n", r.OK, r.Hits, r.Fetched, r.Shared)
+	if r.Stale > 0 {
+		fmt.Fprintf(w, "  stale    %d: served past their TTL because the registry failed; the cache is not fresh\n", r.Stale)
+	}
 	fmt.Fprintf(w, "  failed   %d", r.Failed)
 	if len(r.ByCode) > 0 {
 		codes := make([]string, 0, len(r.ByCode))

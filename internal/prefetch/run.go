@@ -77,10 +77,12 @@ type Report struct {
 	// Skipped requests were not finished because the run was interrupted.
 	Skipped int `json:"skipped"`
 	// Hits were answered from the cache, Fetched by a fetch made for
-	// them, Shared by a fetch already in flight (Regcap-Cache).
+	// them, Shared by a fetch already in flight, Stale past their TTL
+	// because the registry failed (Regcap-Cache).
 	Hits    int `json:"hits"`
 	Fetched int `json:"fetched"`
 	Shared  int `json:"shared"`
+	Stale   int `json:"stale"`
 	// ByCode counts failures by error code, "unreachable" when no worker
 	// could be reached (no responders, a timeout, no connection), "error"
 	// when the request could not be sent at all.
@@ -210,6 +212,8 @@ func (r *Report) add(res Result) {
 			r.Hits++
 		case contract.Shared:
 			r.Shared++
+		case contract.Stale:
+			r.Stale++
 		default:
 			r.Fetched++
 		}

@@ -553,3 +553,27 @@ func TestWriteTextNamesEachImageOnce(t *testing.T) {
 		t.Fatalf("text summary:\n%s\nwant the line %q", out.String(), want)
 	}
 }
+
+// staleFleet answers every request stale, as a fleet whose registry is
+// failing does.
+type staleFleet struct{}
+
+func (staleFleet) Image(context.Context, contract.Function, string, ...client.CallOption) (*client.Reply, error) {
+	return &client.Reply{Body: []byte("{}"), Cache: contract.Stale, Age: time.Hour}, nil
+}
+
+// TestPrefetchCountsStale: stale answers are counted apart from hits, in
+// the report and in the text summary, which says the cache is not fresh.
+func TestPrefetchCountsStale(t *testing.T) {
+	rep := prefetch.Run(context.Background(), staleFleet{}, []string{"a", "b"}, prefetch.Options{
+		Functions: []contract.Function{contract.ManifestDigest},
+	})
+	if rep.OK != 2 || rep.Stale != 2 || rep.Hits != 0 {
+		t.Fatalf("report %+v, want 2 ok, both stale", rep)
+	}
+	var out strings.Builder
+	prefetch.WriteText(&out, rep, 10)
+	if !strings.Contains(out.String(), "stale    2") || !strings.Contains(out.String(), "not fresh") {
+		t.Fatalf("text summary does not show the stale answers:\n%s", out.String())
+	}
+}

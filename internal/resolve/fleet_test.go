@@ -40,7 +40,7 @@ func startFleet(t *testing.T, n int, lockWait time.Duration, opts ...Option) *fl
 }
 
 // add starts one more resolver on the fleet's Redis.
-func (f *fleet) add(t *testing.T, lockWait time.Duration, opts ...Option) *Resolver {
+func (f *fleet) add(t testing.TB, lockWait time.Duration, opts ...Option) *Resolver {
 	t.Helper()
 	rdb, err := NewRedisClient(f.redis.URL())
 	testenv.Must(t, err, "redis client")
@@ -52,7 +52,7 @@ func (f *fleet) add(t *testing.T, lockWait time.Duration, opts ...Option) *Resol
 
 // newResolver is a resolver over a plain registry client, as the worker
 // builds it, closed at cleanup.
-func newResolver(t *testing.T, opts ...Option) *Resolver {
+func newResolver(t testing.TB, opts ...Option) *Resolver {
 	t.Helper()
 	r := New(fetcherOf(), append([]Option{WithPlatform(amd64)}, opts...)...)
 	t.Cleanup(r.Close)
@@ -356,18 +356,18 @@ func TestExpiredHolderSaysNothing(t *testing.T) {
 	ctx := context.Background()
 	const key = "regcap:v2:manifest_digest:example.test/app:v1"
 
-	old := stale.Lock(ctx, key, 50*time.Millisecond)
+	old := stale.Lock(ctx, key, 50*time.Millisecond, time.Time{})
 	if old.lease == nil {
 		t.Fatal("the first Lock did not take the lock")
 	}
 	testenv.Eventually(t, "the first lock expired", func() bool {
 		return rdb.Exists(ctx, lockPrefix+key).Val() == 0
 	})
-	cur := fresh.Lock(ctx, key, time.Minute)
+	cur := fresh.Lock(ctx, key, time.Minute, time.Time{})
 	if cur.lease == nil {
 		t.Fatal("the second Lock did not take the expired lock")
 	}
-	w := waiting.Lock(ctx, key, time.Minute)
+	w := waiting.Lock(ctx, key, time.Minute, time.Time{})
 	if w.waiter == nil {
 		t.Fatal("the third Lock did not wait")
 	}
@@ -409,7 +409,7 @@ func TestCallerCancelIsNotAnOutage(t *testing.T) {
 		{"set", func() {
 			r.shared.Set(done, "k2", entry{body: []byte("v"), fresh: time.Now().Add(time.Minute), expires: time.Now().Add(time.Minute)})
 		}},
-		{"lock", func() { r.lock.Lock(done, "k3", time.Second) }},
+		{"lock", func() { r.lock.Lock(done, "k3", time.Second, time.Time{}) }},
 	} {
 		op.do()
 		if !r.RedisAvailable() || count() != 0 {

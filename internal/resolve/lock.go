@@ -120,8 +120,10 @@ type fleetLock struct {
 
 // Lock tries to take key's fleet lock for hold (a little more than a
 // fetch may take), and reads key's value in the same round trip: the
-// holder before us may have stored it since the caller's look.
-func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration) claim {
+// holder before us may have stored it since the caller's look. A value
+// counts as found when it is fresh and was fetched after newerThan (a
+// refresh looks for one newer than the entry it refreshes).
+func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) claim {
 	if l.health.skip() {
 		return claim{}
 	}
@@ -154,7 +156,7 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration) cl
 	// A stale value (kept for --stale-if-error) is no answer here: the
 	// lock is for fetching a fresh one.
 	e, found := l.tier.decode(key, get, ttl)
-	found = found && e.isFresh(l.tier.now())
+	found = found && e.isFresh(l.tier.now()) && e.fetched.After(newerThan)
 	switch {
 	case set.Val() && found:
 		// Stored between the caller's look and our lock: nothing to
@@ -206,6 +208,10 @@ func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
 		l.health.failed(context.Background(), "unlock", err)
 	}
 }
+
+// Cancel gives up waiting without waiting: a refresh that finds another
+// worker refreshing leaves it to them.
+func (w *waiter) Cancel() { w.l.unregister(w) }
 
 // Wait waits at most wait for the holder's answer. It returns nil when the
 // caller should fetch itself: the wait ran out, the holder gave up or

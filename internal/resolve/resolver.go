@@ -10,6 +10,8 @@ package resolve
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -60,7 +62,7 @@ type (
 		BackingOff(ctx context.Context, keys ...string) bool
 	}
 	locker interface {
-		Lock(ctx context.Context, key string, hold time.Duration) claim
+		Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) claim
 	}
 	fetcher interface {
 		Fetch(ctx context.Context, req capability.Request) ([]byte, error)
@@ -85,6 +87,11 @@ type Resolver struct {
 	immutableTTL time.Duration
 	maxPending   int64
 	staleIfError time.Duration
+	refreshAhead float64
+	ttlJitter    float64
+	onRefresh    func()
+	refreshing   sync.Map // keys being refreshed by this worker
+	refreshes    sync.WaitGroup
 	concurrency  int
 	perRegistry  int
 	memoryBytes  uint64
@@ -134,6 +141,25 @@ func WithTTL(ttl, immutable time.Duration) Option {
 func WithStaleIfError(d time.Duration) Option {
 	return func(r *Resolver) { r.staleIfError = max(d, 0) }
 }
+
+// WithRefreshAhead makes a hit on an entry in the last fraction of its
+// TTL (0.2: the last 12 s of 60 s) trigger one background refresh of the
+// key, for the whole fleet (the fleet lock makes it one), so that a hot
+// key never expires under its callers. Keys nobody asks for expire (0,
+// the default: off).
+func WithRefreshAhead(fraction float64) Option {
+	return func(r *Resolver) { r.refreshAhead = min(max(fraction, 0), 1) }
+}
+
+// WithTTLJitter spreads each TTL by ±fraction (0.1: ±10 %), so that keys
+// fetched together do not expire together (0, the default: off).
+func WithTTLJitter(fraction float64) Option {
+	return func(r *Resolver) { r.ttlJitter = min(max(fraction, 0), 0.5) }
+}
+
+// WithRefreshHook is called once per background refresh started, for
+// metrics.
+func WithRefreshHook(f func()) Option { return func(r *Resolver) { r.onRefresh = f } }
 
 // WithConcurrency bounds simultaneous upstream fetches (default 64), and
 // those to any one registry (0: a quarter of all, at least 1): a registry
@@ -198,6 +224,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 		redisOps:     time.Second,
 		onRedisError: func(string) {},
 		onReject:     func(string) {},
+		onRefresh:    func() {},
 		maxAnswer:    16 << 20,
 		concurrency:  64,
 		now:          time.Now,
@@ -240,6 +267,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 // 503) and stops the fleet lock's listener. Answer after Close is 503.
 func (r *Resolver) Close() {
 	r.stop()
+	r.refreshes.Wait()
 	r.closer()
 }
 
@@ -282,6 +310,7 @@ func (r *Resolver) Lookup(req Request) (a Answer, ok bool, err error) {
 		return Answer{}, false, r.failed(req.Function, err)
 	}
 	if e, ok := r.mem.Get(q.key); ok && e.isFresh(r.now()) {
+		r.refreshIfDue(q, e)
 		return Answer{Body: e.body, Outcome: contract.Hit}, true, nil
 	}
 	return Answer{}, false, nil
@@ -306,6 +335,7 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 		return Answer{}, err
 	}
 	if e, ok := r.mem.Get(q.key); ok && e.isFresh(r.now()) {
+		r.refreshIfDue(q, e)
 		return Answer{Body: e.body, Outcome: contract.Hit}, nil
 	}
 	if r.life.Err() != nil {
@@ -351,6 +381,7 @@ type resolved struct {
 // 504 always means the registry was slow, never that this worker was busy.
 func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 	hit := func(e entry, o contract.Outcome) (resolved, error) {
+		r.refreshIfDue(q, e)
 		return resolved{body: e.body, outcome: o, leader: leader}, nil
 	}
 	wait, cancel := context.WithTimeout(r.life, r.lockWait)
@@ -393,7 +424,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		// the end of the wait must still take the lock (bounded by the
 		// Redis command timeout), or the fleet would fetch twice when it
 		// is busiest.
-		c = r.lock.Lock(r.life, q.key, r.fetchTimeout+lockMargin)
+		c = r.lock.Lock(r.life, q.key, r.fetchTimeout+lockMargin, time.Time{})
 	}
 	switch {
 	case c.found != nil:
@@ -428,6 +459,70 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		return r.orStale(err, stale, leader)
 	}
 	return resolved{body: body, outcome: contract.Miss, leader: leader}, nil
+}
+
+// jittered spreads ttl by ±ttlJitter, so that keys fetched together do
+// not expire (and refresh) together.
+func (r *Resolver) jittered(ttl time.Duration) time.Duration {
+	if r.ttlJitter == 0 {
+		return ttl
+	}
+	return time.Duration(float64(ttl) * (1 + r.ttlJitter*(2*rand.Float64()-1)))
+}
+
+// refreshIfDue starts one background refresh of q's key when e, a fresh
+// hit, is in the last refreshAhead fraction of its TTL. Only keys that
+// are asked for are refreshed; one refresh per key at a time per worker,
+// and, through the fleet lock, per fleet.
+func (r *Resolver) refreshIfDue(q query, e entry) {
+	if r.refreshAhead == 0 {
+		return
+	}
+	now := r.now()
+	due := e.fresh.Add(-time.Duration(r.refreshAhead * float64(e.fresh.Sub(e.fetched))))
+	if now.Before(due) || r.life.Err() != nil {
+		return
+	}
+	if _, busy := r.refreshing.LoadOrStore(q.key, struct{}{}); busy {
+		return
+	}
+	r.refreshes.Add(1)
+	go func() {
+		defer r.refreshes.Done()
+		defer r.refreshing.Delete(q.key)
+		r.refresh(q, e)
+	}()
+}
+
+// refresh fetches q's key again ahead of its expiry, unless the registry
+// is failing (back-off), another worker already refreshed it or is
+// refreshing it, or no slot frees up within the lock wait. A failed
+// refresh backs off for a TTL: the entry stays served until it expires.
+func (r *Resolver) refresh(q query, old entry) {
+	wait, cancel := context.WithTimeout(r.life, r.lockWait)
+	defer cancel()
+	if r.backingOff(wait, q) || r.acquireSlot(wait, q) != nil {
+		return
+	}
+	var c claim
+	if r.lock != nil {
+		c = r.lock.Lock(r.life, q.key, r.fetchTimeout+lockMargin, old.fetched)
+	}
+	switch {
+	case c.found != nil:
+		r.releaseSlot(q)
+		r.mem.Set(q.key, *c.found)
+		return
+	case c.waiter != nil:
+		r.releaseSlot(q)
+		c.waiter.Cancel()
+		return
+	}
+	r.onRefresh()
+	if _, err := r.fetchAndStore(q, c.lease); err != nil {
+		r.setBackoff(q.key, q.ttl)
+		r.log.Info("refresh ahead of expiry failed: serving the entry until it expires", zap.String("image", q.image), zap.Error(err))
+	}
 }
 
 // staleWorthy reports whether a failure may be answered with a stale
@@ -516,7 +611,7 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 		}
 		return nil, ce
 	}
-	fresh := fetched.Add(q.ttl)
+	fresh := fetched.Add(r.jittered(q.ttl))
 	e := entry{body: body, fetched: fetched, fresh: fresh, expires: fresh.Add(r.staleIfError)}
 	r.mem.Set(q.key, e)
 	switch {
