@@ -87,6 +87,7 @@ type Metrics struct {
 	redisErrors     *prometheus.CounterVec
 	redisRejected   *prometheus.CounterVec
 	refreshes       prometheus.Counter
+	negativeHits    prometheus.Counter
 	natsReconnects  prometheus.Counter
 }
 
@@ -129,6 +130,10 @@ func New() *Metrics {
 			Name: "regcap_refreshes_total",
 			Help: "Background refreshes of hot keys ahead of their expiry (--refresh-ahead) that went to the registry.",
 		}),
+		negativeHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regcap_negative_hits_total",
+			Help: "404 answers served from the cache (--negative-ttl), without asking the registry.",
+		}),
 		natsReconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regcap_nats_reconnects_total",
 			Help: "Reconnections to NATS.",
@@ -144,7 +149,7 @@ func New() *Metrics {
 		Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending), read at scrape time.",
 	}, func() float64 { _, n := m.poolNow(); return float64(n) })
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
-		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.refreshes, m.natsReconnects,
+		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.refreshes, m.negativeHits, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -194,6 +199,10 @@ func (m *Metrics) RedisRejected(reason string) { m.redisRejected.WithLabelValues
 // Refreshed counts a refresh ahead of expiry; use it as
 // resolve.WithRefreshHook.
 func (m *Metrics) Refreshed() { m.refreshes.Inc() }
+
+// NegativeHit counts a 404 answered from the cache; use it as
+// resolve.WithNegativeHook.
+func (m *Metrics) NegativeHit() { m.negativeHits.Inc() }
 
 // NATSReconnected counts a NATS reconnection; call it from the
 // connection's reconnect handler.

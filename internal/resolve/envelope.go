@@ -18,7 +18,8 @@ import (
 //	offset  size  field
 //	0       2     magic "rc"
 //	2       1     version (1)
-//	3       1     flags: bit 0 set when a MAC follows the body
+//	3       1     flags: bit 0 set when a MAC follows the body; bit 1
+//	              when the entry is a cached 404, its message as the body
 //	4       8     fetch time, Unix nanoseconds
 //	12      8     stale span, nanoseconds: the entry stops being fresh
 //	              this long before the key expires (--stale-if-error)
@@ -34,6 +35,7 @@ const (
 	envelopeHeader  = 52
 	macSize         = sha256.Size
 	flagMAC         = 1
+	flagNegative    = 2
 )
 
 var envelopeMagic = [2]byte{'r', 'c'}
@@ -58,6 +60,19 @@ func (r *rejection) Error() string { return r.reason + ": " + r.detail }
 // sealValue wraps body for key, fetched at fetched and stale for the last
 // staleFor of its life; with macKey it is signed.
 func sealValue(key string, body []byte, fetched time.Time, staleFor time.Duration, macKey []byte) []byte {
+	return seal(key, body, fetched, staleFor, 0, macKey)
+}
+
+// sealEntry wraps e for key.
+func sealEntry(key string, e entry, macKey []byte) []byte {
+	var flags byte
+	if e.negative {
+		flags = flagNegative
+	}
+	return seal(key, e.body, e.fetched, e.expires.Sub(e.fresh), flags, macKey)
+}
+
+func seal(key string, body []byte, fetched time.Time, staleFor time.Duration, flags byte, macKey []byte) []byte {
 	n := envelopeHeader + len(body)
 	if macKey != nil {
 		n += macSize
@@ -65,8 +80,9 @@ func sealValue(key string, body []byte, fetched time.Time, staleFor time.Duratio
 	v := make([]byte, envelopeHeader, n)
 	copy(v, envelopeMagic[:])
 	v[2] = envelopeVersion
+	v[3] = flags
 	if macKey != nil {
-		v[3] = flagMAC
+		v[3] |= flagMAC
 	}
 	binary.BigEndian.PutUint64(v[4:12], uint64(fetched.UnixNano()))
 	binary.BigEndian.PutUint64(v[12:20], uint64(max(staleFor, 0)))
@@ -84,6 +100,7 @@ type opened struct {
 	body     []byte
 	fetched  time.Time
 	staleFor time.Duration
+	negative bool
 }
 
 // openValue checks value, read from key, and returns what it holds. With
@@ -121,10 +138,14 @@ func openValue(key string, value []byte, macKey []byte, maxBody int) (opened, er
 	if staleFor > uint64(maxStaleFor) {
 		return opened{}, &rejection{rejectVersion, "stale span out of range"}
 	}
+	if value[3]&^(flagMAC|flagNegative) != 0 {
+		return opened{}, &rejection{rejectVersion, fmt.Sprintf("unknown flags %#x", value[3])}
+	}
 	return opened{
 		body:     body,
 		fetched:  time.Unix(0, int64(binary.BigEndian.Uint64(value[4:12]))),
 		staleFor: time.Duration(staleFor),
+		negative: value[3]&flagNegative != 0,
 	}, nil
 }
 

@@ -198,7 +198,7 @@ func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
 	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if store != nil {
 			if left := store.expires.Sub(l.tier.now()); left >= time.Millisecond {
-				p.Set(ctx, ls.key, sealValue(ls.key, store.body, store.fetched, store.expires.Sub(store.fresh), l.tier.macKey), left)
+				p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.tier.macKey), left)
 			}
 		}
 		p.Eval(ctx, releaseScript, []string{lockPrefix + ls.key, donePrefix + ls.key}, ls.token, msg)

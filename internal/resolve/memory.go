@@ -22,6 +22,8 @@ type entry struct {
 	fetched time.Time // when the fetch that made it started
 	fresh   time.Time // served as a hit until then
 	expires time.Time // kept until then
+	// negative marks a cached 404 (--negative-ttl): body is its message.
+	negative bool
 }
 
 // isFresh reports whether e may be served as a hit at now.

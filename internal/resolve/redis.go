@@ -100,7 +100,7 @@ func (t *redisTier) decode(key string, get *redis.StringCmd, ttl *redis.Duration
 		return entry{}, false
 	}
 	expires := t.now().Add(left)
-	return entry{body: o.body, fetched: o.fetched, fresh: expires.Add(-o.staleFor), expires: expires}, true
+	return entry{body: o.body, fetched: o.fetched, fresh: expires.Add(-o.staleFor), expires: expires, negative: o.negative}, true
 }
 
 // Set stores e until it expires.
@@ -111,7 +111,7 @@ func (t *redisTier) Set(ctx context.Context, key string, e entry) {
 	}
 	op, cancel := t.health.op(ctx)
 	defer cancel()
-	if err := t.rdb.Set(op, key, sealValue(key, e.body, e.fetched, e.expires.Sub(e.fresh), t.macKey), left).Err(); err != nil {
+	if err := t.rdb.Set(op, key, sealEntry(key, e, t.macKey), left).Err(); err != nil {
 		t.health.failed(ctx, "set", err)
 		return
 	}

@@ -89,7 +89,9 @@ type Resolver struct {
 	staleIfError time.Duration
 	refreshAhead float64
 	ttlJitter    float64
+	negativeTTL  time.Duration
 	onRefresh    func()
+	onNegative   func()
 	refreshing   sync.Map // keys being refreshed by this worker
 	refreshes    sync.WaitGroup
 	concurrency  int
@@ -150,6 +152,15 @@ func WithStaleIfError(d time.Duration) Option {
 func WithRefreshAhead(fraction float64) Option {
 	return func(r *Resolver) { r.refreshAhead = min(max(fraction, 0), 1) }
 }
+
+// WithNegativeTTL caches 404 answers fleet-wide for d, so that a rollout
+// asking for a mistyped tag costs one registry request per d, not one per
+// admission request (0, the default: off).
+func WithNegativeTTL(d time.Duration) Option { return func(r *Resolver) { r.negativeTTL = max(d, 0) } }
+
+// WithNegativeHook is called once per 404 answered from the cache, for
+// metrics.
+func WithNegativeHook(f func()) Option { return func(r *Resolver) { r.onNegative = f } }
 
 // WithTTLJitter spreads each TTL by ±fraction (0.1: ±10 %), so that keys
 // fetched together do not expire together (0, the default: off).
@@ -225,6 +236,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 		onRedisError: func(string) {},
 		onReject:     func(string) {},
 		onRefresh:    func() {},
+		onNegative:   func() {},
 		maxAnswer:    16 << 20,
 		concurrency:  64,
 		now:          time.Now,
@@ -310,6 +322,9 @@ func (r *Resolver) Lookup(req Request) (a Answer, ok bool, err error) {
 		return Answer{}, false, r.failed(req.Function, err)
 	}
 	if e, ok := r.mem.Get(q.key); ok && e.isFresh(r.now()) {
+		if e.negative {
+			return Answer{}, false, r.failed(req.Function, r.negativeHit(e))
+		}
 		r.refreshIfDue(q, e)
 		return Answer{Body: e.body, Outcome: contract.Hit}, true, nil
 	}
@@ -335,6 +350,9 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 		return Answer{}, err
 	}
 	if e, ok := r.mem.Get(q.key); ok && e.isFresh(r.now()) {
+		if e.negative {
+			return Answer{}, r.negativeHit(e)
+		}
 		r.refreshIfDue(q, e)
 		return Answer{Body: e.body, Outcome: contract.Hit}, nil
 	}
@@ -381,6 +399,9 @@ type resolved struct {
 // 504 always means the registry was slow, never that this worker was busy.
 func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 	hit := func(e entry, o contract.Outcome) (resolved, error) {
+		if e.negative {
+			return resolved{}, r.negativeHit(e)
+		}
 		r.refreshIfDue(q, e)
 		return resolved{body: e.body, outcome: o, leader: leader}, nil
 	}
@@ -393,7 +414,9 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		if e.isFresh(r.now()) {
 			return hit(e, contract.Hit)
 		}
-		stale = &e
+		if !e.negative {
+			stale = &e
+		}
 	}
 	// The one Redis read before deciding to fetch or wait.
 	if r.shared != nil {
@@ -402,7 +425,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 			if e.isFresh(r.now()) {
 				return hit(e, contract.Hit)
 			}
-			if stale == nil || e.fetched.After(stale.fetched) {
+			if !e.negative && (stale == nil || e.fetched.After(stale.fetched)) {
 				stale = &e
 			}
 		}
@@ -595,6 +618,13 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 	r.releaseSlot(q)
 	if err != nil {
 		ce := asContractError(q.image, err)
+		if ce.Code == 404 && r.negativeTTL > 0 {
+			// Cached fleet-wide: the waiters read it as they read an
+			// answer, and answer the same 404.
+			r.store(q, entry{body: []byte(ce.Message), fetched: fetched, fresh: fetched.Add(r.negativeTTL),
+				expires: fetched.Add(r.negativeTTL), negative: true}, held)
+			return nil, ce
+		}
 		if r.staleIfError > 0 && staleWorthy(ce) {
 			// Before the waiters hear of the failure: none of them, nor
 			// any worker after them, tries again within the back-off.
@@ -612,15 +642,26 @@ func (r *Resolver) fetchAndStore(q query, held *lease) ([]byte, error) {
 		return nil, ce
 	}
 	fresh := fetched.Add(r.jittered(q.ttl))
-	e := entry{body: body, fetched: fetched, fresh: fresh, expires: fresh.Add(r.staleIfError)}
+	r.store(q, entry{body: body, fetched: fetched, fresh: fresh, expires: fresh.Add(r.staleIfError)}, held)
+	return body, nil
+}
+
+// store keeps e in both tiers and, if this worker holds the fleet lock,
+// tells the waiters: the value and their notice in one round trip.
+func (r *Resolver) store(q query, e entry, held *lease) {
 	r.mem.Set(q.key, e)
 	switch {
 	case held != nil:
-		held.Store(r.life, e) // the value and the waiters' notice in one round trip
+		held.Store(r.life, e)
 	case r.shared != nil:
 		r.shared.Set(r.life, q.key, e)
 	}
-	return body, nil
+}
+
+// negativeHit is the answer of a cached 404.
+func (r *Resolver) negativeHit(e entry) error {
+	r.onNegative()
+	return &contract.Error{Code: 404, Message: string(e.body)}
 }
 
 // acquireSlot takes a fetch slot for q's registry, waiting for one until

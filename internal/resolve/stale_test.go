@@ -153,3 +153,42 @@ func TestRateLimitedServesStale(t *testing.T) {
 		t.Errorf("the rate-limited registry saw %d manifest HEADs within its Retry-After, want 1", n)
 	}
 }
+
+// TestNegativeCaching: with --negative-ttl, a rollout asking 300 times,
+// over three workers, for a tag that does not exist costs one registry
+// fetch per negative TTL, and every answer is the registry's 404. Once
+// the TTL is over, the tag pushed meanwhile is found.
+func TestNegativeCaching(t *testing.T) {
+	const negTTL = time.Second
+	var negHits atomic.Int64
+	f := startFleet(t, 3, 0, WithNegativeTTL(negTTL), WithNegativeHook(func() { negHits.Add(1) }))
+	f.reg.PushImage(t, "typo/app", "v1", testenv.OCIManifest, "linux/amd64") // the repository exists
+	ref := f.reg.Ref("typo/app", "v1-typo")
+	f.reg.ResetCounts()
+	var notFound atomic.Int64
+	// One after the other, as admission requests of a rollout come: no
+	// singleflight or fleet lock shares them, only the negative cache.
+	for i := range 300 {
+		_, err := f.res[i%3].Answer(context.Background(), request(contract.ManifestDigest, ref))
+		var ce *contract.Error
+		if errors.As(err, &ce) && ce.Code == 404 && strings.Contains(ce.Message, "v1-typo") {
+			notFound.Add(1)
+		} else {
+			t.Fatalf("mistyped tag: %v, want the registry's 404", err)
+		}
+	}
+	heads := f.reg.CountManifest("HEAD", "typo/app", "v1-typo")
+	t.Logf("300 requests for a mistyped tag over 3 workers: %d answered 404, %d from the negative cache, %d registry HEADs", notFound.Load(), negHits.Load(), heads)
+	if heads != 1 {
+		t.Errorf("the registry saw %d HEADs for the mistyped tag, want 1", heads)
+	}
+	if negHits.Load() == 0 {
+		t.Error("no negative hit counted")
+	}
+	img := f.reg.PushImage(t, "typo/app", "v1-typo", testenv.OCIManifest, "linux/amd64")
+	time.Sleep(negTTL + 100*time.Millisecond)
+	a, err := f.res[0].Answer(context.Background(), request(contract.ManifestDigest, ref))
+	if err != nil || string(a.Body) != `{"digest":"`+img.Digest+`"}` {
+		t.Fatalf("after the negative TTL: %s %v, want the pushed tag", a.Body, err)
+	}
+}

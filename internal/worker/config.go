@@ -40,6 +40,7 @@ type Config struct {
 	StaleIfError    time.Duration // 0: never answer stale
 	RefreshAhead    float64       // 0: no refresh ahead of expiry
 	TTLJitter       float64       // 0: exact TTLs
+	NegativeTTL     time.Duration // 0: 404s are not cached
 	LockWait        time.Duration
 	ShutdownTimeout time.Duration
 
@@ -129,6 +130,7 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.StaleIfError, "stale-if-error", c.StaleIfError, "keep answers this long past their TTL, and answer with one (Regcap-Cache: stale, Regcap-Age) when the registry fails with 429, 5xx, a timeout or is unreachable; never for 401, 403 or 404 (0: never)")
 	fs.Float64Var(&c.RefreshAhead, "refresh-ahead", c.RefreshAhead, "a hit in the last fraction of an answer's TTL (0.2: the last 12 s of 60 s) is served at once and starts one background refresh of the key for the fleet, so that hot keys never expire under their callers (0: off)")
 	fs.Float64Var(&c.TTLJitter, "ttl-jitter", c.TTLJitter, "spread each TTL by ±this fraction (0.1: ±10 %), so that keys fetched together do not expire together (0: off)")
+	fs.DurationVar(&c.NegativeTTL, "negative-ttl", c.NegativeTTL, "cache 404 answers fleet-wide this long, so that a rollout asking for a mistyped tag costs one registry request per period, not one per admission request; a tag pushed meanwhile is found once it is over (0: off)")
 	fs.DurationVar(&c.LockWait, "lock-wait", c.LockWait, "with Redis, how long to wait for another worker's fetch of the same key before fetching here (0: --fetch-timeout)")
 	fs.Uint64Var(&c.MemorySize, "memory-cache-size", c.MemorySize, "bytes of answers kept in this worker's memory tier; 0 disables it (every hit then asks Redis)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "upstream fetches run at once")

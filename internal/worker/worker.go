@@ -76,6 +76,8 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 		resolve.WithRefreshAhead(cfg.RefreshAhead),
 		resolve.WithTTLJitter(cfg.TTLJitter),
 		resolve.WithRefreshHook(w.metrics.Refreshed),
+		resolve.WithNegativeTTL(cfg.NegativeTTL),
+		resolve.WithNegativeHook(w.metrics.NegativeHit),
 		resolve.WithConcurrency(cfg.Concurrency, cfg.ConcurrencyPerRegistry),
 		resolve.WithMaxPending(cfg.MaxPending),
 		resolve.WithMemory(cfg.MemorySize),
