@@ -5,7 +5,7 @@ STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-deps vet fuzz bench clean
+.PHONY: all build test test-deps vet fuzz bench clean demo
 
 all: build
 
@@ -32,6 +32,11 @@ fuzz:
 
 bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/natsfront/ ./internal/resolve/
+
+# Runs regcap end to end offline: a local registry with a sample image, a
+# worker, and the three capabilities asked twice each (a miss, then a hit).
+demo:
+	$(GO) run ./cmd/demo
 
 clean:
 	rm -rf bin/
