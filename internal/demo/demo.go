@@ -135,4 +135,3 @@ func short(d string) string {
 }
 
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
-
