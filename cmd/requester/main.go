@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -142,21 +143,23 @@ func signalContext() (context.Context, context.CancelFunc) {
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	switch {
+	case len(args) == 0:
+		// Asked for nothing: the usage, as an error.
 		fmt.Fprint(stderr, usage)
-		if len(args) == 0 {
-			return exitUnreachable
-		}
+		return exitUnreachable
+	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
+		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
 	cmd, ok := commands()[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "requester: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "requester: unknown command %q (see requester --help)\n", args[0])
 		return exitUnreachable
 	}
 	env := &cmdEnv{stdin: stdin, stdout: stdout, stderr: stderr}
 	fs := flag.NewFlagSet("requester "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are one line below; the usage only on --help
 	env.conn.register(fs)
 	if cmd.flags != nil {
 		cmd.flags(fs)
@@ -164,8 +167,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs.Usage = flagenv.Usage(fs, "Usage: requester "+args[0]+" "+cmd.summary, "REQUESTER_", map[string]string{"nats-url": "NATS_URL"})
 	if err := fs.Parse(interleave(fs, args[1:])); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
 			return exitOK
 		}
+		fmt.Fprintf(stderr, "requester %s: %v (see requester %s --help)\n", args[0], err, args[0])
 		return exitUnreachable
 	}
 	if err := flagenv.Apply(fs, "REQUESTER_", map[string]string{"nats-url": "NATS_URL"}, nil); err != nil {
@@ -248,15 +254,31 @@ func singleCommand(name string, fn contract.Function) *command {
 			if platform != "" {
 				opts = append(opts, client.WithPlatform(platform))
 			}
+			start := time.Now()
 			r, err := env.conn.client(nc).Image(ctx, fn, args[0], opts...)
+			elapsed := time.Since(start)
 			var ce *contract.Error
 			switch {
+			case errors.As(err, &ce) && env.conn.output == "json":
+				writeJSON(env.stdout, singleJSON{Image: args[0], Function: string(fn), Error: &errorJSON{Code: ce.Code, Message: ce.Message, RetryAfter: ce.RetryAfter}, Seconds: elapsed.Seconds()})
+				return exitFailed
 			case errors.As(err, &ce):
 				fmt.Fprintf(env.stderr, "error %d: %s\n", ce.Code, ce.Message)
 				return exitFailed
+			case err != nil && env.conn.output == "json":
+				writeJSON(env.stdout, singleJSON{Image: args[0], Function: string(fn), Error: &errorJSON{Message: err.Error(), Unreachable: true}, Seconds: elapsed.Seconds()})
+				return exitUnreachable
 			case err != nil:
 				fmt.Fprintln(env.stderr, "requester:", err)
 				return exitUnreachable
+			}
+			if env.conn.output == "json" {
+				out := singleJSON{Image: args[0], Function: string(fn), Cache: string(r.Cache), Seconds: elapsed.Seconds(), Reply: json.RawMessage(r.Body)}
+				if r.Cache == contract.Stale {
+					out.AgeSeconds = int(r.Age.Seconds())
+				}
+				writeJSON(env.stdout, out)
+				return exitOK
 			}
 			if r.Cache == contract.Stale {
 				// The body is still the answer; say on stderr that it is
@@ -264,12 +286,35 @@ func singleCommand(name string, fn contract.Function) *command {
 				fmt.Fprintf(env.stderr, "requester %s: stale answer, fetched %s ago: the registry is failing (Regcap-Cache: stale)\n", name, r.Age)
 			}
 			_, _ = env.stdout.Write(r.Body)
-			if f, ok := env.stdout.(*os.File); ok && isTerminal(f) {
-				fmt.Fprintln(env.stdout)
-			}
+			fmt.Fprintln(env.stdout)
 			return exitOK
 		},
 	}
+}
+
+// singleJSON is what a single call prints with -o json: one document,
+// the reply and how it was answered, or the error.
+type singleJSON struct {
+	Image      string          `json:"image"`
+	Function   string          `json:"function"`
+	Cache      string          `json:"cache,omitempty"`
+	AgeSeconds int             `json:"age_seconds,omitempty"`
+	Seconds    float64         `json:"seconds"`
+	Reply      json.RawMessage `json:"reply,omitempty"`
+	Error      *errorJSON      `json:"error,omitempty"`
+}
+
+type errorJSON struct {
+	Code        int    `json:"code,omitempty"`
+	Message     string `json:"message"`
+	RetryAfter  string `json:"retry_after,omitempty"`
+	Unreachable bool   `json:"unreachable,omitempty"`
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }
 
 // isTerminal reports whether f is a terminal (not merely a character

@@ -168,24 +168,25 @@ func TestPrefetchCLI(t *testing.T) {
 	})
 
 	t.Run("help", func(t *testing.T) {
-		code, _, errs := cli(t, "", "prefetch", "--help")
-		if code != exitOK {
-			t.Fatalf("exit %d", code)
+		// The usage goes to stdout, so that `requester prefetch --help | less` shows it.
+		code, usage, stderr := cli(t, "", "prefetch", "--help")
+		if code != exitOK || stderr != "" {
+			t.Fatalf("exit %d, stderr %q", code, stderr)
 		}
 		for _, want := range []string{"\n  -f string\n", "\n  -o string\n", "\n  --from-k8s-yaml string\n", "\n  --progress-interval duration\n"} {
-			if !strings.Contains(errs, want) {
-				t.Errorf("help lacks %q:\n%s", want, errs)
+			if !strings.Contains(usage, want) {
+				t.Errorf("help lacks %q:\n%s", want, usage)
 			}
 		}
-		if strings.Contains(errs, "--f ") || strings.Contains(errs, "--o ") {
-			t.Errorf("help lists one-letter flags with two dashes:\n%s", errs)
+		if strings.Contains(usage, "--f ") || strings.Contains(usage, "--o ") {
+			t.Errorf("help lists one-letter flags with two dashes:\n%s", usage)
 		}
 		// Every kind the extraction reads is named in --from-k8s-yaml's help.
-		i := strings.Index(errs, "\n  --from-k8s-yaml string\n")
+		i := strings.Index(usage, "\n  --from-k8s-yaml string\n")
 		if i < 0 {
-			t.Fatalf("no --from-k8s-yaml in the help:\n%s", errs)
+			t.Fatalf("no --from-k8s-yaml in the help:\n%s", usage)
 		}
-		help := errs[i : i+strings.Index(errs[i:], "env REQUESTER_")]
+		help := usage[i : i+strings.Index(usage[i:], "env REQUESTER_")]
 		for _, kind := range prefetch.Kinds() {
 			if !strings.Contains(help, kind+",") && !strings.Contains(help, kind+" ") {
 				t.Errorf("--from-k8s-yaml help does not name %s:\n%s", kind, help)

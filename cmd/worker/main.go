@@ -25,7 +25,7 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // Exit codes.
@@ -38,13 +38,13 @@ const (
 
 // run parses the flags and runs one worker until ctx ends, and returns
 // its exit code.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
-	f, err := worker.ParseFlags(args, stderr)
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	f, err := worker.ParseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "worker:", err)
+		fmt.Fprintf(stderr, "worker: %v (see worker --help)\n", err)
 		return exitUsage
 	}
 	if f.Probe != "" {
@@ -52,15 +52,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	log, err := worker.NewLogger(f.LogLevel, f.LogFormat, stderr)
 	if err != nil {
-		fmt.Fprintln(stderr, "worker:", err)
+		fmt.Fprintf(stderr, "worker: %v (see worker --help)\n", err)
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
 	f.Version, f.Logger = version, log
 	w, err := worker.New(ctx, f.Config)
-	if err == nil {
-		err = w.Run(ctx)
+	if err != nil {
+		// A start-up failure is one line a person can act on, not a
+		// log entry with a stack trace.
+		fmt.Fprintln(stderr, "worker:", err)
+		return exitFailed
 	}
+	err = w.Run(ctx)
 	var cut *worker.ShutdownTimeoutError
 	switch {
 	case errors.As(err, &cut):

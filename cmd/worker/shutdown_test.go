@@ -130,6 +130,9 @@ func startHeld(t *testing.T, args ...string) *held {
 		}
 		return true
 	})
+	if !strings.Contains(h.stderr.String(), "NATS connected") {
+		t.Errorf("the worker did not say it connected to NATS:\n%s", h.stderr.String())
+	}
 	go func() {
 		r, err := cli.Image(context.Background(), contract.OCIManifest, reg.Ref("inflight", "v1"))
 		if err != nil {
@@ -149,9 +152,9 @@ func startHeld(t *testing.T, args ...string) *held {
 // TestHelpListsEveryFlagWithItsVariable checks `worker --help` and that
 // the environment sets flags.
 func TestHelpListsEveryFlagWithItsVariable(t *testing.T) {
-	var out bytes.Buffer
-	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
-		t.Fatalf("--help exit %d", code)
+	var out, errs bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &out, &errs); code != 0 || errs.Len() != 0 {
+		t.Fatalf("--help exit %d, stderr %q: want 0 and the usage on stdout", code, errs.String())
 	}
 	for _, want := range []string{"--nats-url", "env NATS_URL", "--redis-url", "env REDIS_URL", "--cache-ttl", "env REGCAP_CACHE_TTL", "--fetch-timeout", "--concurrency", "--max-pending", "--metrics-addr", "--subject-prefix", "--queue-group", "--platform", "--log-format", "--memory-cache-size"} {
 		if !strings.Contains(out.String(), want) {
@@ -176,13 +179,44 @@ func TestHelpListsEveryFlagWithItsVariable(t *testing.T) {
 	}
 }
 
+// TestBadFlagsExit2: a bad command line is one line on stderr that says
+// what is wrong and points at --help, not the whole usage; exit 2.
 func TestBadFlagsExit2(t *testing.T) {
 	for _, args := range [][]string{{"--no-such-flag"}, {"--log-format", "xml"}, {"--platform", "linux"}, {"extra"}} {
-		var out bytes.Buffer
-		code := run(context.Background(), append(args, "--metrics-addr", ""), &out)
-		if code != 2 {
-			t.Errorf("%v: exit %d, want 2; output %s", args, code, out.String())
+		var out, errs bytes.Buffer
+		code := run(context.Background(), append(args, "--metrics-addr", ""), &out, &errs)
+		lines := strings.Split(strings.TrimSpace(errs.String()), "\n")
+		if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], "see worker --help") || out.Len() != 0 {
+			t.Errorf("%v: exit %d, stderr %q, stdout %q: want 2 and one line pointing at --help", args, code, errs.String(), out.String())
 		}
+	}
+}
+
+// TestStartupErrorsAreOneLine: a worker that cannot start says why in one
+// line on stderr, with no stack trace, and exits 1.
+func TestStartupErrorsAreOneLine(t *testing.T) {
+	taken := testenv.ListenCounting(t, "127.0.0.1:0")
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"embedded NATS port taken", []string{"--embedded-nats-addr", taken.Addr()}, "is taken: another worker or nats-server is running; set --embedded-nats-addr or NATS_URL"},
+		{"metrics port taken", []string{"--nats-url", "nats://127.0.0.1:1", "--metrics-addr", taken.Addr()}, "--metrics-addr " + taken.Addr() + " is taken"},
+		{"redis URL without a scheme", []string{"--nats-url", "nats://127.0.0.1:1", "--redis-url", "127.0.0.1:6379"}, "--redis-url \"127.0.0.1:6379\": want redis://"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errs bytes.Buffer
+			args := append([]string{"--log-level", "error"}, c.args...)
+			if !strings.Contains(strings.Join(args, " "), "--metrics-addr") {
+				args = append(args, "--metrics-addr", "")
+			}
+			code := run(context.Background(), args, &out, &errs)
+			lines := strings.Split(strings.TrimSpace(errs.String()), "\n")
+			if code != 1 || len(lines) != 1 || !strings.Contains(lines[0], c.want) || strings.Contains(errs.String(), "goroutine") || strings.Contains(errs.String(), ".go:") {
+				t.Errorf("exit %d, stderr:\n%s\nwant 1 and one line containing %q", code, errs.String(), c.want)
+			}
+		})
 	}
 }
 
@@ -196,6 +230,14 @@ func TestSIGTERMWithoutNATS(t *testing.T) {
 	cmd.Stderr = &stderr
 	testenv.Must(t, cmd.Start(), "starting worker")
 	testenv.Eventually(t, "the worker to start", func() bool { return strings.Contains(stderr.String(), "worker started") })
+	// It says that NATS is unreachable, at start and not once per retry.
+	if n := strings.Count(stderr.String(), "NATS not reachable at start-up"); n != 1 {
+		t.Errorf("start-up warning logged %d times, want once:\n%s", n, stderr.String())
+	}
+	time.Sleep(time.Second) // several reconnect attempts
+	if n := strings.Count(stderr.String(), "NATS still unreachable"); n > 1 {
+		t.Errorf("%d retry warnings in a second, want at most one every 5 s", n)
+	}
 	testenv.Must(t, cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v\n%s", err, stderr.String())

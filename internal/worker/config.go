@@ -152,11 +152,16 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 }
 
 // ParseFlags reads the command line, then the environment for every flag
-// not given on it. --help is flag.ErrHelp.
-func ParseFlags(args []string, output io.Writer) (*Flags, error) {
+// not given on it. On --help it writes the usage to help and returns
+// flag.ErrHelp; any other error is one line, without the usage.
+func ParseFlags(args []string, help io.Writer) (*Flags, error) {
 	f := &Flags{Config: Defaults(), LogLevel: "info", LogFormat: "json"}
-	fs := FlagSet(f, output)
+	fs := FlagSet(f, io.Discard)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(help)
+			fs.Usage()
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {

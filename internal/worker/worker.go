@@ -11,7 +11,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -46,15 +50,16 @@ type Worker struct {
 
 // New builds a worker from cfg and starts serving. On error, whatever was
 // started is stopped again.
-func New(ctx context.Context, cfg Config) (w *Worker, err error) {
+func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
 	maxManifest, maxBlob := cfg.ManifestLimit, cfg.BlobLimit
-	w = &Worker{cfg: cfg, log: log, metrics: metrics.New()}
+	w := &Worker{cfg: cfg, log: log, metrics: metrics.New()}
+	// Not on the named result: a failing return sets that to nil before
+	// this runs, and what was started must still be stopped.
 	defer func() {
 		if err != nil {
 			w.close()
-			w = nil
 		}
 	}()
 
@@ -91,7 +96,7 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 	switch {
 	case cfg.RedisURL != "":
 		if w.rdb, err = resolve.NewRedisClient(cfg.RedisURL); err != nil {
-			return nil, fmt.Errorf("--redis-url: %w", err)
+			return nil, fmt.Errorf("--redis-url %q: want redis://[user:password@]host:port[/db] or rediss://…: %w", redactURL(cfg.RedisURL), err)
 		}
 		// go-redis logs every failed dial through a global logger; the
 		// resolver reports outages once, so its lines go to debug.
@@ -147,6 +152,9 @@ func New(ctx context.Context, cfg Config) (w *Worker, err error) {
 
 	if cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("--metrics-addr %s is taken: another worker is running, or set --metrics-addr (empty disables it)", cfg.MetricsAddr)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--metrics-addr: %w", err)
 		}
@@ -311,6 +319,14 @@ func (w *Worker) probes() http.Handler {
 }
 
 func connectNATS(url string, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, error) {
+	// While NATS is unreachable the worker says so: at start, then at
+	// most once every few seconds however fast it retries.
+	var lastWarn atomic.Int64
+	warnEvery := func() bool {
+		now := time.Now().UnixNano()
+		last := lastWarn.Load()
+		return now-last >= int64(5*time.Second) && lastWarn.CompareAndSwap(last, now)
+	}
 	nc, err := nats.Connect(url,
 		nats.Name("regcap-worker"),
 		nats.MaxReconnects(-1),
@@ -327,9 +343,24 @@ func connectNATS(url string, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, e
 			m.NATSReconnected()
 			log.Info("NATS reconnected", zap.String("url", c.ConnectedUrlRedacted()))
 		}),
+		nats.ConnectHandler(func(c *nats.Conn) {
+			log.Info("NATS connected", zap.String("url", c.ConnectedUrlRedacted()))
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if warnEvery() {
+				log.Warn("NATS still unreachable; retrying (requests are answered once connected)", zap.Error(err))
+			}
+		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
+	}
+	if !nc.IsConnected() {
+		warnEvery()
+		log.Warn("NATS not reachable at start-up; retrying in the background (requests are answered once connected, /readyz says 503 until then)",
+			zap.String("url", redactURL(url)))
+	} else {
+		log.Info("NATS connected", zap.String("url", nc.ConnectedUrlRedacted()))
 	}
 	return nc, nil
 }
@@ -338,6 +369,9 @@ func startEmbeddedNATS(addr string) (*natsserver.Server, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("--embedded-nats-addr: %w", err)
+	}
+	if err := portFree(addr); err != nil {
+		return nil, fmt.Errorf("%s is taken: another worker or nats-server is running; set --embedded-nats-addr or NATS_URL", addr)
 	}
 	// Port -1 is nats-server's "any free port" (0 is its default, 4222).
 	p, err := strconv.Atoi(port)
@@ -393,6 +427,27 @@ func fitLimits(nc *nats.Conn, manifest, blob int64, log *zap.Logger) (int64, int
 		zap.Int64("max_manifest_size", m), zap.Int64("was_max_manifest_size", manifest),
 		zap.Int64("max_config_size", b), zap.Int64("was_max_config_size", blob))
 	return m, b
+}
+
+// portFree reports an error when addr cannot be listened on (port 0 and
+// nats-server's -1 always can).
+func portFree(addr string) error {
+	if strings.HasSuffix(addr, ":-1") || strings.HasSuffix(addr, ":0") {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return ln.Close()
+}
+
+// redactURL hides a URL's password, for messages.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
 }
 
 // redisLog sends go-redis's internal log lines to zap at debug level.
