@@ -124,6 +124,9 @@ func (c *connFlags) client(nc *nats.Conn) *client.Client {
 	return client.New(nc, client.WithSubjectPrefix(c.prefix), client.WithTimeout(c.timeout))
 }
 
+// version is set at link time (-ldflags "-X main.version=…").
+var version = "dev"
+
 func main() {
 	ctx, stop := signalContext()
 	defer stop()
@@ -150,6 +153,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exitUnreachable
 	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
 		fmt.Fprint(stdout, usage)
+		return exitOK
+	case args[0] == "--version" || args[0] == "version":
+		fmt.Fprintln(stdout, "requester", version)
 		return exitOK
 	}
 	cmd, ok := commands()[args[0]]

@@ -63,3 +63,10 @@ func signalChildMain() {
 	fmt.Println("still alive after the second SIGINT")
 	os.Exit(0)
 }
+
+func TestVersion(t *testing.T) {
+	code, stdout, stderr := cli(t, "", "--version")
+	if code != 0 || stdout != "requester dev\n" || stderr != "" {
+		t.Fatalf("--version: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}

@@ -39,6 +39,12 @@ const (
 // run parses the flags and runs one worker until ctx ends, and returns
 // its exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		// Not a flag: REGCAP_<FLAG> would make it one more variable that
+		// stops a worker from starting.
+		fmt.Fprintln(stdout, "worker", version)
+		return exitOK
+	}
 	f, err := worker.ParseFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK

@@ -243,3 +243,10 @@ func TestSIGTERMWithoutNATS(t *testing.T) {
 		t.Fatalf("exit: %v\n%s", err, stderr.String())
 	}
 }
+
+func TestVersion(t *testing.T) {
+	var out, errs bytes.Buffer
+	if code := run(context.Background(), []string{"--version"}, &out, &errs); code != 0 || out.String() != "worker dev\n" || errs.Len() != 0 {
+		t.Fatalf("--version: exit %d, stdout %q, stderr %q", code, out.String(), errs.String())
+	}
+}
