@@ -2,14 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/bench"
@@ -105,7 +106,26 @@ func benchCommand() *command {
 				defer rc.Close()
 				echo = &bench.Echo{Requester: nc, Responder: rc, Timeout: env.conn.timeout}
 			}
-			rep, err := bench.Run(ctx, env.conn.client(nc), echo, opts)
+			// A lost connection ends the run: every call after it would
+			// fail the same way. It is said once, after the figures so far.
+			runCtx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var lost atomic.Pointer[error]
+			nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err == nil {
+					err = nats.ErrConnectionClosed
+				}
+				lost.CompareAndSwap(nil, &err)
+				cancel()
+			})
+			rep, err := bench.Run(runCtx, env.conn.client(nc), echo, opts)
+			if l := lost.Load(); l != nil {
+				if rep != nil {
+					writeBench(env, rep)
+				}
+				fmt.Fprintf(env.stderr, "requester bench: lost the connection to NATS: %v; the figures above cover what was done before\n", *l)
+				return exitUnreachable
+			}
 			var ce *contract.Error
 			switch {
 			case errors.Is(err, client.ErrUnreachable):
@@ -118,13 +138,7 @@ func benchCommand() *command {
 				fmt.Fprintln(env.stderr, "requester bench:", err)
 				return exitFailed
 			}
-			if env.conn.output == "json" {
-				enc := json.NewEncoder(env.stdout)
-				enc.SetIndent("", "  ")
-				_ = enc.Encode(rep)
-			} else {
-				bench.WriteText(env.stdout, rep)
-			}
+			writeBench(env, rep)
 			for _, l := range rep.Levels {
 				if l.Regcap.Errors > 0 {
 					return exitFailed
@@ -136,4 +150,13 @@ func benchCommand() *command {
 			return exitOK
 		},
 	}
+}
+
+// writeBench prints rep as the output format asks.
+func writeBench(env *cmdEnv, rep *bench.Report) {
+	if env.conn.output == "json" {
+		writeJSON(env.stdout, rep)
+		return
+	}
+	bench.WriteText(env.stdout, rep)
 }

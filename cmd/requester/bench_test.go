@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testworker"
@@ -130,5 +131,37 @@ func TestBenchCLIUnreachable(t *testing.T) {
 	}
 	if !strings.Contains(errs, "unreachable") {
 		t.Fatalf("stderr does not say why:\n%s", errs)
+	}
+}
+
+// TestBenchLostConnection: when the NATS server goes away mid-run, bench
+// says so once, after the figures it has, and exits 2.
+func TestBenchLostConnection(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	reg := testenv.StartRegistry(t)
+	testworker.Start(t, testworker.Config{NATSURL: ns.ClientURL()})
+	reg.PushImage(t, "bench/a", "v1", testenv.OCIManifest, "linux/amd64")
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errs := cli(t, "", "bench", reg.Ref("bench/a", "v1"), "--duration", "30s", "--warmup", "0s", "--no-echo", "--nats-url", ns.ClientURL())
+		done <- result{code, out, errs}
+	}()
+	time.Sleep(time.Second)
+	ns.Shutdown()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("bench went on after the NATS server stopped")
+	}
+	if r.code != exitUnreachable || strings.Count(r.err, "lost the connection") != 1 || strings.Count(r.err, "\n") != 1 {
+		t.Fatalf("exit %d, stderr:\n%s\nwant 2 and one line saying the connection was lost", r.code, r.err)
+	}
+	if !strings.Contains(r.out, "regcap") {
+		t.Errorf("no figures before the loss:\n%s", r.out)
 	}
 }
