@@ -90,6 +90,9 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	}
 	ref, err := name.ParseReference(s)
 	if err != nil {
+		if part := diagnose(s); part != "" {
+			return nil, errorf(400, "", "invalid image reference %s: %s", quote([]byte(s)), part)
+		}
 		return nil, errorf(400, "", "invalid image reference %s", quote([]byte(s)))
 	}
 	if ref, err = normalise(ref); err != nil {
@@ -125,6 +128,9 @@ func normalise(ref name.Reference) (name.Reference, error) {
 	if h == "" {
 		return nil, fmt.Errorf("registry %s has no host", quote([]byte(host)))
 	}
+	if !hostGrammar.MatchString(host) {
+		return nil, fmt.Errorf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(host)))
+	}
 	if hasPort {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
 			return nil, fmt.Errorf("registry port %s is not a number from 1 to 65535", quote([]byte(port)))
@@ -158,6 +164,42 @@ func normalise(ref name.Reference) (name.Reference, error) {
 		return name.ParseReference(lower + "/" + ref.Context().RepositoryStr() + sep + ref.Identifier())
 	}
 	return ref, nil
+}
+
+// hostGrammar is a registry host: a DNS name or a bracketed IPv6
+// address, and an optional port.
+var hostGrammar = regexp.MustCompile(`^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)(?::[0-9]*)?$`)
+
+// diagnose names the part of s, a reference the parser refused, that is
+// wrong: digest, tag, host, port or repository component, the way Docker
+// splits a reference. "" when it cannot tell.
+func diagnose(s string) string {
+	rest := s
+	if i := strings.IndexByte(rest, '@'); i >= 0 {
+		if d := rest[i+1:]; !digestGrammar.MatchString(d) {
+			return fmt.Sprintf("digest %s must be sha256: and 64 lower-case hex digits", quote([]byte(d)))
+		}
+		rest = rest[:i]
+	}
+	if i := strings.LastIndexByte(rest, ':'); i > strings.LastIndexByte(rest, '/') {
+		if t := rest[i+1:]; !tagGrammar.MatchString(t) {
+			return fmt.Sprintf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote([]byte(t)))
+		}
+		rest = rest[:i]
+	}
+	parts := strings.Split(rest, "/")
+	if first := parts[0]; len(parts) > 1 && (strings.ContainsAny(first, ".:[") || first == "localhost" || first != strings.ToLower(first)) {
+		if !hostGrammar.MatchString(first) {
+			return fmt.Sprintf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(first)))
+		}
+		parts = parts[1:]
+	}
+	for _, c := range parts {
+		if !pathComponent.MatchString(c) {
+			return fmt.Sprintf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
+		}
+	}
+	return ""
 }
 
 // maxRepository is the longest repository path, as go-containerregistry
