@@ -12,6 +12,7 @@ import (
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
 	"github.com/regcap/regcap/internal/testworker"
+	"github.com/regcap/regcap/internal/worker"
 )
 
 // BenchmarkHitPath measures a cached digest request through NATS, from the
@@ -47,7 +48,9 @@ func BenchmarkHitPath(b *testing.B) {
 			noMemory bool
 		}{{"memory-hit", false}, {"redis-hit", true}} {
 			b.Run(fmt.Sprintf("%s/c=%d", tier.name, conc), func(b *testing.B) {
-				w := testworker.Start(b, testworker.Config{NATSURL: ns.ClientURL(), RedisAddr: rd.Addr(), NoMemory: tier.noMemory, Logger: zap.NewNop()})
+				// A TTL longer than any run: every answer measured is a hit.
+				w := testworker.Start(b, testworker.Config{NATSURL: ns.ClientURL(), RedisAddr: rd.Addr(), NoMemory: tier.noMemory, Logger: zap.NewNop(),
+					Config: worker.Config{CacheTTL: time.Hour}})
 				cli := testenv.Client(b, ns.ClientURL())
 				if _, err := cli.Image(context.Background(), contract.ManifestDigest, image); err != nil {
 					b.Fatal(err)

@@ -85,7 +85,7 @@ func New(nc *nats.Conn, res Resolver, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
-	s.life, s.hardStop = context.WithCancel(context.Background())
+	s.life, s.hardStop = resolve.ShuttingDown()
 	return s
 }
 

@@ -379,8 +379,24 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 		}
 		return Answer{Body: s.body, Outcome: s.outcome, Age: s.age}, nil
 	case <-ctx.Done():
-		return Answer{}, contract.Errorf(503, "%s: worker shutting down", q.image)
+		if r.life.Err() != nil || errors.Is(context.Cause(ctx), errShuttingDown) {
+			return Answer{}, contract.Errorf(503, "%s: worker shutting down", q.image)
+		}
+		// The caller gave up; the fetch goes on and fills the cache.
+		return Answer{}, contract.Errorf(504, "%s: not answered before the caller gave up; the fetch goes on", q.image)
 	}
+}
+
+// errShuttingDown is the cause a front gives the context it cancels when
+// it stops: its callers are answered 503, not 504.
+var errShuttingDown = errors.New("worker shutting down")
+
+// ShuttingDown returns a context that, cancelled, tells Answer its
+// callers are cut short because the worker stops (503), not because they
+// gave up (504).
+func ShuttingDown() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return ctx, func() { cancel(errShuttingDown) }
 }
 
 // resolved is what the one resolution of a key hands to every request

@@ -58,6 +58,17 @@ func NewCA(t testing.TB) *CA {
 // or IP addresses), signed by the CA.
 func (ca *CA) Issue(t testing.TB, hosts ...string) (certPEM, keyPEM []byte) {
 	t.Helper()
+	return ca.issue(t, x509.ExtKeyUsageServerAuth, hosts...)
+}
+
+// IssueClient returns a client certificate and key (PEM) for name.
+func (ca *CA) IssueClient(t testing.TB, name string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	return ca.issue(t, x509.ExtKeyUsageClientAuth, name)
+}
+
+func (ca *CA) issue(t testing.TB, usage x509.ExtKeyUsage, hosts ...string) (certPEM, keyPEM []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	Must(t, err, "server key")
 	tmpl := &x509.Certificate{
@@ -66,7 +77,7 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) (certPEM, keyPEM []byte) {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

@@ -53,6 +53,16 @@ type Config struct {
 
 	MetricsAddr string // "" serves no metrics
 
+	// HTTPAddr serves the HTTP APIs (plain JSON and Gatekeeper external
+	// data); "" serves none.
+	HTTPAddr    string
+	TLSCert     string
+	TLSKey      string
+	ClientCA    string // requires and verifies client certificates
+	HTTPPlain   bool   // plain HTTP, on a loopback HTTPAddr only
+	HTTPTimeout time.Duration
+	HTTPMaxKeys int
+
 	ManifestLimit int64
 	BlobLimit     int64
 
@@ -87,6 +97,8 @@ func Defaults() Config {
 		Concurrency:      64,
 		MaxPending:       1024,
 		MetricsAddr:      ":9090",
+		HTTPTimeout:      2 * time.Second,
+		HTTPMaxKeys:      1024,
 		ManifestLimit:    registry.DefaultManifestLimit,
 		BlobLimit:        registry.DefaultBlobLimit,
 		DenyCIDRs:        registry.DefaultDenyCIDRs(),
@@ -138,6 +150,13 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests waiting on Redis or a fetch; past it the answer is 503")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "on SIGTERM, how long to wait for requests in flight before cancelling them (keep it under the pod's terminationGracePeriodSeconds)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address for /metrics, /healthz and /readyz; empty disables")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "listen address of the HTTP APIs (GET|POST /v1/<function>, and Gatekeeper's POST /gatekeeper/v1/<function|pin>); empty: none")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "certificate (PEM) of the HTTP APIs; re-read when it changes. TLS 1.3 at least")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "private key (PEM) of --tls-cert; re-read when it changes")
+	fs.StringVar(&c.ClientCA, "client-ca", c.ClientCA, "CA (PEM) that client certificates of the HTTP APIs must be signed by; empty: no client certificate asked (for Gatekeeper: the CA of its gatekeeper-webhook-server-cert secret)")
+	fs.BoolVar(&c.HTTPPlain, "http-plain", c.HTTPPlain, "serve the HTTP APIs over plain HTTP, on a loopback --http-addr only (local use)")
+	fs.DurationVar(&c.HTTPTimeout, "http-timeout", c.HTTPTimeout, "longest a Gatekeeper request is answered in; keys unresolved then get an item error, and their fetches fill the cache")
+	fs.IntVar(&c.HTTPMaxKeys, "http-max-keys", c.HTTPMaxKeys, "most keys one Gatekeeper request may carry")
 	fs.StringVar(&f.Probe, "probe", f.Probe, "check a URL (e.g. http://127.0.0.1:9090/readyz) and exit 0 if it answers 200: a container healthcheck for images without curl")
 	fs.StringVar(&f.LogLevel, "log-level", f.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", f.LogFormat, "json or console")

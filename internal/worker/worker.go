@@ -26,6 +26,7 @@ import (
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/capability"
 	"github.com/regcap/regcap/internal/discovery"
+	"github.com/regcap/regcap/internal/httpfront"
 	"github.com/regcap/regcap/internal/metrics"
 	"github.com/regcap/regcap/internal/natsfront"
 	"github.com/regcap/regcap/internal/resolve"
@@ -46,6 +47,8 @@ type Worker struct {
 	http     *http.Server // nil without --metrics-addr
 	httpAddr string
 	natsURL  string
+	api      *http.Server // nil without --http-addr
+	apiAddr  string
 }
 
 // New builds a worker from cfg and starts serving. On error, whatever was
@@ -168,6 +171,23 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		log.Info("serving /metrics, /healthz and /readyz", zap.String("addr", w.httpAddr))
 	}
 
+	if cfg.HTTPAddr != "" {
+		ln, err := httpListener(&cfg)
+		if err != nil {
+			return nil, err
+		}
+		w.apiAddr = ln.Addr().String()
+		w.api = &http.Server{ReadHeaderTimeout: 5 * time.Second,
+			Handler: httpfront.New(w.res, httpfront.WithTimeout(cfg.HTTPTimeout), httpfront.WithMaxKeys(cfg.HTTPMaxKeys),
+				httpfront.WithLogger(log.Named("http")), httpfront.WithObserver(w.metrics.Request))}
+		go func() {
+			if err := w.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("HTTP API listener stopped", zap.Error(err))
+			}
+		}()
+		log.Info("serving the HTTP APIs", zap.String("addr", w.apiAddr), zap.Bool("tls", !cfg.HTTPPlain), zap.Bool("client_certificates", cfg.ClientCA != ""))
+	}
+
 	log.Info("worker started",
 		zap.String("version", cfg.Version),
 		zap.Strings("subjects", w.front.Subjects()),
@@ -203,6 +223,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = d.Concurrency
+	}
+	if c.HTTPTimeout <= 0 {
+		c.HTTPTimeout = d.HTTPTimeout
+	}
+	if c.HTTPMaxKeys <= 0 {
+		c.HTTPMaxKeys = d.HTTPMaxKeys
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = d.MaxPending
@@ -250,6 +276,9 @@ func (e *ShutdownTimeoutError) Error() string {
 // waiting are answered 503 and a *ShutdownTimeoutError is returned.
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.disc.Stop()
+	if w.api != nil {
+		_ = w.api.Shutdown(ctx)
+	}
 	err := w.front.Shutdown(ctx)
 	if err != nil && ctx.Err() != nil {
 		err = &ShutdownTimeoutError{Timeout: w.cfg.ShutdownTimeout, Cancelled: w.front.Cancelled()}
@@ -263,6 +292,9 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 
 // close releases what New opened, in reverse order.
 func (w *Worker) close() {
+	if w.api != nil {
+		_ = w.api.Close()
+	}
 	if w.http != nil {
 		_ = w.http.Close()
 	}
@@ -295,6 +327,9 @@ func (w *Worker) NATSURL() string { return w.natsURL }
 
 // DiscoveryID is the worker's service-discovery instance id.
 func (w *Worker) DiscoveryID() string { return w.disc.ID() }
+
+// APIAddr is the address the HTTP APIs are served on, "" without them.
+func (w *Worker) APIAddr() string { return w.apiAddr }
 
 // MetricsAddr is the address /metrics is served on, "" without one.
 func (w *Worker) MetricsAddr() string { return w.httpAddr }
