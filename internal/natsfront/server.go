@@ -56,6 +56,7 @@ type Server struct {
 	hardStop  context.CancelFunc
 	inflight  sync.WaitGroup
 	busy      atomic.Int64 // requests handed to a goroutine and not answered
+	callbacks atomic.Int64 // subscription callbacks running
 	cancelled atomic.Int64 // of those, how many the hard stop cut short
 	subs      []*nats.Subscription
 }
@@ -149,7 +150,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// messages, so an empty pending queue is enough.
 		t := time.NewTicker(5 * time.Millisecond)
 		defer t.Stop()
-		for s.subsValid() && (s.nc.IsConnected() || !s.subsIdle()) && s.life.Err() == nil {
+		for (s.subsValid() && (s.nc.IsConnected() || !s.subsIdle()) || s.callbacks.Load() > 0) && s.life.Err() == nil {
 			select {
 			case <-t.C:
 			case <-s.life.Done():
@@ -218,6 +219,10 @@ func (s *Server) subsValid() bool {
 // slow registry or Redis never holds up the answers for other images.
 func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 	return func(m *nats.Msg) {
+		// Counted for Shutdown: a callback running holds a message that
+		// the subscription no longer counts as pending.
+		s.callbacks.Add(1)
+		defer s.callbacks.Add(-1)
 		if m.Reply == "" {
 			return // a publish, not a request: nobody to answer
 		}

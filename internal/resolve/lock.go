@@ -267,7 +267,9 @@ func (w *waiter) answer(ctx context.Context, n notice) *verdict {
 		f := n.Failure
 		return &verdict{failure: &contract.Error{Code: f.Code, Message: f.Message, RetryAfter: f.RetryAfter}}
 	case n.OK:
-		if e, ok := w.l.tier.Get(ctx, w.key); ok {
+		// Fresh only: the holder's notice also goes out when its SET did
+		// not land, and the value then is the old, stale one.
+		if e, ok := w.l.tier.Get(ctx, w.key); ok && e.isFresh(w.l.tier.now()) {
 			return &verdict{found: e}
 		}
 		return nil // stored value lost (Redis hiccup): fetch

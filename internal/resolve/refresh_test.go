@@ -2,7 +2,10 @@ package resolve
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,5 +121,52 @@ func BenchmarkRefreshAhead(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 			b.ReportMetric(float64(lat[len(lat)-1].Microseconds()), "max-µs")
 		})
+	}
+}
+
+// TestFailedRefreshShowsA404: a refresh ahead of expiry that gets a 404
+// (the tag was deleted) does not make the fleet answer the old entry
+// stale once it expires: the 404 shows.
+func TestFailedRefreshShowsA404(t *testing.T) {
+	const ttl = time.Second
+	f := startFleet(t, 1, 0, WithTTL(ttl, 0), WithRefreshAhead(0.5), WithStaleIfError(time.Hour))
+	f.reg.PushImage(t, "deleted/app", "v1", testenv.OCIManifest, "linux/amd64")
+	req := request(contract.ManifestDigest, f.reg.Ref("deleted/app", "v1"))
+	if _, err := f.res[0].Answer(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	f.reg.Override(func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/deleted/app/manifests/") },
+		http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNotFound) }))
+	time.Sleep(ttl * 6 / 10) // in the refresh window: this hit starts a refresh, which gets the 404
+	if a, err := f.res[0].Answer(context.Background(), req); err != nil || a.Outcome != contract.Hit {
+		t.Fatalf("hit in the refresh window: %v %v", a.Outcome, err)
+	}
+	time.Sleep(ttl / 2)
+	_, err := f.res[0].Answer(context.Background(), req)
+	var ce *contract.Error
+	if !errors.As(err, &ce) || ce.Code != 404 {
+		t.Fatalf("after expiry, with the tag deleted: %v, want 404, not a stale answer", err)
+	}
+}
+
+// TestCloseReleasesTheLock: a resolver closed while it holds the fleet
+// lock for a fetch gives the lock up before Close returns, so that the
+// other workers fetch at once instead of waiting out the lock.
+func TestCloseReleasesTheLock(t *testing.T) {
+	f := startFleet(t, 1, 0)
+	f.reg.PushImage(t, "closing/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("closing/app", "v1")
+	gate := f.reg.Hold("/closing/app/manifests/")
+	defer gate.Release()
+	go func() { _, _ = f.res[0].Answer(context.Background(), request(contract.ManifestDigest, ref)) }()
+	<-gate.Arrived()
+	k := key(t, contract.ManifestDigest, ref)
+	rdb := f.redis.Client(t)
+	if rdb.Exists(context.Background(), lockPrefix+k).Val() != 1 {
+		t.Fatal("the fetch holds no lock: the test tests nothing")
+	}
+	f.res[0].Close()
+	if rdb.Exists(context.Background(), lockPrefix+k).Val() != 0 {
+		t.Fatal("the lock is still held after Close returned")
 	}
 }

@@ -93,7 +93,13 @@ type Resolver struct {
 	onRefresh    func()
 	onNegative   func()
 	refreshing   sync.Map // keys being refreshed by this worker
-	refreshes    sync.WaitGroup
+
+	// work counts the resolutions and refreshes running, so that Close
+	// returns only once they are over (their lease released, their
+	// Redis commands done); closed refuses new ones.
+	workMu       sync.Mutex
+	work         sync.WaitGroup
+	closed       bool
 	concurrency  int
 	perRegistry  int
 	memoryBytes  uint64
@@ -107,6 +113,7 @@ type Resolver struct {
 
 	rejectLogged *otter.Cache[string, struct{}]  // keys whose refused value was logged
 	backoff      *otter.Cache[string, time.Time] // key → no fetch before, while serving it stale
+	refreshHeld  *otter.Cache[string, time.Time] // key → no refresh before (a refresh failed)
 
 	decoded *otter.Cache[string, query] // raw request → decoded request
 	slots   *slots                      // fetch slots
@@ -267,6 +274,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 		r.shared, r.lock, r.closer = tier, lock, lock.Close
 	}
 	r.backoff = otter.Must(&otter.Options[string, time.Time]{MaximumSize: 100000})
+	r.refreshHeld = otter.Must(&otter.Options[string, time.Time]{MaximumSize: 100000})
 	r.life, r.stop = context.WithCancel(context.Background())
 	r.decoded = otter.Must(&otter.Options[string, query]{
 		MaximumWeight: 4 << 20,
@@ -278,9 +286,23 @@ func New(f fetcher, opts ...Option) *Resolver {
 // Close cancels the fetches and waits still running (their requests get
 // 503) and stops the fleet lock's listener. Answer after Close is 503.
 func (r *Resolver) Close() {
+	r.workMu.Lock()
+	r.closed = true
+	r.workMu.Unlock()
 	r.stop()
-	r.refreshes.Wait()
+	r.work.Wait()
 	r.closer()
+}
+
+// begin registers a resolution or refresh; false once closed.
+func (r *Resolver) begin() bool {
+	r.workMu.Lock()
+	defer r.workMu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.work.Add(1)
+	return true
 }
 
 // Shared reports whether answers are shared with the fleet (Redis).
@@ -366,7 +388,13 @@ func (r *Resolver) answer(ctx context.Context, req Request) (Answer, error) {
 	}
 	defer r.pending.Add(-1)
 	token := r.tokens.Add(1)
-	ch := r.group.DoChan(q.key, func() (any, error) { return r.resolve(q, token) })
+	ch := r.group.DoChan(q.key, func() (any, error) {
+		if !r.begin() {
+			return resolved{}, contract.Errorf(503, "%s: worker shutting down", q.image)
+		}
+		defer r.work.Done()
+		return r.resolve(q, token)
+	})
 	select {
 	case res := <-ch:
 		if res.Err != nil {
@@ -448,7 +476,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 	}
 	// While the registry keeps failing, a key answered stale goes
 	// upstream once per TTL for the fleet, not once per request.
-	if stale != nil && r.backingOff(wait, q) {
+	if stale != nil && r.now().Sub(stale.fetched) <= r.staleIfError && r.backingOff(wait, q) {
 		return r.staleAnswer(*stale, leader), nil
 	}
 	// The slot is taken before the lock so that the lock is held only
@@ -486,7 +514,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 			return r.orStale(err, stale, leader)
 		}
 	}
-	if c.lease != nil && stale != nil && r.backingOff(r.life, q) {
+	if c.lease != nil && stale != nil && r.now().Sub(stale.fetched) <= r.staleIfError && r.backingOff(r.life, q) {
 		// The holder before us failed and backed off between our look
 		// and our lock: answer stale, and so do our waiters.
 		r.releaseSlot(q)
@@ -522,12 +550,18 @@ func (r *Resolver) refreshIfDue(q query, e entry) {
 	if now.Before(due) || r.life.Err() != nil {
 		return
 	}
+	if until, held := r.refreshHeld.GetIfPresent(q.key); held && now.Before(until) {
+		return
+	}
 	if _, busy := r.refreshing.LoadOrStore(q.key, struct{}{}); busy {
 		return
 	}
-	r.refreshes.Add(1)
+	if !r.begin() {
+		r.refreshing.Delete(q.key)
+		return
+	}
 	go func() {
-		defer r.refreshes.Done()
+		defer r.work.Done()
 		defer r.refreshing.Delete(q.key)
 		r.refresh(q, e)
 	}()
@@ -559,7 +593,10 @@ func (r *Resolver) refresh(q query, old entry) {
 	}
 	r.onRefresh()
 	if _, err := r.fetchAndStore(q, c.lease); err != nil {
-		r.setBackoff(q.key, q.ttl)
+		// Not again from this worker until the entry expires; the fleet
+		// back-off (set by fetchAndStore for failures that deserve a
+		// stale answer) is not this: a 404 here must show at expiry.
+		r.refreshHeld.Set(q.key, old.fresh)
 		r.log.Info("refresh ahead of expiry failed: serving the entry until it expires", zap.String("image", q.image), zap.Error(err))
 	}
 }
