@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the servers regcap's tests run for real: redis-server, and the
+# Installs the servers and clients regcap's tests run for real: redis-server, curl, and the
 # CNCF distribution registry (Debian package docker-registry) for the
 # end-to-end tests. Idempotent; needs root (or sudo) only when something is
 # missing.
@@ -8,6 +8,7 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing test dependencies: ${need[*]}" >&2

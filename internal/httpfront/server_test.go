@@ -3,13 +3,16 @@ package httpfront_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,7 +36,7 @@ type api struct {
 	nats   string
 }
 
-func startAPI(t *testing.T, cfg worker.Config) *api {
+func startAPI(t testing.TB, cfg worker.Config) *api {
 	t.Helper()
 	a := &api{ca: testenv.NewCA(t), dir: t.TempDir(), reg: testenv.StartRegistry(t)}
 	cert, key := a.ca.Issue(t, "127.0.0.1")
@@ -52,7 +55,7 @@ func startAPI(t *testing.T, cfg worker.Config) *api {
 
 // httpsClient trusts serverCA and presents a certificate of clientCA
 // (none when clientCA is nil).
-func httpsClient(t *testing.T, serverCA, clientCA *testenv.CA) *http.Client {
+func httpsClient(t testing.TB, serverCA, clientCA *testenv.CA) *http.Client {
 	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(serverCA.Cert)
@@ -66,12 +69,12 @@ func httpsClient(t *testing.T, serverCA, clientCA *testenv.CA) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 30 * time.Second}
 }
 
-func write(t *testing.T, path string, b []byte) {
+func write(t testing.TB, path string, b []byte) {
 	t.Helper()
 	testenv.Must(t, os.WriteFile(path, b, 0o600), "writing %s", path)
 }
 
-func get(t *testing.T, c *http.Client, url string) (int, http.Header, []byte) {
+func get(t testing.TB, c *http.Client, url string) (int, http.Header, []byte) {
 	t.Helper()
 	resp, err := c.Get(url)
 	testenv.Must(t, err, "GET %s", url)
@@ -308,4 +311,39 @@ func TestOneFetchOverNATSAndHTTP(t *testing.T) {
 	if n := a.reg.CountManifest("HEAD", "both/app", "v1"); n != 1 {
 		t.Errorf("%d HEADs for one image asked over NATS and HTTP at once, want 1", n)
 	}
+}
+
+// TestCurl asks the plain API with curl, as an operator would: TLS 1.3
+// and a client certificate, the reply body as the NATS contract's.
+func TestCurl(t *testing.T) {
+	curl := testenv.LookPath(t, "curl", "curl")
+	a := startAPI(t, worker.Config{})
+	img := a.reg.PushImage(t, "curl/app", "v1", testenv.OCIManifest, "linux/amd64")
+	pair := a.client.Transport.(*http.Transport).TLSClientConfig.Certificates[0]
+	write(t, filepath.Join(a.dir, "ca.crt"), a.ca.CertPEM)
+	certPEM, keyPEM := pemOf(t, pair)
+	write(t, filepath.Join(a.dir, "client.crt"), certPEM)
+	write(t, filepath.Join(a.dir, "client.key"), keyPEM)
+	out, err := exec.Command(curl, "--silent", "--show-error", "--fail-with-body", "--tlsv1.3",
+		"--cacert", filepath.Join(a.dir, "ca.crt"), "--cert", filepath.Join(a.dir, "client.crt"), "--key", filepath.Join(a.dir, "client.key"),
+		a.url+"/v1/manifest_digest?image="+a.reg.Ref("curl/app", "v1")).CombinedOutput()
+	if err != nil || string(out) != `{"digest":"`+img.Digest+`"}` {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
+	out, err = exec.Command(curl, "--silent", "--cacert", filepath.Join(a.dir, "ca.crt"), a.url+"/v1/manifest_digest?image=x").CombinedOutput()
+	if err == nil {
+		t.Fatalf("curl without a client certificate was answered: %s", out)
+	}
+}
+
+// pemOf encodes a tls.Certificate's leaf and ECDSA key as PEM.
+func pemOf(t *testing.T, c tls.Certificate) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, ok := c.PrivateKey.(*ecdsa.PrivateKey)
+	if !ok {
+		t.Fatalf("client key is %T", c.PrivateKey)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	testenv.Must(t, err, "key")
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
