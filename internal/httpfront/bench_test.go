@@ -117,4 +117,3 @@ func BenchmarkGatekeeperBatch(b *testing.B) {
 		}
 	})
 }
-
