@@ -5,58 +5,33 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"net/http/httptest"
 	"strings"
-	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	ggcr "github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/worker"
+	"github.com/regcap/regcap/internal/demo"
 )
 
 // fleetOfOne starts what the examples ask: an in-process registry holding
 // one image, and a worker on an embedded NATS server, both on loopback. It
 // returns the image, a client of the fleet and a function that stops all.
 func fleetOfOne() (image string, c *client.Client, stop func()) {
-	reg := httptest.NewServer(ggcr.New(ggcr.Logger(log.New(discard{}, "", 0))))
-	image = strings.TrimPrefix(reg.URL, "http://") + "/demo/app:v1"
-	ref, err := name.ParseReference(image)
+	f, err := demo.Start(context.Background(), zap.NewNop())
 	if err != nil {
 		log.Fatal(err)
 	}
-	img, err := random.Image(256, 1)
+	nc, err := nats.Connect(f.NATSURL)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := remote.Write(ref, img); err != nil {
-		log.Fatal(err)
-	}
-	w, err := worker.New(context.Background(), worker.Config{EmbeddedNATSAddr: "127.0.0.1:-1", MemorySize: 1 << 20})
-	if err != nil {
-		log.Fatal(err)
-	}
-	nc, err := nats.Connect(w.NATSURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	return image, client.New(nc), func() {
+	return f.Image, client.New(nc), func() {
 		nc.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = w.Shutdown(ctx)
-		reg.Close()
+		f.Close()
 	}
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // A policy host asks the fleet for an image's digest. The first answer is
 // fetched from the registry; the next comes from the fleet's cache.

@@ -30,32 +30,62 @@ import (
 	"github.com/regcap/regcap/internal/worker"
 )
 
+// Fleet is a fleet of one on loopback: an in-process registry holding a
+// sample image, and a worker with its embedded NATS server and in-process
+// cache. Close stops both.
+type Fleet struct {
+	// Image is the sample: an index for linux/amd64 and linux/arm64.
+	Image string
+	// NATSURL is the worker's embedded NATS server.
+	NATSURL string
+	// Registry is the registry's host:port.
+	Registry string
+
+	reg *httptest.Server
+	w   *worker.Worker
+}
+
+// Start starts a Fleet; the worker logs to log.
+func Start(ctx context.Context, log *zap.Logger) (*Fleet, error) {
+	reg := httptest.NewServer(ggcr.New(ggcr.Logger(discardLog())))
+	f := &Fleet{reg: reg, Registry: strings.TrimPrefix(reg.URL, "http://")}
+	f.Image = f.Registry + "/demo/hello:v1"
+	if err := pushSample(f.Image); err != nil {
+		reg.Close()
+		return nil, fmt.Errorf("pushing the sample image: %w", err)
+	}
+	w, err := worker.New(ctx, worker.Config{EmbeddedNATSAddr: "127.0.0.1:-1", MemorySize: 1 << 20, Version: "demo", Logger: log})
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	f.w, f.NATSURL = w, w.NATSURL()
+	return f, nil
+}
+
+// Close stops the worker, then the registry.
+func (f *Fleet) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = f.w.Shutdown(ctx)
+	f.reg.Close()
+}
+
 // Run runs the demo, writing what it does to out, until it is done or ctx
 // ends. With keep, it then serves until ctx ends, so that the requester
 // can be tried against the same worker.
 func Run(ctx context.Context, out io.Writer, log *zap.Logger, keep bool) error {
-	reg := httptest.NewServer(ggcr.New(ggcr.Logger(discardLog())))
-	defer reg.Close()
-	host := strings.TrimPrefix(reg.URL, "http://")
-	image := host + "/demo/hello:v1"
-	fmt.Fprintf(out, "registry   in-process, at %s (plain HTTP on loopback)\n", host)
-	if err := pushSample(image); err != nil {
-		return fmt.Errorf("pushing the sample image: %w", err)
-	}
-	fmt.Fprintf(out, "image      %s: an index for linux/amd64 and linux/arm64\n", image)
-
-	w, err := worker.New(ctx, worker.Config{EmbeddedNATSAddr: "127.0.0.1:-1", MemorySize: 1 << 20, Version: "demo", Logger: log})
+	f, err := Start(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = w.Shutdown(sctx)
-	}()
-	fmt.Fprintf(out, "worker     embedded NATS at %s, in-process cache\n\n", w.NATSURL())
+	defer f.Close()
+	image := f.Image
+	fmt.Fprintf(out, "registry   in-process, at %s (plain HTTP on loopback)\n", f.Registry)
+	fmt.Fprintf(out, "image      %s: an index for linux/amd64 and linux/arm64\n", image)
+	fmt.Fprintf(out, "worker     embedded NATS at %s, in-process cache\n\n", f.NATSURL)
 
-	nc, err := nats.Connect(w.NATSURL())
+	nc, err := nats.Connect(f.NATSURL)
 	if err != nil {
 		return err
 	}
@@ -74,7 +104,7 @@ func Run(ctx context.Context, out io.Writer, log *zap.Logger, keep bool) error {
 	if !keep {
 		return nil
 	}
-	fmt.Fprintf(out, "\nserving until interrupted; in another shell:\n  requester digest %s --nats-url %s\n", image, w.NATSURL())
+	fmt.Fprintf(out, "\nserving until interrupted; in another shell:\n  requester digest %s --nats-url %s\n", image, f.NATSURL)
 	<-ctx.Done()
 	return nil
 }
