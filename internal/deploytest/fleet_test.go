@@ -520,7 +520,7 @@ func TestKillLockHolder(t *testing.T) {
 	t.Logf("lock holder killed: %d of 21 requests failed; one sent after the kill answered %s after it; registry saw %d HEADs",
 		failed, a.took.Round(time.Millisecond), s.reg.CountManifest("HEAD", "held/app", "v1"))
 	rdb := s.redis.Client(t)
-	left, err := rdb.PTTL(context.Background(), "regcap:lock:regcap:v2:manifest_digest:"+ref).Result()
+	left, err := rdb.PTTL(context.Background(), "regcap:lock:{regcap:v2:manifest_digest:"+ref+"}").Result()
 	testenv.Must(t, err, "PTTL of the lock")
 	if left <= 0 {
 		t.Errorf("the dead holder's lock is gone (PTTL %s): the others did not take over within --lock-wait", left)

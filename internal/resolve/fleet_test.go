@@ -27,6 +27,7 @@ var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
 type fleet struct {
 	reg   *testenv.Registry
 	redis *testenv.Redis
+	url   string // the Redis URL, when not redis's (a Cluster)
 	res   []*Resolver
 }
 
@@ -42,7 +43,11 @@ func startFleet(t *testing.T, n int, lockWait time.Duration, opts ...Option) *fl
 // add starts one more resolver on the fleet's Redis.
 func (f *fleet) add(t testing.TB, lockWait time.Duration, opts ...Option) *Resolver {
 	t.Helper()
-	rdb, err := NewRedisClient(f.redis.URL())
+	url := f.url
+	if url == "" {
+		url = f.redis.URL()
+	}
+	rdb, err := NewRedisClient(url, RedisAuto)
 	testenv.Must(t, err, "redis client")
 	t.Cleanup(func() { _ = rdb.Close() })
 	r := newResolver(t, append([]Option{WithRedis(rdb, lockWait)}, opts...)...)
@@ -258,7 +263,7 @@ func TestFleetDeadHolder(t *testing.T) {
 	ref := f.reg.Ref("fleet/dead", "v1")
 	k := key(t, contract.ManifestDigest, ref)
 	rdb := f.redis.Client(t)
-	testenv.Must(t, rdb.Set(context.Background(), lockPrefix+k, "dead-worker", time.Minute).Err(), "planting a dead lock")
+	testenv.Must(t, rdb.Set(context.Background(), lockKey(k), "dead-worker", time.Minute).Err(), "planting a dead lock")
 
 	var wg sync.WaitGroup
 	for i := range 30 {
@@ -274,7 +279,7 @@ func TestFleetDeadHolder(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if ttl := rdb.PTTL(context.Background(), lockPrefix+k).Val(); ttl <= 0 {
+	if ttl := rdb.PTTL(context.Background(), lockKey(k)).Val(); ttl <= 0 {
 		t.Fatalf("the planted lock is gone (PTTL %s): the test did not test a dead holder", ttl)
 	}
 	// Each resolver took over on its own, at most once (singleflight).
@@ -361,7 +366,7 @@ func TestExpiredHolderSaysNothing(t *testing.T) {
 		t.Fatal("the first Lock did not take the lock")
 	}
 	testenv.Eventually(t, "the first lock expired", func() bool {
-		return rdb.Exists(ctx, lockPrefix+key).Val() == 0
+		return rdb.Exists(ctx, lockKey(key)).Val() == 0
 	})
 	cur := fresh.Lock(ctx, key, time.Minute, time.Time{})
 	if cur.lease == nil {
@@ -375,7 +380,7 @@ func TestExpiredHolderSaysNothing(t *testing.T) {
 	// Published first, the stale notice would be the waiter's answer:
 	// each waiter keeps only the first notice it receives.
 	old.lease.Fail(ctx, &contract.Error{Code: 404, Message: "stale holder"})
-	if rdb.Exists(ctx, lockPrefix+key).Val() != 1 {
+	if rdb.Exists(ctx, lockKey(key)).Val() != 1 {
 		t.Fatal("the expired holder deleted the new holder's lock")
 	}
 	cur.lease.Fail(ctx, &contract.Error{Code: 502, Message: "current holder"})

@@ -36,6 +36,20 @@ const (
 	donePrefix = "regcap:done:"
 )
 
+// lockKey and doneChannel wrap the value's key in a Redis Cluster hash
+// tag: the lock, the value and the notice then hash to one slot, so that
+// the release script (which names the lock and the channel) and the
+// pipelines that touch the lock and the value run in Cluster mode too.
+// Value keys hold no braces (references cannot), so the tag is the whole
+// key, and its slot the value's.
+func lockKey(key string) string     { return lockPrefix + "{" + key + "}" }
+func doneChannel(key string) string { return donePrefix + "{" + key + "}" }
+
+// keyOfChannel is the value key a notice channel is about.
+func keyOfChannel(ch string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(ch, donePrefix), "{"), "}")
+}
+
 // checkEvery is how often a waiter looks at the value and the lock itself,
 // in case a notification was lost (pub/sub is at most once, e.g. across a
 // Redis reconnect) or the holder died and its lock was removed. It is a
@@ -143,7 +157,7 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, ne
 		ttl *redis.DurationCmd
 	)
 	_, err := l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
-		set = p.SetNX(op, lockPrefix+key, token, hold)
+		set = p.SetNX(op, lockKey(key), token, hold)
 		get, ttl = l.tier.read(op, p, key)
 		return nil
 	})
@@ -201,7 +215,7 @@ func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
 				p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.tier.macKey), left)
 			}
 		}
-		p.Eval(ctx, releaseScript, []string{lockPrefix + ls.key, donePrefix + ls.key}, ls.token, msg)
+		p.Eval(ctx, releaseScript, []string{lockKey(ls.key), doneChannel(ls.key)}, ls.token, msg)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -288,7 +302,7 @@ func (l *fleetLock) peek(ctx context.Context, key string) (e entry, found, held 
 		ttl  *redis.DurationCmd
 	)
 	_, err = l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
-		lock = p.Exists(op, lockPrefix+key)
+		lock = p.Exists(op, lockKey(key))
 		get, ttl = l.tier.read(op, p, key)
 		return nil
 	})
@@ -389,7 +403,7 @@ func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
 				l.log.Warn("ignoring a malformed fleet-lock notice", zap.String("channel", m.Channel))
 				continue
 			}
-			l.deliver(strings.TrimPrefix(m.Channel, donePrefix), n)
+			l.deliver(keyOfChannel(m.Channel), n)
 		}
 	}
 }

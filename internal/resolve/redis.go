@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -230,20 +231,67 @@ func (h *health) ok() {
 	}
 }
 
-// NewRedisClient returns a Redis client tuned for a cache in the request
-// path: short timeouts and a single dial attempt, so that an outage costs
-// a request one refused dial, not go-redis's default five with back-off.
-// Commands respect their context's deadline (the per-command timeout, a
-// request's wait), which go-redis ignores by default. go-redis reconnects
-// by itself once Redis is back.
-func NewRedisClient(url string) (*redis.Client, error) {
-	o, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, err
+// Redis deployment shapes, for NewRedisClient.
+const (
+	RedisAuto     = ""         // sentinel with master_name, cluster with addr parameters, else single
+	RedisSingle   = "single"   // redis:// or rediss://, one node
+	RedisSentinel = "sentinel" // go-redis's failover URL: ?master_name=…&addr=…
+	RedisCluster  = "cluster"  // go-redis's cluster URL: several seed addresses (?addr=…)
+)
+
+// NewRedisClient returns a Redis client, of the shape mode names (or, for
+// RedisAuto, the URL's: a master_name parameter means Sentinel, addr
+// parameters a Cluster), tuned for a cache in the request path: short
+// timeouts and a single dial attempt, so that an outage costs a request
+// one refused dial, not go-redis's default five with back-off. Commands
+// respect their context's deadline (the per-command timeout, a request's
+// wait), which go-redis ignores by default. go-redis reconnects, and
+// follows failovers and slot moves, by itself.
+func NewRedisClient(url, mode string) (redis.UniversalClient, error) {
+	if mode == RedisAuto {
+		q := ""
+		if i := strings.IndexByte(url, '?'); i >= 0 {
+			q = url[i+1:]
+		}
+		switch {
+		case strings.Contains(q, "master_name="):
+			mode = RedisSentinel
+		case strings.Contains(q, "addr="):
+			mode = RedisCluster
+		default:
+			mode = RedisSingle
+		}
 	}
-	o.ContextTimeoutEnabled = true
-	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond
-	o.DialerRetries = 1
-	o.MaxRetries = 1 // one retry covers a pooled connection cut by a Redis restart
-	return redis.NewClient(o), nil
+	const timeout = 500 * time.Millisecond
+	switch mode {
+	case RedisSingle:
+		o, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, err
+		}
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
+		o.DialerRetries = 1
+		o.MaxRetries = 1 // one retry covers a pooled connection cut by a Redis restart
+		return redis.NewClient(o), nil
+	case RedisSentinel:
+		o, err := redis.ParseFailoverURL(url)
+		if err != nil {
+			return nil, err
+		}
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
+		o.MaxRetries = 1
+		return redis.NewFailoverClient(o), nil
+	case RedisCluster:
+		o, err := redis.ParseClusterURL(url)
+		if err != nil {
+			return nil, err
+		}
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
+		o.MaxRetries = 1
+		return redis.NewClusterClient(o), nil
+	}
+	return nil, fmt.Errorf("redis mode %q: want single, sentinel or cluster", mode)
 }

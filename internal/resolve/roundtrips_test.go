@@ -40,7 +40,7 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // countedResolver is a resolver on the fleet's Redis, without a memory
 // tier, whose Redis round trips are counted.
 func (f *fleet) countedResolver(t testing.TB, c *roundTrips) *Resolver {
-	rdb, err := NewRedisClient(f.redis.URL())
+	rdb, err := NewRedisClient(f.redis.URL(), RedisAuto)
 	testenv.Must(t, err, "redis client")
 	rdb.AddHook(c)
 	t.Cleanup(func() { _ = rdb.Close() })

@@ -26,6 +26,8 @@ type Config struct {
 	NATSURL          string // comma-separated; "" starts an embedded server
 	EmbeddedNATSAddr string
 	RedisURL         string // "" keeps the cache in this process
+	// RedisMode is single, sentinel or cluster; "" tells from RedisURL.
+	RedisMode string
 	// CacheKey signs and checks every Redis value (HMAC-SHA256); the
 	// fleet shares it from a Secret. "" leaves values unsigned.
 	CacheKey string
@@ -132,6 +134,7 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS server URL(s), comma-separated; empty starts an embedded server on --embedded-nats-addr")
 	fs.StringVar(&c.EmbeddedNATSAddr, "embedded-nats-addr", c.EmbeddedNATSAddr, "listen address of the embedded NATS server used when --nats-url is empty")
 	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL (redis://[:password@]host:port/db); empty uses an in-process cache that is not shared")
+	fs.StringVar(&c.RedisMode, "redis-mode", c.RedisMode, "single, sentinel or cluster; empty tells from --redis-url: a master_name parameter means Sentinel (redis://sentinel:26379?master_name=m&addr=sentinel2:26379), addr parameters a Cluster (redis://node1:6379?addr=node2:6379&addr=node3:6379)")
 	fs.StringVar(&c.CacheKey, "cache-key", c.CacheKey, "secret that signs every Redis value (HMAC-SHA256) so that only workers holding it can write answers the fleet accepts; give every worker the same, from a Secret through the environment rather than the command line")
 	fs.StringVar(&c.SubjectPrefix, "subject-prefix", c.SubjectPrefix, "subject prefix: subjects are <prefix>.oci.v1.<function>")
 	fs.StringVar(&c.QueueGroup, "queue-group", c.QueueGroup, "NATS queue group shared by the fleet's workers")

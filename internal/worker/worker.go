@@ -40,7 +40,7 @@ type Worker struct {
 
 	embedded *natsserver.Server // nil with an external NATS
 	nc       *nats.Conn
-	rdb      *redis.Client // nil without Redis
+	rdb      redis.UniversalClient // nil without Redis
 	res      *resolve.Resolver
 	front    *natsfront.Server
 	disc     *discovery.Service
@@ -98,7 +98,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 	switch {
 	case cfg.RedisURL != "":
-		if w.rdb, err = resolve.NewRedisClient(cfg.RedisURL); err != nil {
+		if w.rdb, err = resolve.NewRedisClient(cfg.RedisURL, cfg.RedisMode); err != nil {
 			return nil, fmt.Errorf("--redis-url %q: want redis://[user:password@]host:port[/db] or rediss://…: %w", redactURL(cfg.RedisURL), err)
 		}
 		// go-redis logs every failed dial through a global logger; the
@@ -108,9 +108,9 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		ropts = append(ropts, resolve.WithRedis(w.rdb, cfg.LockWait))
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if err := w.rdb.Ping(pctx).Err(); err != nil {
-			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("addr", w.rdb.Options().Addr), zap.Error(err))
+			log.Warn("redis not reachable at start-up: serving from memory and registries until it is", zap.String("url", redactURL(cfg.RedisURL)), zap.Error(err))
 		} else {
-			log.Info("sharing the cache through redis", zap.String("addr", w.rdb.Options().Addr), zap.Bool("values_signed", cfg.CacheKey != ""))
+			log.Info("sharing the cache through redis", zap.String("url", redactURL(cfg.RedisURL)), zap.Bool("values_signed", cfg.CacheKey != ""))
 		}
 		cancel()
 	case cfg.MemorySize == 0:
