@@ -8,6 +8,7 @@
 package contract
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -112,3 +113,14 @@ func Errorf(code int, format string, args ...any) *Error {
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("error %d: %s", e.Code, e.Message) }
+
+// AsError returns the *Error in err's chain, for a front to answer with.
+// An error that carries none is a bug behind the front: a 500 says so
+// rather than dropping it.
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return Errorf(500, "%v", err)
+}

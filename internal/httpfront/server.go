@@ -8,7 +8,6 @@ package httpfront
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,8 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/resolve"
@@ -31,7 +28,6 @@ type Resolver interface {
 // Handler serves the HTTP APIs. Create it with New.
 type Handler struct {
 	res      Resolver
-	log      *zap.Logger
 	timeout  time.Duration
 	maxKeys  int
 	mux      *http.ServeMux
@@ -49,9 +45,6 @@ func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout =
 // WithMaxKeys bounds the keys of one Gatekeeper request (default 1024).
 func WithMaxKeys(n int) Option { return func(h *Handler) { h.maxKeys = max(n, 1) } }
 
-// WithLogger sets the logger.
-func WithLogger(l *zap.Logger) Option { return func(h *Handler) { h.log = l } }
-
 // WithObserver is told the outcome of every answer, for metrics.
 func WithObserver(f func(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration)) Option {
 	return func(h *Handler) { h.observer = f }
@@ -62,7 +55,7 @@ const maxBody = 1 << 20
 
 // New returns a Handler answering with res.
 func New(res Resolver, opts ...Option) *Handler {
-	h := &Handler{res: res, log: zap.NewNop(), timeout: 2 * time.Second, maxKeys: 1024,
+	h := &Handler{res: res, timeout: 2 * time.Second, maxKeys: 1024,
 		observer: func(contract.Function, int, contract.Outcome, time.Duration) {}}
 	for _, o := range opts {
 		o(h)
@@ -99,15 +92,18 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 		image := r.URL.Query().Get("image")
 		req.Payload, _ = json.Marshal(image)
 	} else {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, contract.MaxPayload+1))
-		if err != nil {
-			body = make([]byte, contract.MaxPayload+1) // over the limit: the resolver says so
+		// Never read whole: one byte past the limit tells.
+		body, _ := io.ReadAll(io.LimitReader(r.Body, contract.MaxPayload+1))
+		if len(body) > contract.MaxPayload {
+			writeError(w, contract.Errorf(400, "payload over the %d-byte limit", contract.MaxPayload))
+			h.observer(fn, 400, "", time.Since(start))
+			return
 		}
 		req.Payload = body
 	}
 	a, err := h.res.Answer(r.Context(), req)
 	if err != nil {
-		ce := asError(err)
+		ce := contract.AsError(err)
 		h.observer(fn, ce.Code, "", time.Since(start))
 		writeError(w, ce)
 		return
@@ -119,14 +115,6 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 	}
 	_, _ = w.Write(a.Body)
 	h.observer(fn, 0, a.Outcome, time.Since(start))
-}
-
-func asError(err error) *contract.Error {
-	var ce *contract.Error
-	if errors.As(err, &ce) {
-		return ce
-	}
-	return contract.Errorf(500, "%v", err)
 }
 
 func writeError(w http.ResponseWriter, ce *contract.Error) {
@@ -236,7 +224,7 @@ func (h *Handler) resolveKeys(ctx context.Context, fn contract.Function, pin boo
 			a, err := h.res.Answer(ctx, resolve.Request{Function: fn, Payload: payload, Platform: platform})
 			it := item{Key: k}
 			if err != nil {
-				ce := asError(err)
+				ce := contract.AsError(err)
 				it.Error = fmt.Sprintf("%d: %s", ce.Code, ce.Message)
 				h.observer(fn, ce.Code, "", time.Since(start))
 			} else {

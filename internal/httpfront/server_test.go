@@ -102,6 +102,13 @@ func TestPlainAPI(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(body, idx.Body) {
 		t.Fatalf("POST manifest: %d, body differs", resp.StatusCode)
 	}
+	resp, err = a.client.Post(a.url+"/v1/oci_manifest", "application/json", strings.NewReader(`"`+strings.Repeat("a", 1<<20)+`"`))
+	testenv.Must(t, err, "POST 1 MiB")
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "over the 4096-byte limit") {
+		t.Fatalf("POST of a 1 MiB payload: %d %s, want 400", resp.StatusCode, body)
+	}
 	code, _, body = get(t, a.client, a.url+"/v1/oci_manifest_config?image="+ref+"&platform=linux/arm64")
 	if code != 200 || !bytes.Equal(body, testenv.ConfigReply(idx.Images[1])) {
 		t.Fatalf("GET config arm64: %d", code)

@@ -253,10 +253,7 @@ func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err 
 	r := nats.NewMsg(m.Reply)
 	code := 0
 	if err != nil {
-		var ce *contract.Error
-		if !errors.As(err, &ce) {
-			ce = contract.Errorf(500, "%v", err)
-		}
+		ce := contract.AsError(err)
 		code, a.Outcome = ce.Code, ""
 		r.Header.Set(contract.HeaderErrorCode, strconv.Itoa(ce.Code))
 		r.Header.Set(contract.HeaderError, headerSafe(ce.Message))

@@ -179,7 +179,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		w.apiAddr = ln.Addr().String()
 		w.api = &http.Server{ReadHeaderTimeout: 5 * time.Second,
 			Handler: httpfront.New(w.res, httpfront.WithTimeout(cfg.HTTPTimeout), httpfront.WithMaxKeys(cfg.HTTPMaxKeys),
-				httpfront.WithLogger(log.Named("http")), httpfront.WithObserver(w.metrics.Request))}
+				httpfront.WithObserver(w.metrics.Request))}
 		go func() {
 			if err := w.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("HTTP API listener stopped", zap.Error(err))
