@@ -75,6 +75,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	pool       atomic.Pointer[poolRef]
+	redisUp    atomic.Pointer[func() bool]
 	registries registryLabels
 
 	requests        *prometheus.CounterVec
@@ -148,6 +149,16 @@ func New() *Metrics {
 		Name: "regcap_fetch_queued",
 		Help: "Requests taken beyond the memory tier and not holding a fetch slot: waiting on Redis, a slot, or another fetch (bounded by --max-pending), read at scrape time.",
 	}, func() float64 { _, n := m.poolNow(); return float64(n) })
+	redisAvailable := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "regcap_redis_available",
+		Help: "1 while Redis answers (or the worker has none), 0 during an outage, when answers come from memory and registries; read at scrape time.",
+	}, func() float64 {
+		if f := m.redisUp.Load(); f != nil && !(*f)() {
+			return 0
+		}
+		return 1
+	})
+	m.reg.MustRegister(redisAvailable)
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
 		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.refreshes, m.negativeHits, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -187,6 +198,9 @@ func (m *Metrics) poolNow() (inFlight, queued int) {
 	}
 	return 0, 0
 }
+
+// WatchRedis makes regcap_redis_available read up at every scrape.
+func (m *Metrics) WatchRedis(up func() bool) { m.redisUp.Store(&up) }
 
 // RedisError counts a failed Redis command; use it as
 // resolve.WithRedisErrorHook.

@@ -396,6 +396,9 @@ func TestRedisOutage(t *testing.T) {
 			}
 		}
 	}
+	if m := scrape(t, f.worker); !strings.Contains(m, "\nregcap_redis_available 0\n") {
+		t.Errorf("during the outage the gauge does not say so:\n%s", grep(m, "regcap_redis_available"))
+	}
 
 	rd.Start()
 	// The worker shares again: during an outage it probes Redis once a
@@ -418,8 +421,8 @@ func TestRedisOutage(t *testing.T) {
 		return false
 	})
 	ref5 := f.reg.Ref("outage", fmt.Sprintf("after%d", next))
-	if !f.worker.Resolver().RedisAvailable() {
-		t.Fatal("cache still reports redis unavailable")
+	if m := scrape(t, f.worker); !strings.Contains(m, "\nregcap_redis_available 1\n") {
+		t.Fatalf("after the outage the gauge still says Redis is unavailable:\n%s", grep(m, "regcap_redis_available"))
 	}
 	// One outage, one warning and one recovery line: not one per request.
 	if n := logs.FilterMessageSnippet("redis unavailable").Len(); n != 1 {

@@ -137,6 +137,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	w.res = resolve.New(fetcher, ropts...)
 	// The fetch pool gauges read the resolver at every scrape.
 	w.metrics.WatchPool(w.res)
+	w.metrics.WatchRedis(w.res.RedisAvailable)
 
 	// `nats micro ls/info/stats` see the worker; the subjects stay ours.
 	w.disc, err = discovery.Start(w.nc, discovery.Config{Version: cfg.Version, Prefix: cfg.SubjectPrefix, QueueGroup: cfg.QueueGroup,
