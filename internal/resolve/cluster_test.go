@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"fmt"
+	"go.uber.org/zap/zaptest"
 	"sync/atomic"
 	"testing"
 
@@ -14,11 +15,11 @@ import (
 // once for the fleet, as on one node: every command is single-key or
 // hash-tagged, the lock's release script included, and no command fails.
 func TestFleetOnRedisCluster(t *testing.T) {
-	cluster := testenv.StartRedisCluster(t, 3)
+	cluster := testenv.StartRedisCluster(t, 3, 0)
 	f := &fleet{reg: testenv.StartRegistry(t), url: cluster.URL()}
 	var redisErrors atomic.Int64
 	for range 3 {
-		f.add(t, 0, WithRedisErrorHook(func(op string) { redisErrors.Add(1); t.Logf("redis error on %s", op) }))
+		f.add(t, 0, WithLogger(zaptest.NewLogger(t)), WithRedisErrorHook(func(op string) { redisErrors.Add(1); t.Logf("redis error on %s", op) }))
 	}
 	var images []string
 	for i := range 6 {

@@ -262,7 +262,15 @@ func NewRedisClient(url, mode string) (redis.UniversalClient, error) {
 			mode = RedisSingle
 		}
 	}
+	// Timeouts given in the URL (dial_timeout=…) are kept.
 	const timeout = 500 * time.Millisecond
+	tune := func(dial, read, write *time.Duration) {
+		for _, d := range []*time.Duration{dial, read, write} {
+			if *d == 0 {
+				*d = timeout
+			}
+		}
+	}
 	switch mode {
 	case RedisSingle:
 		o, err := redis.ParseURL(url)
@@ -270,7 +278,7 @@ func NewRedisClient(url, mode string) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		o.ContextTimeoutEnabled = true
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
+		tune(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 		o.DialerRetries = 1
 		o.MaxRetries = 1 // one retry covers a pooled connection cut by a Redis restart
 		return redis.NewClient(o), nil
@@ -280,7 +288,8 @@ func NewRedisClient(url, mode string) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		o.ContextTimeoutEnabled = true
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
+		tune(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
+		o.DialerRetries = 1
 		o.MaxRetries = 1
 		return redis.NewFailoverClient(o), nil
 	case RedisCluster:
@@ -289,8 +298,19 @@ func NewRedisClient(url, mode string) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		o.ContextTimeoutEnabled = true
-		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = timeout, timeout, timeout
+		tune(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
+		o.DialerRetries = 1
 		o.MaxRetries = 1
+		// go-redis learns of a promoted replica from a MOVED reply, which
+		// it only asks another node for on a command's third attempt: a
+		// command bounded by the tier's timeout never gets there, and
+		// would dial the dead master until the next periodic reload (60 s
+		// by default). Reloading the slot map every second (one CLUSTER
+		// SLOTS, in the background, only while commands are sent) ends an
+		// outage a second after the cluster has failed over.
+		if o.ClusterStateReloadInterval == 0 {
+			o.ClusterStateReloadInterval = time.Second
+		}
 		return redis.NewClusterClient(o), nil
 	}
 	return nil, fmt.Errorf("redis mode %q: want single, sentinel or cluster", mode)

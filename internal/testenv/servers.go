@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +35,9 @@ func FreePort(t testing.TB) int {
 
 // Redis is a redis-server process on a loopback port.
 type Redis struct {
-	// args are extra redis-server arguments (a cluster node's).
+	// conf is a configuration file given first (a sentinel's), and args
+	// are extra arguments (a cluster node's, a replica's).
+	conf string
 	args []string
 	t    testing.TB
 	bin  string
@@ -70,52 +71,6 @@ func StartRedis(t testing.TB) *Redis {
 	return r
 }
 
-// RedisCluster is a Redis Cluster of masters on loopback, formed with
-// redis-cli --cluster create.
-type RedisCluster struct {
-	Nodes []*Redis
-}
-
-// StartRedisCluster starts n redis-server nodes in cluster mode (no
-// replicas) and forms a cluster of them; it stops at cleanup.
-func StartRedisCluster(t testing.TB, n int) *RedisCluster {
-	t.Helper()
-	bin := LookPath(t, "redis-server", "redis-server")
-	cli := LookPath(t, "redis-cli", "redis-tools")
-	c := &RedisCluster{}
-	var addrs []string
-	for range n {
-		r := &Redis{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t)}
-		r.args = []string{"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(r.dir, "nodes.conf"), "--cluster-node-timeout", "2000"}
-		r.Start()
-		t.Cleanup(r.Stop)
-		c.Nodes = append(c.Nodes, r)
-		addrs = append(addrs, r.Addr())
-	}
-	out, err := exec.Command(cli, append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
-	Must(t, err, "redis-cli --cluster create: %s", out)
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-	defer cc.Close()
-	Eventually(t, "the cluster to be ready", func() bool {
-		info, err := cc.ClusterInfo(context.Background()).Result()
-		return err == nil && strings.Contains(info, "cluster_state:ok") && cc.Ping(context.Background()).Err() == nil
-	})
-	return c
-}
-
-// URL is the cluster's URL in go-redis's form: the first node, and the
-// others as addr parameters.
-func (c *RedisCluster) URL() string {
-	u := "redis://" + c.Nodes[0].Addr() + "?"
-	for i, n := range c.Nodes[1:] {
-		if i > 0 {
-			u += "&"
-		}
-		u += "addr=" + n.Addr()
-	}
-	return u
-}
-
 // Addr is host:port.
 func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
 
@@ -128,8 +83,13 @@ func (r *Redis) Start() {
 	if r.cmd != nil {
 		return
 	}
-	cmd := exec.Command(r.bin, append([]string{"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir, "--protected-mode", "no"}, r.args...)...)
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args, "--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--protected-mode", "no")
+	cmd := exec.Command(r.bin, append(args, r.args...)...)
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("starting redis-server: %v", err)
 	}
@@ -151,7 +111,8 @@ func (r *Redis) Start() {
 	}
 }
 
-// Stop kills the server and waits for it to exit.
+// Stop kills the server (SIGKILL: no goodbye to its clients, replicas or
+// sentinels) and waits for it to exit.
 func (r *Redis) Stop() {
 	if r.cmd == nil {
 		return

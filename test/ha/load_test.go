@@ -64,7 +64,7 @@ func startFleet(t *testing.T, n int, specs []workerSpec, cfg worker.Config) *fle
 		log := zap.New(zapcore.NewTee(core, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Core()))
 		c := cfg
 		c.RedisURL = s.RedisURL
-		f.workers = append(f.workers, testworker.Start(t, testworker.Config{NATSURL: s.NATSURL, Logger: log, NoMemory: true, Config: c}))
+		f.workers = append(f.workers, testworker.Start(t, testworker.Config{NATSURL: s.NATSURL, Logger: log, Config: c}))
 		f.logs = append(f.logs, logs)
 	}
 	return f
@@ -180,7 +180,7 @@ func (l *load) counts() map[int]int {
 // window is one node kill: when the node was killed, when the fleet had
 // recovered as the workers saw it, and the fetch counts at both times.
 type window struct {
-	killed, recovered time.Time
+	killed, recovered  time.Time
 	atKill, atRecovery map[int]int
 }
 
@@ -257,4 +257,42 @@ func (l *load) report(t *testing.T, what string, w window, retries int64) {
 	if fs.keysBefore < 20 || fs.keysAfter < 20 {
 		t.Errorf("%d keys before the window and %d after: the load is too short to tell", fs.keysBefore, fs.keysAfter)
 	}
+}
+
+// recovery waits until each worker's last line since since about the
+// dependency is up (and not down) and has been for a while, and returns
+// when the last of them said up. A worker that never logged down did
+// not see the outage and does not count.
+func (f *fleet) recovery(t *testing.T, since time.Time, down, up string) time.Time {
+	t.Helper()
+	var last time.Time
+	testenv.Eventually(t, "the workers to see "+up, func() bool {
+		last = time.Time{}
+		for _, l := range f.logs {
+			var downAt, upAt time.Time
+			for _, e := range l.All() {
+				switch {
+				case e.Time.Before(since):
+				case strings.Contains(e.Message, down):
+					downAt = e.Time
+				case strings.Contains(e.Message, up):
+					upAt = e.Time
+				}
+			}
+			if downAt.IsZero() {
+				continue
+			}
+			if upAt.Before(downAt) || time.Since(upAt) < 2*time.Second {
+				return false
+			}
+			if upAt.After(last) {
+				last = upAt
+			}
+		}
+		return true
+	})
+	if last.IsZero() {
+		t.Fatalf("no worker logged %q after the kill: the test did not reach the outage", down)
+	}
+	return last
 }
