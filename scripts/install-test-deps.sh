@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the servers and clients regcap's tests run for real: redis-server, curl, and the
+# Installs the servers and clients regcap's tests run for real: redis-server
+# (which also runs the sentinels), redis-cli, curl, and the
 # CNCF distribution registry (Debian package docker-registry) for the
 # end-to-end tests. Idempotent; needs root (or sudo) only when something is
 # missing.
@@ -7,6 +8,8 @@ set -euo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+# redis-cli forms the Redis Cluster of the failover tests (test/ha).
+command -v redis-cli >/dev/null 2>&1 || [ -x /usr/bin/redis-cli ] || need+=(redis-tools)
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
