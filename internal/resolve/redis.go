@@ -287,6 +287,14 @@ func NewRedisClient(url, mode string) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, err
 		}
+		switch {
+		case o.MasterName == "":
+			return nil, errors.New("redis sentinel URL: no master_name parameter")
+		case o.RouteByLatency || o.RouteRandomly || o.ReplicaOnly:
+			// go-redis panics on the first two; regcap writes, so it needs
+			// the master.
+			return nil, errors.New("redis sentinel URL: route_by_latency, route_randomly and replica_only send commands to replicas, and regcap writes: drop them")
+		}
 		o.ContextTimeoutEnabled = true
 		tune(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout)
 		o.DialerRetries = 1
