@@ -266,25 +266,32 @@ func (l *load) report(t *testing.T, what string, w window, retries int64) {
 func (f *fleet) recovery(t *testing.T, since time.Time, down, up string) time.Time {
 	t.Helper()
 	var last time.Time
+	spans := make([]string, len(f.logs))
 	testenv.Eventually(t, "the workers to see "+up, func() bool {
 		last = time.Time{}
-		for _, l := range f.logs {
-			var downAt, upAt time.Time
+		for i, l := range f.logs {
+			var firstDown, downAt, upAt time.Time
 			for _, e := range l.All() {
 				switch {
 				case e.Time.Before(since):
 				case strings.Contains(e.Message, down):
+					if firstDown.IsZero() {
+						firstDown = e.Time
+					}
 					downAt = e.Time
 				case strings.Contains(e.Message, up):
 					upAt = e.Time
 				}
 			}
+			spans[i] = "did not see it"
 			if downAt.IsZero() {
 				continue
 			}
 			if upAt.Before(downAt) || time.Since(upAt) < 2*time.Second {
 				return false
 			}
+			spans[i] = fmt.Sprintf("first error %v after the kill, back %v after it",
+				firstDown.Sub(since).Round(time.Millisecond), upAt.Sub(since).Round(time.Millisecond))
 			if upAt.After(last) {
 				last = upAt
 			}
@@ -293,6 +300,9 @@ func (f *fleet) recovery(t *testing.T, since time.Time, down, up string) time.Ti
 	})
 	if last.IsZero() {
 		t.Fatalf("no worker logged %q after the kill: the test did not reach the outage", down)
+	}
+	for i, s := range spans {
+		t.Logf("worker %d: %s", i, s)
 	}
 	return last
 }
