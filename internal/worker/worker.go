@@ -478,12 +478,28 @@ func portFree(addr string) error {
 	return ln.Close()
 }
 
-// redactURL hides a URL's password, for messages.
+// redactURL hides the passwords of a URL, or of a comma-separated list
+// of them (NATS_URL), for messages: the user-info password and any query
+// parameter naming one (a Sentinel URL's password=…).
 func redactURL(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		return u.Redacted()
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil {
+			parts[i] = "<unparsable URL>" // it may hold a password
+			continue
+		}
+		if q := u.Query(); len(q) > 0 {
+			for k := range q {
+				if strings.Contains(strings.ToLower(k), "password") {
+					q.Set(k, "xxxxx")
+				}
+			}
+			u.RawQuery = q.Encode()
+		}
+		parts[i] = u.Redacted()
 	}
-	return s
+	return strings.Join(parts, ",")
 }
 
 // redisLog sends go-redis's internal log lines to zap at debug level.
