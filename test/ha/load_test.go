@@ -70,21 +70,6 @@ func startFleet(t *testing.T, n int, specs []workerSpec, cfg worker.Config) *fle
 	return f
 }
 
-// logged returns when each worker first logged a line containing msg
-// after since (zero when it did not).
-func (f *fleet) logged(msg string, since time.Time) []time.Time {
-	at := make([]time.Time, len(f.logs))
-	for i, l := range f.logs {
-		for _, e := range l.All() {
-			if strings.Contains(e.Message, msg) && e.Time.After(since) {
-				at[i] = e.Time
-				break
-			}
-		}
-	}
-	return at
-}
-
 // load asks the fleet for a new key every step, from every client at
 // once (so that the fleet has one fetch to share on each new key), and
 // for an older key at random in between (so that most answers are
