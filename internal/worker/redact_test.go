@@ -17,6 +17,8 @@ func TestRedactURL(t *testing.T) {
 		{"nats://a:s3cret@127.0.0.1:4222,nats://b:s3cret@127.0.0.2:4222", "nats://a:xxxxx@127.0.0.1:4222,nats://b:xxxxx@127.0.0.2:4222"},
 		{"nats://127.0.0.1:4222, nats://127.0.0.2:4222", "nats://127.0.0.1:4222,nats://127.0.0.2:4222"},
 		{"redis://u:s3cret@127.0.0.1:6379/%zz", "<unparsable URL>"},
+		{"127.0.0.1:6379?password=s3cret", "<unparsable URL>"},
+		{"127.0.0.1:6379", "127.0.0.1:6379"}, // shown, to say what is wrong with it
 	}
 	for _, tc := range cases {
 		got := redactURL(tc.in)

@@ -486,7 +486,9 @@ func redactURL(s string) string {
 	for i, p := range parts {
 		u, err := url.Parse(strings.TrimSpace(p))
 		if err != nil {
-			parts[i] = "<unparsable URL>" // it may hold a password
+			if strings.ContainsAny(p, "@") || strings.Contains(strings.ToLower(p), "password") {
+				parts[i] = "<unparsable URL>" // it may hold a password
+			}
 			continue
 		}
 		if q := u.Query(); len(q) > 0 {
