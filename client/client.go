@@ -1,6 +1,11 @@
 // Package client calls a regcap fleet over NATS: the three kubewarden/oci
 // registry capabilities, as typed calls and as a waPC host-call function
 // that Go policy hosts can plug in unchanged.
+//
+// A call that a NATS node failure may have lost is retried once (see
+// Client.Call): all three calls are idempotent, and a worker shares a
+// fetch in progress, so the retry of a slow request costs no second
+// registry fetch.
 package client
 
 import (
@@ -31,9 +36,12 @@ type Reply struct {
 
 // Client is safe for concurrent use.
 type Client struct {
-	nc      *nats.Conn
-	prefix  string
-	timeout time.Duration
+	nc             *nats.Conn
+	prefix         string
+	timeout        time.Duration
+	attemptTimeout time.Duration
+	onRetry        func(contract.Function, error)
+	conn           *connWatch
 }
 
 // Option configures a Client.
@@ -47,12 +55,39 @@ func WithSubjectPrefix(p string) Option { return func(c *Client) { c.prefix = p 
 // so a slow registry is reported as the worker's 504, not as a timeout).
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
-// New returns a Client over nc.
+// DefaultAttemptTimeout is how long one attempt of a call waits for its
+// reply before it is sent again (see WithAttemptTimeout).
+const DefaultAttemptTimeout = 5 * time.Second
+
+// WithAttemptTimeout sets how long one attempt waits for a reply before
+// the call sends the request again, once, within what is left of its
+// budget (default DefaultAttemptTimeout). A request lost on a NATS node
+// that died between this client and the worker is answered by nobody:
+// this bounds that silence. A request legitimately slower than d (a cold
+// fetch from a slow registry) is sent again too, and the retry joins the
+// fetch in progress (the fleet's through Redis, or the same worker's).
+// A call whose remaining budget is not longer than d gets one attempt
+// with all of it. Zero or negative: no attempt timeout.
+func WithAttemptTimeout(d time.Duration) Option {
+	return func(c *Client) { c.attemptTimeout = d }
+}
+
+// WithRetryHook calls f before each retry, with the function called and
+// the failure of the attempt that is retried; f must not block. Use it
+// to count retries.
+func WithRetryHook(f func(fn contract.Function, err error)) Option {
+	return func(c *Client) { c.onRetry = f }
+}
+
+// New returns a Client over nc. It watches nc's connection state, to
+// retry at once a call that was in flight when the connection was lost;
+// the watch ends when nc is closed.
 func New(nc *nats.Conn, opts ...Option) *Client {
-	c := &Client{nc: nc, prefix: contract.DefaultSubjectPrefix, timeout: 30 * time.Second}
+	c := &Client{nc: nc, prefix: contract.DefaultSubjectPrefix, timeout: 30 * time.Second, attemptTimeout: DefaultAttemptTimeout}
 	for _, o := range opts {
 		o(c)
 	}
+	c.conn = watchConn(nc)
 	return c
 }
 
@@ -71,6 +106,14 @@ func WithPlatform(p string) CallOption {
 
 // Call sends a raw waPC payload (a JSON string) for fn. An error reply
 // is a *contract.Error.
+//
+// A call is retried once, never more, when its request may have been
+// lost with a NATS node: the client's connection was lost while it
+// waited (retried as soon as the connection is back), no reply came
+// within the attempt timeout (WithAttemptTimeout), or no worker was
+// subscribed (retried after a short pause: a worker whose node just
+// died is re-subscribing elsewhere). An error reply, a closed
+// connection or the end of ctx is never retried.
 func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte, opts ...CallOption) (*Reply, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -82,17 +125,38 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 	for _, o := range opts {
 		o(m)
 	}
-	resp, err := c.nc.RequestMsgWithContext(ctx, m)
+	ep := c.conn.current()
+	if ep.isLost() {
+		// Sent now, the request would wait in nats.go's buffer anyway;
+		// waiting here keeps the one retry for a loss during the call.
+		ep = c.conn.await(ctx, ep)
+	}
+	resp, err := c.attempt(ctx, m, ep, false)
 	if err != nil {
-		switch {
-		case errors.Is(err, nats.ErrNoResponders):
-			return nil, fmt.Errorf("%w: no worker subscribed to %s", ErrUnreachable, m.Subject)
-		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-			return nil, fmt.Errorf("%w: no reply on %s in time", ErrUnreachable, m.Subject)
-		case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrDisconnected):
-			return nil, fmt.Errorf("%w: %v", ErrUnreachable, err)
+		lost := ep.isLost()
+		switch retryFor(err, ctx.Err(), lost) {
+		case noRetry:
+			return nil, failure(err, ctx.Err(), lost, m.Subject)
+		case retryAfterReconnect:
+			ep = c.conn.await(ctx, ep)
+		case retryAfterPause:
+			t := time.NewTimer(noRespondersPause)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, failure(err, nil, lost, m.Subject)
+			}
+			ep = c.conn.current()
+		case retryNow:
+			ep = c.conn.current()
 		}
-		return nil, fmt.Errorf("request on %s: %w", m.Subject, err)
+		if c.onRetry != nil {
+			c.onRetry(fn, failure(err, nil, lost, m.Subject))
+		}
+		if resp, err = c.attempt(ctx, m, ep, true); err != nil {
+			return nil, failure(err, ctx.Err(), ep.isLost(), m.Subject)
+		}
 	}
 	if code := resp.Header.Get(contract.HeaderErrorCode); code != "" {
 		n, err := strconv.Atoi(code)
@@ -106,6 +170,83 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 		r.Age = time.Duration(age) * time.Second
 	}
 	return r, nil
+}
+
+// noRespondersPause is how long a call answered "no responders" waits
+// before its retry: a worker whose NATS node died reconnects to another
+// at once, and its subscriptions take a few round trips to reach every
+// node of the cluster.
+const noRespondersPause = 250 * time.Millisecond
+
+// attempt sends m once and waits for the reply, until ctx ends, ep's
+// connection is lost or, unless it is the last one, the attempt timeout
+// passes. The hit path pays a context and a registration with ep, no
+// goroutine.
+func (c *Client) attempt(ctx context.Context, m *nats.Msg, ep *epoch, last bool) (*nats.Msg, error) {
+	var (
+		actx   context.Context
+		cancel context.CancelFunc
+	)
+	if dl, _ := ctx.Deadline(); !last && c.attemptTimeout > 0 && time.Until(dl) > c.attemptTimeout {
+		actx, cancel = context.WithTimeout(ctx, c.attemptTimeout)
+	} else {
+		actx, cancel = context.WithCancel(ctx)
+	}
+	defer cancel()
+	stop := context.AfterFunc(ep.lost, cancel)
+	defer stop()
+	return c.nc.RequestMsgWithContext(actx, m)
+}
+
+// retryKind is what a failed attempt calls for.
+type retryKind int
+
+const (
+	noRetry retryKind = iota
+	// retryAfterReconnect: the connection was lost during the attempt;
+	// the request or its reply may have been lost with the node.
+	retryAfterReconnect
+	// retryNow: no reply within the attempt timeout; the request may have
+	// been lost on a node between the client and the worker.
+	retryNow
+	// retryAfterPause: no responders, which right after a node death
+	// can be a worker re-subscribing on another node.
+	retryAfterPause
+)
+
+// retryFor decides whether a failed attempt is retried: err is the
+// attempt's error, callErr the call's context error (its budget spent,
+// or cancelled by the caller), lost whether the connection the attempt
+// was sent on was lost meanwhile.
+func retryFor(err, callErr error, lost bool) retryKind {
+	var ce *contract.Error
+	switch {
+	case err == nil, errors.As(err, &ce), callErr != nil, errors.Is(err, nats.ErrConnectionClosed):
+		// A worker answered, the caller is done, or so is the connection.
+		return noRetry
+	case lost, errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrReconnectBufExceeded):
+		return retryAfterReconnect
+	case errors.Is(err, nats.ErrNoResponders):
+		return retryAfterPause
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return retryNow
+	}
+	return noRetry
+}
+
+// failure is the error a call returns for its last attempt's err.
+func failure(err, callErr error, lost bool, subject string) error {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w: no worker subscribed to %s", ErrUnreachable, subject)
+	case errors.Is(err, nats.ErrConnectionClosed):
+		return fmt.Errorf("%w: %v", ErrUnreachable, err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fmt.Errorf("%w: no reply on %s in time", ErrUnreachable, subject)
+	case callErr == nil && (lost || errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrReconnectBufExceeded)):
+		return fmt.Errorf("%w: connection to NATS lost while waiting for the reply on %s", ErrUnreachable, subject)
+	}
+	return fmt.Errorf("request on %s: %w", subject, err)
 }
 
 // Image calls fn for an image reference such as "busybox:latest".

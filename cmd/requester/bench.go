@@ -118,7 +118,7 @@ func benchCommand() *command {
 				lost.CompareAndSwap(nil, &err)
 				cancel()
 			})
-			rep, err := bench.Run(runCtx, env.conn.client(nc), echo, opts)
+			rep, err := bench.Run(runCtx, env.client(nc), echo, opts)
 			if l := lost.Load(); l != nil {
 				if rep != nil {
 					writeBench(env, rep)
@@ -139,6 +139,7 @@ func benchCommand() *command {
 				return exitFailed
 			}
 			writeBench(env, rep)
+			env.reportRetries("bench")
 			for _, l := range rep.Levels {
 				if l.Regcap.Errors > 0 {
 					return exitFailed

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,11 +69,35 @@ type cmdEnv struct {
 	stdout, stderr io.Writer
 	conn           connFlags
 	connect        func() (*nats.Conn, error)
+	// retried counts the calls the client sent a second time (a NATS
+	// node failed over, or a reply outlived --attempt-timeout).
+	retried atomic.Int64
+}
+
+// client is a fleet client over nc that counts its retries in
+// env.retried.
+func (env *cmdEnv) client(nc *nats.Conn) *client.Client {
+	return env.conn.client(nc, client.WithRetryHook(func(contract.Function, error) { env.retried.Add(1) }))
+}
+
+// reportRetries says on stderr how many calls were sent twice, if any.
+func (env *cmdEnv) reportRetries(cmd string) {
+	what := "requests were"
+	switch n := env.retried.Load(); n {
+	case 0:
+		return
+	case 1:
+		what = "request was"
+		fallthrough
+	default:
+		fmt.Fprintf(env.stderr, "requester %s: %d %s sent a second time (a NATS node failed over, or a reply took longer than --attempt-timeout)\n", cmd, n, what)
+	}
 }
 
 type connFlags struct {
 	url, prefix     string
 	timeout         time.Duration
+	attemptTimeout  time.Duration
 	creds, nkey     string
 	tlsCA           string
 	tlsCert, tlsKey string
@@ -87,6 +112,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "nats-url", def, "NATS server URL(s), comma-separated (env NATS_URL)")
 	fs.StringVar(&c.prefix, "subject-prefix", "kubewarden", "subject prefix of the fleet")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for one reply (a worker answers within --lock-wait + --fetch-timeout, 20s by default)")
+	fs.DurationVar(&c.attemptTimeout, "attempt-timeout", client.DefaultAttemptTimeout, "how long one attempt waits for its reply before the request is sent again, once, within --timeout (0: never)")
 	fs.StringVar(&c.creds, "creds", "", "NATS user credentials file")
 	fs.StringVar(&c.nkey, "nkey", "", "NATS NKey seed file")
 	fs.StringVar(&c.tlsCA, "tlsca", "", "CA certificate to verify the NATS server")
@@ -120,8 +146,8 @@ func (c *connFlags) dial() (*nats.Conn, error) {
 	return nc, nil
 }
 
-func (c *connFlags) client(nc *nats.Conn) *client.Client {
-	return client.New(nc, client.WithSubjectPrefix(c.prefix), client.WithTimeout(c.timeout))
+func (c *connFlags) client(nc *nats.Conn, opts ...client.Option) *client.Client {
+	return client.New(nc, append([]client.Option{client.WithSubjectPrefix(c.prefix), client.WithTimeout(c.timeout), client.WithAttemptTimeout(c.attemptTimeout)}, opts...)...)
 }
 
 // version is set at link time (-ldflags "-X main.version=…").
@@ -261,8 +287,13 @@ func singleCommand(name string, fn contract.Function) *command {
 				opts = append(opts, client.WithPlatform(platform))
 			}
 			start := time.Now()
-			r, err := env.conn.client(nc).Image(ctx, fn, args[0], opts...)
+			r, err := env.client(nc).Image(ctx, fn, args[0], opts...)
 			elapsed := time.Since(start)
+			if err == nil && env.conn.output == "text" {
+				// A failure says why in its own line; a success that
+				// took a second request says so.
+				env.reportRetries(name)
+			}
 			var ce *contract.Error
 			switch {
 			case errors.As(err, &ce) && env.conn.output == "json":

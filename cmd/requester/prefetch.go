@@ -87,7 +87,7 @@ func prefetchCommand() *command {
 			if pg != nil {
 				opts.OnResult = pg.Add
 			}
-			rep := prefetch.Run(ctx, env.conn.client(nc), images, opts)
+			rep := prefetch.Run(ctx, env.client(nc), images, opts)
 			if pg != nil {
 				pg.Stop()
 			}
@@ -99,6 +99,7 @@ func prefetchCommand() *command {
 			} else {
 				prefetch.WriteText(env.stdout, rep, 50)
 			}
+			env.reportRetries("prefetch")
 			switch {
 			case !rep.Interrupted && rep.Unreachable():
 				fmt.Fprintf(env.stderr, "requester prefetch: no worker answered on %s: is the fleet running?\n", env.conn.url)

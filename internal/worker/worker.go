@@ -49,6 +49,15 @@ type Worker struct {
 	natsURL  string
 	api      *http.Server // nil without --http-addr
 	apiAddr  string
+
+	// serving is set once the NATS front has subscribed: a flush before
+	// that would confirm a connection without our subscriptions.
+	serving atomic.Bool
+	// natsReady is the connection generation (nats.go's Reconnects count)
+	// whose subscriptions the server has confirmed, -1 for none: /readyz
+	// says 200 only while it is the current one, so a reconnect is not
+	// ready until its re-sent subscriptions have been flushed.
+	natsReady atomic.Int64
 }
 
 // New builds a worker from cfg and starts serving. On error, whatever was
@@ -58,6 +67,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	log := cfg.Logger
 	maxManifest, maxBlob := cfg.ManifestLimit, cfg.BlobLimit
 	w := &Worker{cfg: cfg, log: log, metrics: metrics.New()}
+	w.natsReady.Store(-1)
 	// Not on the named result: a failing return sets that to nil before
 	// this runs, and what was started must still be stopped.
 	defer func() {
@@ -120,7 +130,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	}
 
 	w.natsURL = natsURL
-	if w.nc, err = connectNATS(natsURL, log, w.metrics); err != nil {
+	if w.nc, err = connectNATS(natsURL, log, w.metrics, w.confirmSubscriptions); err != nil {
 		return nil, err
 	}
 	cfg.ManifestLimit, cfg.BlobLimit = fitLimits(w.nc, cfg.ManifestLimit, cfg.BlobLimit, log)
@@ -152,6 +162,10 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		natsfront.WithObserver(observers{w.metrics, w.disc}))
 	if err := w.front.Start(); err != nil {
 		return nil, err
+	}
+	w.serving.Store(true)
+	if w.nc.IsConnected() {
+		w.confirmSubscriptions(w.nc)
 	}
 
 	if cfg.MetricsAddr != "" {
@@ -335,6 +349,38 @@ func (w *Worker) APIAddr() string { return w.apiAddr }
 // MetricsAddr is the address /metrics is served on, "" without one.
 func (w *Worker) MetricsAddr() string { return w.httpAddr }
 
+// ConnectedURL is the URL of the NATS server the worker is connected to
+// now, password redacted; "" while disconnected.
+func (w *Worker) ConnectedURL() string { return w.nc.ConnectedUrlRedacted() }
+
+// Ready reports what /readyz says: connected to NATS, with the
+// subscriptions of the current connection confirmed by the server.
+func (w *Worker) Ready() bool {
+	return w.nc.IsConnected() && w.natsReady.Load() == int64(w.nc.Stats().Reconnects)
+}
+
+// confirmSubscriptions marks the current connection ready once a flush
+// shows that the server has the subscriptions nats.go sent it (after a
+// reconnect they are re-sent before the handlers run). It runs on
+// nats.go's callback goroutine after each (re)connect, and gives up when
+// that connection is lost: the next reconnect confirms again.
+func (w *Worker) confirmSubscriptions(nc *nats.Conn) {
+	if !w.serving.Load() {
+		return // New confirms once the front has subscribed
+	}
+	gen := nc.Stats().Reconnects
+	for nc.IsConnected() && nc.Stats().Reconnects == gen {
+		err := nc.FlushTimeout(5 * time.Second)
+		if err == nil {
+			if nc.Stats().Reconnects == gen {
+				w.natsReady.Store(int64(gen))
+			}
+			return
+		}
+		w.log.Warn("NATS connected but the subscriptions are not confirmed yet; /readyz says 503 until they are", zap.Error(err))
+	}
+}
+
 // Subjects lists the subjects served.
 func (w *Worker) Subjects() []string { return w.front.Subjects() }
 
@@ -349,12 +395,20 @@ func (w *Worker) probes() http.Handler {
 			http.Error(rw, "NATS not connected", http.StatusServiceUnavailable)
 			return
 		}
+		if !w.Ready() {
+			http.Error(rw, "NATS reconnected, subscriptions not confirmed yet", http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(rw, "ok")
 	})
 	return mux
 }
 
-func connectNATS(url string, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, error) {
+// connectNATS connects to url, a comma-separated list of servers that
+// nats.go shuffles and fails over between (the servers of a cluster it
+// learns from them too). onConnect runs after every (re)connect, on
+// nats.go's callback goroutine.
+func connectNATS(url string, log *zap.Logger, m *metrics.Metrics, onConnect func(*nats.Conn)) (*nats.Conn, error) {
 	// While NATS is unreachable the worker says so: at start, then at
 	// most once every few seconds however fast it retries.
 	var lastWarn atomic.Int64
@@ -378,9 +432,11 @@ func connectNATS(url string, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, e
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			m.NATSReconnected()
 			log.Info("NATS reconnected", zap.String("url", c.ConnectedUrlRedacted()))
+			onConnect(c)
 		}),
 		nats.ConnectHandler(func(c *nats.Conn) {
 			log.Info("NATS connected", zap.String("url", c.ConnectedUrlRedacted()))
+			onConnect(c)
 		}),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			if warnEvery() {
