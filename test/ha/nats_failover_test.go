@@ -48,13 +48,20 @@ func TestNATSFailover(t *testing.T) {
 
 	// Client i is on node i, so that one is on the node killed.
 	var retries atomic.Int64
+	var whyMu sync.Mutex
+	why := map[string]int{} // retries by cause
 	var conns []*nats.Conn
 	var clients []*client.Client
 	for i := range 3 {
 		nc := testenv.Connect(t, rotated(cl, i), nats.DontRandomize(), nats.MaxReconnects(-1))
 		conns = append(conns, nc)
 		clients = append(clients, client.New(nc, client.WithTimeout(30*time.Second),
-			client.WithRetryHook(func(contract.Function, error) { retries.Add(1) })))
+			client.WithRetryHook(func(_ contract.Function, err error) {
+				retries.Add(1)
+				whyMu.Lock()
+				why[retryCause(err)]++
+				whyMu.Unlock()
+			})))
 	}
 	for i, c := range clients {
 		// Every worker's subscriptions have reached every node once one
@@ -65,6 +72,9 @@ func TestNATSFailover(t *testing.T) {
 		})
 	}
 	retries.Store(0)
+	whyMu.Lock()
+	clear(why)
+	whyMu.Unlock()
 	var onKilled []string
 	var workersOnKilled []int
 	for i, w := range f.workers {
@@ -112,6 +122,9 @@ func TestNATSFailover(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	l.stop()
 	l.report(t, fmt.Sprintf("kill -9 one NATS node of 3 (%s on it)", strings.Join(onKilled, ", ")), w, retries.Load())
+	whyMu.Lock()
+	t.Logf("client retries by cause: %v", why)
+	whyMu.Unlock()
 	for i, wk := range f.workers {
 		if n := cl.Node(wk.ConnectedURL()); n == killed || n < 0 {
 			t.Errorf("worker %d is on %q after the kill", i, wk.ConnectedURL())
@@ -151,6 +164,20 @@ func TestNATSReadiness(t *testing.T) {
 	if _, err := c.Image(context.Background(), contract.OCIManifest, reg.Ref(repo, "v1")); err != nil {
 		t.Fatalf("ready, but: %v", err)
 	}
+}
+
+// retryCause names the cause of a retry from the failed attempt's error.
+func retryCause(err error) string {
+	for _, c := range []struct{ in, cause string }{
+		{"connection to NATS lost", "connection lost"},
+		{"no reply", "attempt timeout"},
+		{"no worker subscribed", "no responders"},
+	} {
+		if strings.Contains(err.Error(), c.in) {
+			return c.cause
+		}
+	}
+	return err.Error()
 }
 
 // loggedSince reports whether worker i logged a line containing msg
