@@ -5,7 +5,7 @@ STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-deps vet fuzz bench clean demo
+.PHONY: all build test test-deps test-ha vet fuzz bench clean demo
 
 all: build
 
@@ -20,6 +20,9 @@ test: test-deps vet
 	# module of its own (test/gatekeeper), so that its dependencies stay
 	# out of the worker's go.mod.
 	cd test/gatekeeper && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
+	# The Helm chart, rendered and linted with Helm's Go packages and
+	# decoded into k8s.io/api types: a module of its own for the same reason.
+	cd deploy/helm && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
 
 test-deps:
 	./scripts/install-test-deps.sh
@@ -33,6 +36,11 @@ vet:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/capability/
 	$(GO) test -run '^$$' -fuzz FuzzOpenValue -fuzztime 60s ./internal/resolve/
+
+# The node-kill tests alone (NATS cluster, Redis Cluster, Sentinel), with
+# their figures; make test runs them too.
+test-ha: test-deps
+	$(GO) test -race -count=1 -v ./test/ha/
 
 bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/natsfront/ ./internal/resolve/
