@@ -44,8 +44,9 @@ func StartNATSCluster(t testing.TB, n int) *NATSCluster {
 	t.Helper()
 	c := &NATSCluster{t: t, bin: natsServerBinary(t)}
 	dir := t.TempDir()
+	ports := FreePorts(t, 3*n)
 	for i := range n {
-		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("n%d", i), port: FreePort(t), clusterPort: FreePort(t), mPort: FreePort(t)})
+		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("n%d", i), port: ports[3*i], clusterPort: ports[3*i+1], mPort: ports[3*i+2]})
 	}
 	for i, nd := range c.nodes {
 		var routes []string
