@@ -66,8 +66,18 @@ func TestDiscovery(t *testing.T) {
 		}
 	}
 
+	// The worker counts a request once its reply is sent, so the third
+	// may be counted just after the client has its answer.
 	var stats micro.Stats
-	ask("$SRV.STATS.regcap."+w.DiscoveryID(), &stats)
+	testenv.Eventually(t, "the third request to be counted", func() bool {
+		stats = micro.Stats{}
+		ask("$SRV.STATS.regcap."+w.DiscoveryID(), &stats)
+		var n int
+		for _, e := range stats.Endpoints {
+			n += e.NumRequests
+		}
+		return n >= 3
+	})
 	if stats.Type != micro.StatsResponseType || len(stats.Endpoints) != 3 {
 		t.Fatalf("stats: %+v", stats)
 	}
