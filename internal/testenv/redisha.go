@@ -89,9 +89,15 @@ func (c *RedisCluster) Master(t testing.TB) (master, replica *Redis) {
 	return nil, nil
 }
 
+// admin is a client for one inspection of the node: short timeouts, no
+// retries; close it after use.
+func (r *Redis) admin() *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+}
+
 // role is what ROLE says the node is: master, slave or sentinel.
 func (r *Redis) role(ctx context.Context) (string, error) {
-	c := redis.NewClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+	c := r.admin()
 	defer c.Close()
 	v, err := c.Do(ctx, "ROLE").Slice()
 	if err != nil || len(v) == 0 {
@@ -103,7 +109,7 @@ func (r *Redis) role(ctx context.Context) (string, error) {
 
 // clusterOK reports whether the node says the cluster is up.
 func (r *Redis) clusterOK(ctx context.Context) bool {
-	c := redis.NewClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+	c := r.admin()
 	defer c.Close()
 	info, err := c.ClusterInfo(ctx).Result()
 	return err == nil && strings.Contains(info, "cluster_state:ok")
@@ -117,7 +123,7 @@ func (r *Redis) IsMaster() bool {
 
 // replication is the node's INFO replication, as fields.
 func (r *Redis) replication(ctx context.Context) map[string]string {
-	c := redis.NewClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+	c := r.admin()
 	defer c.Close()
 	info, err := c.Info(ctx, "replication").Result()
 	if err != nil {
@@ -190,7 +196,7 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	// anything is killed, or a failover could not reach its quorum.
 	Eventually(t, "the sentinels to know each other and the replica", func() bool {
 		for _, n := range s.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: n.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+			c := n.sentinel()
 			m, err := c.Master(ctx, s.Name).Result()
 			c.Close()
 			if err != nil || m["num-other-sentinels"] != "2" || m["num-slaves"] != "1" {
@@ -200,6 +206,11 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 		return true
 	})
 	return s
+}
+
+// sentinel is a Sentinel API client of the node, as admin is.
+func (r *Redis) sentinel() *redis.SentinelClient {
+	return redis.NewSentinelClient(&redis.Options{Addr: r.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
 }
 
 // URL is the set's URL in go-redis's failover form: the first sentinel,
@@ -216,7 +227,7 @@ func (s *RedisSentinel) URL() string {
 // gives it.
 func (s *RedisSentinel) MasterAddr() string {
 	for _, n := range s.Sentinels {
-		c := redis.NewSentinelClient(&redis.Options{Addr: n.Addr(), DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
+		c := n.sentinel()
 		a, err := c.GetMasterAddrByName(context.Background(), s.Name).Result()
 		c.Close()
 		if err == nil && len(a) == 2 {
