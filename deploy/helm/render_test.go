@@ -220,6 +220,13 @@ func TestChartRefusesBadValues(t *testing.T) {
 	}{
 		{"no NATS", `nats: {url: ""}`, "nats.url or nats.existingSecret is required"},
 		{"HTTP front without TLS", `httpFront: {enabled: true}`, "needs httpFront.tlsSecret"},
+		// values.schema.json: a misspelt or mistyped value stops the
+		// install instead of being ignored.
+		{"misspelt value", `replicacount: 5`, "replicacount"},
+		{"unknown Redis mode", `redis: {mode: ring}`, "mode"},
+		{"not a duration", `config: {cacheTTL: soon}`, "cacheTTL"},
+		{"argument without dashes", `extraArgs: [cache-ttl=1m]`, "extraArgs"},
+		{"a string for a number", `replicaCount: "3"`, "replicaCount"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
