@@ -109,11 +109,14 @@ func WithPlatform(p string) CallOption {
 //
 // A call is retried once, never more, when its request may have been
 // lost with a NATS node: the client's connection was lost while it
-// waited (retried as soon as the connection is back), no reply came
-// within the attempt timeout (WithAttemptTimeout), or no worker was
-// subscribed (retried after a short pause: a worker whose node just
-// died is re-subscribing elsewhere). An error reply, a closed
-// connection or the end of ctx is never retried.
+// waited (retried as soon as the connection is back), or no reply came
+// within the attempt timeout (WithAttemptTimeout). When no worker was
+// subscribed, the request reached nobody, so sending it again is no
+// duplicate and does not use up that retry: it is sent again every
+// 250 ms for up to NoRespondersWait, the time a worker whose node died
+// takes to re-subscribe elsewhere (all of a fleet's workers may be on
+// that node). An error reply, a closed connection or the end of ctx is
+// never retried.
 func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte, opts ...CallOption) (*Reply, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -131,15 +134,30 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 		// waiting here keeps the one retry for a loss during the call.
 		ep = c.conn.await(ctx, ep)
 	}
-	resp, err := c.attempt(ctx, m, ep, false)
-	if err != nil {
+	var (
+		resp    *nats.Msg
+		err     error
+		retried bool // the one retry of a request that may have been lost
+		waited  time.Duration
+	)
+	for {
+		if resp, err = c.attempt(ctx, m, ep, retried); err == nil {
+			break
+		}
 		lost := ep.isLost()
 		switch retryFor(err, ctx.Err(), lost) {
 		case noRetry:
 			return nil, failure(err, ctx.Err(), lost, m.Subject)
 		case retryAfterReconnect:
+			if retried {
+				return nil, failure(err, ctx.Err(), lost, m.Subject)
+			}
+			retried = true
 			ep = c.conn.await(ctx, ep)
 		case retryAfterPause:
+			if waited >= NoRespondersWait {
+				return nil, failure(err, ctx.Err(), lost, m.Subject)
+			}
 			t := time.NewTimer(noRespondersPause)
 			select {
 			case <-t.C:
@@ -147,15 +165,17 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 				t.Stop()
 				return nil, failure(err, nil, lost, m.Subject)
 			}
+			waited += noRespondersPause
 			ep = c.conn.current()
 		case retryNow:
+			if retried {
+				return nil, failure(err, ctx.Err(), lost, m.Subject)
+			}
+			retried = true
 			ep = c.conn.current()
 		}
 		if c.onRetry != nil {
 			c.onRetry(fn, failure(err, nil, lost, m.Subject))
-		}
-		if resp, err = c.attempt(ctx, m, ep, true); err != nil {
-			return nil, failure(err, ctx.Err(), ep.isLost(), m.Subject)
 		}
 	}
 	if code := resp.Header.Get(contract.HeaderErrorCode); code != "" {
@@ -173,10 +193,16 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 }
 
 // noRespondersPause is how long a call answered "no responders" waits
-// before its retry: a worker whose NATS node died reconnects to another
-// at once, and its subscriptions take a few round trips to reach every
-// node of the cluster.
+// before it sends the request again: a worker whose NATS node died
+// reconnects to another at once, and its subscriptions take a few round
+// trips to reach every node of the cluster.
 const noRespondersPause = 250 * time.Millisecond
+
+// NoRespondersWait is how long in all a call answered "no responders"
+// keeps sending its request again before it reports the fleet
+// unreachable: long enough for workers to re-subscribe after a node
+// death, short enough that a fleet that is really gone is reported fast.
+const NoRespondersWait = 2 * time.Second
 
 // attempt sends m once and waits for the reply, until ctx ends, ep's
 // connection is lost or, unless it is the last one, the attempt timeout

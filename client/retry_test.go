@@ -154,8 +154,8 @@ func TestNoRetryOnErrorReply(t *testing.T) {
 	}
 }
 
-// TestRetryNoResponders: no responders is retried once, after a pause
-// in which a worker may re-subscribe; the call then gets its answer.
+// TestRetryNoResponders: no responders is retried after a pause in
+// which a worker may re-subscribe; the call then gets its answer.
 func TestRetryNoResponders(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	var r retries
@@ -169,6 +169,26 @@ func TestRetryNoResponders(t *testing.T) {
 	}
 	if got := r.list(); len(got) != 1 || !strings.Contains(got[0].Error(), "no worker subscribed") {
 		t.Errorf("retries: %v, want one after no responders", got)
+	}
+}
+
+// TestNoRespondersGivesUp: with no worker at all, a call keeps asking
+// for NoRespondersWait, then reports the fleet unreachable, well before
+// its budget; those resends are not the one retry of a lost request.
+func TestNoRespondersGivesUp(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	var r retries
+	c := client.New(testenv.Connect(t, ns.ClientURL()), client.WithRetryHook(r.hook))
+	start := time.Now()
+	_, err := c.Digest(context.Background(), "busybox")
+	if !errors.Is(err, client.ErrUnreachable) || !strings.Contains(err.Error(), "no worker subscribed") {
+		t.Fatalf("no workers: %v, want ErrUnreachable naming no responders", err)
+	}
+	if el := time.Since(start); el < client.NoRespondersWait || el > client.NoRespondersWait+5*time.Second {
+		t.Errorf("gave up after %v, want about %v", el, client.NoRespondersWait)
+	}
+	if n := len(r.list()); n != 8 {
+		t.Errorf("%d resends, want 8 (every 250ms for 2s)", n)
 	}
 }
 
