@@ -34,7 +34,7 @@ vet:
 	$(STATICCHECK) ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/capability/
+	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/handlers/
 	$(GO) test -run '^$$' -fuzz FuzzOpenValue -fuzztime 60s ./internal/resolve/
 
 # The node-kill tests alone (NATS cluster, Redis Cluster, Sentinel), with
@@ -43,7 +43,7 @@ test-ha: test-deps
 	$(GO) test -race -count=1 -v ./test/ha/
 
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/natsfront/ ./internal/resolve/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/queue/ ./internal/resolve/
 
 # Runs regcap end to end offline: a local registry with a sample image, a
 # worker, and the three capabilities asked twice each (a miss, then a hit).

@@ -35,7 +35,7 @@ type Config struct {
 }
 
 // Service answers the discovery subjects for one worker. It implements
-// natsfront.Observer to count requests per endpoint.
+// queue.Observer to count requests per endpoint.
 type Service struct {
 	nc      *nats.Conn
 	id      string
@@ -88,7 +88,7 @@ func (s *Service) Stop() {
 	s.subs = nil
 }
 
-// Request counts a request for its endpoint (natsfront.Observer).
+// Request counts a request for its endpoint (queue.Observer).
 func (s *Service) Request(fn contract.Function, code int, _ contract.Outcome, elapsed time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

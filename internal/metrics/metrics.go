@@ -70,7 +70,7 @@ func (l *registryLabels) label(host string) string {
 // poolRef holds the FetchPool the gauges read.
 type poolRef struct{ p FetchPool }
 
-// Metrics holds the worker's collectors. It implements natsfront.Observer.
+// Metrics holds the worker's collectors. It implements queue.Observer.
 type Metrics struct {
 	reg *prometheus.Registry
 
@@ -173,7 +173,7 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// Request counts one answered request (natsfront.Observer). code is 0 on
+// Request counts one answered request (queue.Observer). code is 0 on
 // success.
 func (m *Metrics) Request(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration) {
 	f := fn.Name()

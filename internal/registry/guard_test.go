@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -40,7 +40,7 @@ func TestGuardWithProxy(t *testing.T) {
 		ref, err := name.ParseReference(image)
 		testenv.Must(t, err, "ref")
 		_, err = c.Manifest(context.Background(), ref)
-		e := capability.Classify(ref.Name(), err)
+		e := handlers.Classify(ref.Name(), err)
 		if e.Code != 403 || !strings.Contains(e.Message, "127.0.0.5") {
 			t.Errorf("%s through a proxy: %d %q, want 403 naming 127.0.0.5", image, e.Code, e.Message)
 		}
@@ -55,7 +55,7 @@ func TestGuardWithProxy(t *testing.T) {
 	ref, err := name.ParseReference("127.0.0.1:" + port + "/x/y:z")
 	testenv.Must(t, err, "ref")
 	_, err = c.Manifest(context.Background(), ref)
-	if e := capability.Classify(ref.Name(), err); e.Code == 403 {
+	if e := handlers.Classify(ref.Name(), err); e.Code == 403 {
 		t.Fatalf("allowed target refused: %v", e)
 	}
 	// The proxy hung up on it, so it had accepted it.
@@ -157,7 +157,7 @@ func TestGuardDeniesResolvedNameProductionPath(t *testing.T) {
 	ref, err := name.ParseReference("localhost:" + port + "/x/y:z")
 	testenv.Must(t, err, "ref")
 	_, err = c.Manifest(context.Background(), ref)
-	e := capability.Classify(ref.Name(), err)
+	e := handlers.Classify(ref.Name(), err)
 	if e.Code != 403 || !strings.Contains(e.Message, "refused by policy") || !strings.Contains(e.Message, "--deny-cidrs") {
 		t.Errorf("localhost with loopback denied: %d %q, want 403 from the guard", e.Code, e.Message)
 	}
@@ -250,7 +250,7 @@ func TestGuardCannotBeWalkedAround(t *testing.T) {
 	fetch := func(host string) (*contract.Error, error) {
 		ref, err := name.ParseReference(host + ":" + port + "/x/y:z")
 		testenv.Must(t, err, "ref %s", host)
-		_, err = capability.NewFetcher(c).Fetch(context.Background(), capability.Request{Function: contract.OCIManifest, Ref: ref})
+		_, err = handlers.NewFetcher(c).Fetch(context.Background(), handlers.Request{Function: contract.OCIManifest, Ref: ref})
 		var ce *contract.Error
 		errors.As(err, &ce)
 		return ce, err

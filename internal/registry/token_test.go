@@ -19,7 +19,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -219,13 +219,13 @@ func TestAccessErrorsExplained(t *testing.T) {
 	kc, err := registry.LoadDockerConfig(p)
 	testenv.Must(t, err, "config")
 	_, err = registry.New(registry.WithKeychain(kc)).Manifest(context.Background(), ref)
-	e := capability.Classify(ref.Name(), err)
+	e := handlers.Classify(ref.Name(), err)
 	if e.Code != 401 || !strings.Contains(e.Message, "refused the credentials configured") || strings.Contains(e.Error(), "wrong-pw-123") {
 		t.Errorf("wrong password at the token endpoint: %d %q", e.Code, e.Error())
 	}
 
 	_, err = registry.New().Manifest(context.Background(), ref)
-	e = capability.Classify(ref.Name(), err)
+	e = handlers.Classify(ref.Name(), err)
 	if e.Code != 401 || !strings.Contains(e.Message, "none were found") {
 		t.Errorf("anonymous at the token endpoint: %d %q", e.Code, e.Error())
 	}
@@ -233,7 +233,7 @@ func TestAccessErrorsExplained(t *testing.T) {
 	// The registry denies the repository to these (valid) credentials.
 	tr.Server.Config.Handler = denyRepo(tr.Server.Config.Handler, "/v2/team/app/manifests/")
 	_, err = tokenClient(t, tr.Host).Manifest(context.Background(), ref)
-	e = capability.Classify(ref.Name(), err)
+	e = handlers.Classify(ref.Name(), err)
 	if e.Code != 403 || !strings.Contains(e.Message, "denied access with the credentials configured") {
 		t.Errorf("403: %d %q", e.Code, e.Error())
 	}
@@ -271,7 +271,7 @@ func TestGuardDeniesRedirect(t *testing.T) {
 	repo, err := name.NewRepository(reg.Host + "/r/app")
 	testenv.Must(t, err, "repo")
 	_, err = c.Blob(context.Background(), repo, d)
-	if e := capability.Classify(repo.Name(), err); e.Code != 403 || !strings.Contains(e.Message, "127.0.0.5") {
+	if e := handlers.Classify(repo.Name(), err); e.Code != 403 || !strings.Contains(e.Message, "127.0.0.5") {
 		t.Fatalf("redirect to a denied address: %v", e)
 	}
 	if n := cl.CountBefore(t); n != 0 {

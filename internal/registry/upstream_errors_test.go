@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -37,7 +37,7 @@ func TestPresignedURLRedacted(t *testing.T) {
 	if err == nil {
 		t.Fatal("blob from a closed port succeeded")
 	}
-	e := capability.Classify(repo.Name(), err)
+	e := handlers.Classify(repo.Name(), err)
 	if strings.Contains(e.Error(), "secret") || strings.Contains(err.Error(), "secret") || !strings.Contains(e.Error(), closed) {
 		t.Fatalf("presigned URL in the error: %d %q", e.Code, e.Error())
 	}
@@ -72,7 +72,7 @@ func TestBlobStorageRefusalIsNotAccessError(t *testing.T) {
 		if errors.As(err, &ae) {
 			t.Errorf("blob storage %d reported as the registry's access error: %v", status, err)
 		}
-		e := capability.Classify(repo.Name(), err)
+		e := handlers.Classify(repo.Name(), err)
 		if e.Code != 502 || !strings.Contains(e.Message, storageHost) || strings.Contains(e.Message, "credentials") {
 			t.Errorf("blob storage %d: %d %q, want 502 naming %s", status, e.Code, e.Message, storageHost)
 		}
@@ -95,14 +95,14 @@ func TestTokenEndpointFailuresExplained(t *testing.T) {
 	tr.TokenFail.Store(http.StatusUnauthorized)
 	now.Add(int64(time.Hour)) // past expires_in: the next request refreshes
 	_, err = c.Manifest(context.Background(), ref)
-	e := capability.Classify(ref.Name(), err)
+	e := handlers.Classify(ref.Name(), err)
 	if e.Code != 401 || !strings.Contains(e.Message, "refused the credentials configured") {
 		t.Errorf("token endpoint 401 during a request: %d %q", e.Code, e.Message)
 	}
 
 	tr.TokenFail.Store(http.StatusTooManyRequests)
 	_, err = c.Manifest(context.Background(), ref)
-	e = capability.Classify(ref.Name(), err)
+	e = handlers.Classify(ref.Name(), err)
 	if e.Code != 429 || e.RetryAfter != "7" || !strings.Contains(e.Message, "retry after 7s") {
 		t.Errorf("token endpoint 429 during a request: %d %q (Retry-After %q)", e.Code, e.Message, e.RetryAfter)
 	}

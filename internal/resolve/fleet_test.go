@@ -13,7 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -65,13 +65,13 @@ func newResolver(t testing.TB, opts ...Option) *Resolver {
 }
 
 // fetcherOf is the fetch the worker builds, over a plain registry client.
-func fetcherOf() *capability.Fetcher {
-	return capability.NewFetcher(registry.New(registry.WithUserAgent("regcap/test")))
+func fetcherOf() *handlers.Fetcher {
+	return handlers.NewFetcher(registry.New(registry.WithUserAgent("regcap/test")))
 }
 
 // capabilityKey is the cache key of a manifest_digest request for image.
 func capabilityKey(image string) (string, error) {
-	r, err := capability.ParseRequest(contract.ManifestDigest, []byte(`"`+image+`"`), "", amd64)
+	r, err := handlers.ParseRequest(contract.ManifestDigest, []byte(`"`+image+`"`), "", amd64)
 	return r.Key(), err
 }
 
@@ -82,7 +82,7 @@ func request(fn contract.Function, image string) Request {
 
 func key(t *testing.T, fn contract.Function, image string) string {
 	t.Helper()
-	r, err := capability.ParseRequest(fn, []byte(`"`+image+`"`), "", amd64)
+	r, err := handlers.ParseRequest(fn, []byte(`"`+image+`"`), "", amd64)
 	testenv.Must(t, err, "parsing %s", image)
 	return r.Key()
 }

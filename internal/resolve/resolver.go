@@ -23,7 +23,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 )
 
@@ -65,7 +65,7 @@ type (
 		Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) claim
 	}
 	fetcher interface {
-		Fetch(ctx context.Context, req capability.Request) ([]byte, error)
+		Fetch(ctx context.Context, req handlers.Request) ([]byte, error)
 	}
 )
 
@@ -234,7 +234,7 @@ func New(f fetcher, opts ...Option) *Resolver {
 	r := &Resolver{
 		fetch:        f,
 		log:          zap.NewNop(),
-		platform:     capability.DefaultPlatform(),
+		platform:     handlers.DefaultPlatform(),
 		fetchTimeout: 10 * time.Second,
 		ttl:          time.Minute,
 		maxPending:   1024,
@@ -327,7 +327,7 @@ func (r *Resolver) FetchPool() (inFlight, queued int) {
 
 // query is a decoded request and what the resolver derives from it once.
 type query struct {
-	req      capability.Request
+	req      handlers.Request
 	key      string // cache key
 	image    string // normalised reference, for messages
 	registry string // its registry host, for the fetch slots
@@ -743,7 +743,7 @@ func (r *Resolver) decode(req Request) (query, error) {
 	if q, ok := r.decoded.GetIfPresent(raw); ok {
 		return q, nil
 	}
-	cr, err := capability.ParseRequest(req.Function, req.Payload, req.Platform, r.platform)
+	cr, err := handlers.ParseRequest(req.Function, req.Payload, req.Platform, r.platform)
 	if err != nil {
 		return query{}, err
 	}

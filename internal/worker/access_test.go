@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 	"github.com/regcap/regcap/internal/worker"
@@ -73,7 +73,7 @@ func fetchManifest(t *testing.T, c *registry.Puller, image string) *contract.Err
 	t.Helper()
 	ref, err := name.ParseReference(image)
 	testenv.Must(t, err, "ref %s", image)
-	_, err = capability.NewFetcher(c).Fetch(context.Background(), capability.Request{Function: contract.OCIManifest, Ref: ref})
+	_, err = handlers.NewFetcher(c).Fetch(context.Background(), handlers.Request{Function: contract.OCIManifest, Ref: ref})
 	var ce *contract.Error
 	if err == nil || !errors.As(err, &ce) {
 		testenv.Must(t, err, "fetching %s", image)

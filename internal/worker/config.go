@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/flagenv"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/resolve"
@@ -88,7 +88,7 @@ func Defaults() Config {
 		EmbeddedNATSAddr: "127.0.0.1:4222",
 		SubjectPrefix:    contract.DefaultSubjectPrefix,
 		QueueGroup:       contract.DefaultQueueGroup,
-		Platform:         capability.DefaultPlatform(),
+		Platform:         handlers.DefaultPlatform(),
 		FetchTimeout:     10 * time.Second,
 		CacheTTL:         time.Minute,
 		StaleIfError:     time.Hour,
@@ -202,11 +202,11 @@ func (v platformValue) String() string {
 	if v.p == nil {
 		return ""
 	}
-	return capability.FormatPlatform(*v.p)
+	return handlers.FormatPlatform(*v.p)
 }
 
 func (v platformValue) Set(s string) error {
-	p, err := capability.ParsePlatform(s)
+	p, err := handlers.ParsePlatform(s)
 	if err != nil {
 		var ce *contract.Error
 		if errors.As(err, &ce) {

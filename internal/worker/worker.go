@@ -24,11 +24,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/discovery"
 	"github.com/regcap/regcap/internal/httpfront"
 	"github.com/regcap/regcap/internal/metrics"
-	"github.com/regcap/regcap/internal/natsfront"
+	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/resolve"
 )
 
@@ -42,7 +42,7 @@ type Worker struct {
 	nc       *nats.Conn
 	rdb      redis.UniversalClient // nil without Redis
 	res      *resolve.Resolver
-	front    *natsfront.Server
+	front    *queue.Server
 	disc     *discovery.Service
 	http     *http.Server // nil without --metrics-addr
 	httpAddr string
@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	fetcher := capability.NewFetcher(acc.puller(&cfg, w.metrics.WrapBase), capability.WithLogger(log.Named("fetch")))
+	fetcher := handlers.NewFetcher(acc.puller(&cfg, w.metrics.WrapBase), handlers.WithLogger(log.Named("fetch")))
 	// The largest answer a worker of the fleet may have stored: an
 	// oci_manifest_config reply within the limits (before fitLimits: other
 	// workers may have a larger max_payload).
@@ -155,11 +155,11 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w.front = natsfront.New(w.nc, w.res,
-		natsfront.WithSubjectPrefix(cfg.SubjectPrefix),
-		natsfront.WithQueueGroup(cfg.QueueGroup),
-		natsfront.WithLogger(log.Named("nats")),
-		natsfront.WithObserver(observers{w.metrics, w.disc}))
+	w.front = queue.New(w.nc, w.res,
+		queue.WithSubjectPrefix(cfg.SubjectPrefix),
+		queue.WithQueueGroup(cfg.QueueGroup),
+		queue.WithLogger(log.Named("nats")),
+		queue.WithObserver(observers{w.metrics, w.disc}))
 	if err := w.front.Start(); err != nil {
 		return nil, err
 	}
@@ -207,7 +207,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 		zap.String("version", cfg.Version),
 		zap.Strings("subjects", w.front.Subjects()),
 		zap.String("queue_group", cfg.QueueGroup),
-		zap.String("platform", capability.FormatPlatform(cfg.Platform)),
+		zap.String("platform", handlers.FormatPlatform(cfg.Platform)),
 		zap.Bool("shared_cache", w.res.Shared()),
 		zap.Duration("cache_ttl", cfg.CacheTTL),
 		zap.Int("concurrency", cfg.Concurrency))
@@ -568,7 +568,7 @@ func (l redisLog) Printf(_ context.Context, format string, v ...any) {
 }
 
 // observers hands every request outcome to each of its members.
-type observers []natsfront.Observer
+type observers []queue.Observer
 
 func (o observers) Request(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration) {
 	for _, x := range o {

@@ -1,4 +1,4 @@
-package natsfront_test
+package queue_test
 
 import (
 	"net/http"

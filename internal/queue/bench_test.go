@@ -1,4 +1,4 @@
-package natsfront_test
+package queue_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 // responder with a reply of the same size on the same server: the floor.
 // Compare the three in one run:
 //
-//	go test -run '^$' -bench HitPath -benchtime 3s ./internal/natsfront/
+//	go test -run '^$' -bench HitPath -benchtime 3s ./internal/queue/
 func BenchmarkHitPath(b *testing.B) {
 	rd := testenv.StartRedis(b)
 	ns := testenv.StartNATS(b)

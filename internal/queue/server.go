@@ -1,9 +1,9 @@
-// Package natsfront serves a resolver on NATS: queue subscriptions on the
+// Package queue serves a resolver on NATS: queue subscriptions on the
 // three capability subjects, a memory hit answered inside the callback,
 // everything else handed to a goroutine, and replies in the NATS
 // service-framework convention. It keeps the subscriptions, the drain and
 // the shutdown; the answers are the resolver's.
-package natsfront
+package queue
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package capability_test
+package handlers_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -25,8 +25,8 @@ func TestDigestNoFallbackAfterAccessError(t *testing.T) {
 		reg.ResetCounts()
 		ref, err := name.ParseReference(reg.Ref("r/app", "v1"))
 		testenv.Must(t, err, "ref")
-		f := capability.NewFetcher(registry.New())
-		_, err = f.Fetch(context.Background(), capability.Request{Function: contract.ManifestDigest, Ref: ref})
+		f := handlers.NewFetcher(registry.New())
+		_, err = f.Fetch(context.Background(), handlers.Request{Function: contract.ManifestDigest, Ref: ref})
 		if e, ok := err.(*contract.Error); !ok || e.Code != status {
 			t.Errorf("HEAD %d: answered %v", status, e)
 		}

@@ -2,7 +2,7 @@
 // from a registry: it decodes a request into a normalised Request, fetches
 // the reply body the contract names, and decides the contract error code of
 // every failure, once, where the fetch ends.
-package capability
+package handlers
 
 import (
 	"bytes"

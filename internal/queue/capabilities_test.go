@@ -1,4 +1,4 @@
-package natsfront_test
+package queue_test
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 
 	"github.com/regcap/regcap/client"
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/capability"
+	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/testenv"
 	"github.com/regcap/regcap/internal/worker"
 )
@@ -117,7 +117,7 @@ func TestCapabilitiesByteForByte(t *testing.T) {
 
 func mustPlatform(t *testing.T, s string) handlersPlatform {
 	t.Helper()
-	p, err := capability.ParsePlatform(s)
+	p, err := handlers.ParsePlatform(s)
 	if err != nil {
 		t.Fatal(err)
 	}
