@@ -93,14 +93,34 @@ const (
 	Stale Outcome = "stale"
 )
 
-// Error is an error answer: a code of the contract's table (400, 401,
-// 403, 404, 413, 415, 429, 502, 503, 504) and a one-line message naming
-// the image and the cause.
+// Error is an error answer: a code of the contract's table (see Codes)
+// and a one-line message naming the image and the cause. Its JSON form,
+// {"code":…,"message":…[,"retry_after":…]}, is the HTTP front's error
+// body and the fleet lock's failure notice.
 type Error struct {
-	Code    int
-	Message string
+	Code    int    `json:"code"`
+	Message string `json:"message"`
 	// RetryAfter is the registry's Retry-After, verbatim (429 only).
-	RetryAfter string
+	RetryAfter string `json:"retry_after,omitempty"`
+}
+
+// Codes lists the contract's error codes, in order. CodeInternal is
+// answered only for an error nothing classified: a bug in regcap.
+func Codes() []int { return []int{400, 401, 403, 404, 413, 415, 429, CodeInternal, 502, 503, 504} }
+
+// CodeInternal is the code of an error that reached a front without a
+// code: a bug behind the front, said as such rather than dropped or
+// blamed on the registry.
+const CodeInternal = 500
+
+// ValidCode reports whether code is in the contract's table.
+func ValidCode(code int) bool {
+	for _, c := range Codes() {
+		if c == code {
+			return true
+		}
+	}
+	return false
 }
 
 // MaxMessage bounds an error message, in bytes: an error reply travels in
@@ -115,12 +135,12 @@ func Errorf(code int, format string, args ...any) *Error {
 func (e *Error) Error() string { return fmt.Sprintf("error %d: %s", e.Code, e.Message) }
 
 // AsError returns the *Error in err's chain, for a front to answer with.
-// An error that carries none is a bug behind the front: a 500 says so
-// rather than dropping it.
+// An error that carries none is a bug behind the front: CodeInternal says
+// so rather than dropping it.
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
 	}
-	return Errorf(500, "%v", err)
+	return Errorf(CodeInternal, "internal error: %v", err)
 }

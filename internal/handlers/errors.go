@@ -127,7 +127,7 @@ func statusCode(status int) int {
 }
 
 func retryAfterText(v string) string {
-	if d, ok := registry.RetryAfter(v, time.Now()); ok {
+	if d, ok := contract.ParseRetryAfter(v, time.Now()); ok {
 		return fmt.Sprintf(", retry after %s (Retry-After: %s)", d, v)
 	}
 	return ", no Retry-After given"

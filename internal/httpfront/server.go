@@ -31,7 +31,7 @@ type Handler struct {
 	timeout  time.Duration
 	maxKeys  int
 	mux      *http.ServeMux
-	observer func(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration)
+	observer resolve.Observer
 }
 
 // Option configures a Handler.
@@ -46,17 +46,18 @@ func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout =
 func WithMaxKeys(n int) Option { return func(h *Handler) { h.maxKeys = max(n, 1) } }
 
 // WithObserver is told the outcome of every answer, for metrics.
-func WithObserver(f func(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration)) Option {
-	return func(h *Handler) { h.observer = f }
-}
+func WithObserver(o resolve.Observer) Option { return func(h *Handler) { h.observer = o } }
+
+type nopObserver struct{}
+
+func (nopObserver) Request(contract.Function, int, contract.Outcome, time.Duration) {}
 
 // maxBody bounds a request body.
 const maxBody = 1 << 20
 
 // New returns a Handler answering with res.
 func New(res Resolver, opts ...Option) *Handler {
-	h := &Handler{res: res, timeout: 2 * time.Second, maxKeys: 1024,
-		observer: func(contract.Function, int, contract.Outcome, time.Duration) {}}
+	h := &Handler{res: res, timeout: 2 * time.Second, maxKeys: 1024, observer: nopObserver{}}
 	for _, o := range opts {
 		o(h)
 	}
@@ -96,7 +97,7 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, contract.MaxPayload+1))
 		if len(body) > contract.MaxPayload {
 			writeError(w, contract.Errorf(400, "payload over the %d-byte limit", contract.MaxPayload))
-			h.observer(fn, 400, "", time.Since(start))
+			h.observer.Request(fn, 400, "", time.Since(start))
 			return
 		}
 		req.Payload = body
@@ -104,7 +105,7 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 	a, err := h.res.Answer(r.Context(), req)
 	if err != nil {
 		ce := contract.AsError(err)
-		h.observer(fn, ce.Code, "", time.Since(start))
+		h.observer.Request(fn, ce.Code, "", time.Since(start))
 		writeError(w, ce)
 		return
 	}
@@ -114,7 +115,7 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(contract.HeaderAge, strconv.Itoa(int(a.Age.Seconds())))
 	}
 	_, _ = w.Write(a.Body)
-	h.observer(fn, 0, a.Outcome, time.Since(start))
+	h.observer.Request(fn, 0, a.Outcome, time.Since(start))
 }
 
 func writeError(w http.ResponseWriter, ce *contract.Error) {
@@ -123,7 +124,7 @@ func writeError(w http.ResponseWriter, ce *contract.Error) {
 		w.Header().Set(contract.HeaderRetryAfter, ce.RetryAfter)
 	}
 	w.WriteHeader(ce.Code)
-	_ = json.NewEncoder(w).Encode(map[string]any{"code": ce.Code, "message": ce.Message})
+	_ = json.NewEncoder(w).Encode(ce)
 }
 
 // Gatekeeper's external data protocol, externaldata.gatekeeper.sh/v1beta1.
@@ -226,10 +227,10 @@ func (h *Handler) resolveKeys(ctx context.Context, fn contract.Function, pin boo
 			if err != nil {
 				ce := contract.AsError(err)
 				it.Error = fmt.Sprintf("%d: %s", ce.Code, ce.Message)
-				h.observer(fn, ce.Code, "", time.Since(start))
+				h.observer.Request(fn, ce.Code, "", time.Since(start))
 			} else {
 				it.Value, it.Error = value(fn, pin, k, a.Body)
-				h.observer(fn, 0, a.Outcome, time.Since(start))
+				h.observer.Request(fn, 0, a.Outcome, time.Since(start))
 			}
 			if ctx.Err() == nil || err == nil {
 				mu.Lock()

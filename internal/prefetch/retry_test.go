@@ -3,6 +3,8 @@ package prefetch
 import (
 	"testing"
 	"time"
+
+	"github.com/regcap/regcap/contract"
 )
 
 func TestParseRetryAfter(t *testing.T) {
@@ -21,7 +23,7 @@ func TestParseRetryAfter(t *testing.T) {
 		{"soon", 0},
 	}
 	for _, tc := range cases {
-		if got := parseRetryAfter(tc.in, now); got != tc.want {
+		if got, _ := contract.ParseRetryAfter(tc.in, now); got != tc.want {
 			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
 		}
 	}

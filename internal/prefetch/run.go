@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -317,25 +316,16 @@ func retryable(err error) (time.Duration, bool) {
 		case http.StatusServiceUnavailable:
 			return 0, true
 		case http.StatusTooManyRequests:
-			return parseRetryAfter(ce.RetryAfter, time.Now()), true
+			return retryAfter(ce.RetryAfter), true
 		}
 		return 0, false
 	}
 	return 0, errors.Is(err, client.ErrUnreachable)
 }
 
-// parseRetryAfter reads a Retry-After value: delay seconds or an HTTP
-// date. Anything else is no wait.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(v); err == nil {
-		return time.Duration(max(s, 0)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
+// retryAfter is the wait a 429's Retry-After asks for; none when it says
+// nothing readable.
+func retryAfter(v string) time.Duration {
+	d, _ := contract.ParseRetryAfter(v, time.Now())
+	return d
 }

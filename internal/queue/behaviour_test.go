@@ -11,8 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/regcap/regcap/internal/resolve"
-
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testworker"
 
 	"github.com/nats-io/nats.go"
@@ -236,7 +235,7 @@ func TestRedisTTLCountsFromTheFetch(t *testing.T) {
 	}
 	raw, err := rdb.Get(context.Background(), key).Bytes()
 	testenv.Must(t, err, "GET")
-	val, _, err := resolve.DecodeValue(key, raw, nil)
+	val, _, err := rediscache.DecodeValue(key, raw, nil)
 	testenv.Must(t, err, "decoding the redis value")
 	if !bytes.Equal(val, digestBody(img.Digest)) {
 		t.Fatalf("redis value holds %s, want the reply body %s", val, digestBody(img.Digest))
@@ -411,7 +410,7 @@ func TestRedisOutage(t *testing.T) {
 		call(t, f.cli, contract.OCIManifest, f.reg.Ref("outage", tag))
 		key := "regcap:v2:oci_manifest:" + f.reg.Ref("outage", tag)
 		raw, err := rdb.Get(context.Background(), key).Bytes()
-		v, _, derr := resolve.DecodeValue(key, raw, nil)
+		v, _, derr := rediscache.DecodeValue(key, raw, nil)
 		if err == nil && derr == nil && bytes.Equal(v, img.Manifest) {
 			imgs[5] = img
 			return true

@@ -2,11 +2,13 @@ package resolve
 
 import (
 	"fmt"
-	"go.uber.org/zap/zaptest"
 	"sync/atomic"
 	"testing"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -19,7 +21,7 @@ func TestFleetOnRedisCluster(t *testing.T) {
 	f := &fleet{reg: testenv.StartRegistry(t), url: cluster.URL()}
 	var redisErrors atomic.Int64
 	for range 3 {
-		f.add(t, 0, WithLogger(zaptest.NewLogger(t)), WithRedisErrorHook(func(op string) { redisErrors.Add(1); t.Logf("redis error on %s", op) }))
+		f.addWith(t, 0, []rediscache.Option{rediscache.WithErrorHook(func(op string) { redisErrors.Add(1); t.Logf("redis error on %s", op) })}, WithLogger(zaptest.NewLogger(t)))
 	}
 	var images []string
 	for i := range 6 {

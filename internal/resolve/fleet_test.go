@@ -14,6 +14,7 @@ import (
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/registry"
 	"github.com/regcap/regcap/internal/testenv"
 )
@@ -42,15 +43,23 @@ func startFleet(t *testing.T, n int, lockWait time.Duration, opts ...Option) *fl
 
 // add starts one more resolver on the fleet's Redis.
 func (f *fleet) add(t testing.TB, lockWait time.Duration, opts ...Option) *Resolver {
+	return f.addWith(t, lockWait, nil, opts...)
+}
+
+// addWith starts one more resolver on the fleet's Redis, its cache made
+// with cacheOpts.
+func (f *fleet) addWith(t testing.TB, lockWait time.Duration, cacheOpts []rediscache.Option, opts ...Option) *Resolver {
 	t.Helper()
 	url := f.url
 	if url == "" {
 		url = f.redis.URL()
 	}
-	rdb, err := NewRedisClient(url, RedisAuto)
+	rdb, err := rediscache.NewClient(url, rediscache.ModeAuto)
 	testenv.Must(t, err, "redis client")
 	t.Cleanup(func() { _ = rdb.Close() })
-	r := newResolver(t, append([]Option{WithRedis(rdb, lockWait)}, opts...)...)
+	c := rediscache.New(rdb, cacheOpts...)
+	t.Cleanup(c.Close) // after the resolver's Close: cleanups run last first
+	r := newResolver(t, append([]Option{WithRedis(c, lockWait)}, opts...)...)
 	f.res = append(f.res, r)
 	return r
 }
@@ -100,10 +109,7 @@ func (f *fleet) pending() int {
 func (f *fleet) waiting(key string) int {
 	n := 0
 	for _, r := range f.res {
-		l := r.lock.(*fleetLock)
-		l.mu.Lock()
-		n += len(l.waiters[key])
-		l.mu.Unlock()
+		n += r.cache.Waiters(key)
 	}
 	return n
 }
@@ -263,7 +269,7 @@ func TestFleetDeadHolder(t *testing.T) {
 	ref := f.reg.Ref("fleet/dead", "v1")
 	k := key(t, contract.ManifestDigest, ref)
 	rdb := f.redis.Client(t)
-	testenv.Must(t, rdb.Set(context.Background(), lockKey(k), "dead-worker", time.Minute).Err(), "planting a dead lock")
+	testenv.Must(t, rdb.Set(context.Background(), rediscache.LockKey(k), "dead-worker", time.Minute).Err(), "planting a dead lock")
 
 	var wg sync.WaitGroup
 	for i := range 30 {
@@ -279,7 +285,7 @@ func TestFleetDeadHolder(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if ttl := rdb.PTTL(context.Background(), lockKey(k)).Val(); ttl <= 0 {
+	if ttl := rdb.PTTL(context.Background(), rediscache.LockKey(k)).Val(); ttl <= 0 {
 		t.Fatalf("the planted lock is gone (PTTL %s): the test did not test a dead holder", ttl)
 	}
 	// Each resolver took over on its own, at most once (singleflight).
@@ -344,89 +350,5 @@ func TestFleetRedisDown(t *testing.T) {
 		if h := f.reg.CountManifest("HEAD", "fleet/down", tag); h < 1 || h > 3 {
 			t.Errorf("tag %s: %d HEADs, want 1 to 3 (one per resolver at most)", tag, h)
 		}
-	}
-}
-
-// TestExpiredHolderSaysNothing: a holder whose lock expired and was taken
-// by another worker neither deletes the new lock nor notifies: the
-// waiters get the new holder's answer, not the stale one.
-func TestExpiredHolderSaysNothing(t *testing.T) {
-	rd := testenv.StartRedis(t)
-	newLock := func() *fleetLock {
-		r := newResolver(t, WithRedis(rd.Client(t), 0))
-		return r.lock.(*fleetLock)
-	}
-	stale, fresh, waiting := newLock(), newLock(), newLock()
-	rdb := rd.Client(t)
-	ctx := context.Background()
-	const key = "regcap:v2:manifest_digest:example.test/app:v1"
-
-	old := stale.Lock(ctx, key, 50*time.Millisecond, time.Time{})
-	if old.lease == nil {
-		t.Fatal("the first Lock did not take the lock")
-	}
-	testenv.Eventually(t, "the first lock expired", func() bool {
-		return rdb.Exists(ctx, lockKey(key)).Val() == 0
-	})
-	cur := fresh.Lock(ctx, key, time.Minute, time.Time{})
-	if cur.lease == nil {
-		t.Fatal("the second Lock did not take the expired lock")
-	}
-	w := waiting.Lock(ctx, key, time.Minute, time.Time{})
-	if w.waiter == nil {
-		t.Fatal("the third Lock did not wait")
-	}
-
-	// Published first, the stale notice would be the waiter's answer:
-	// each waiter keeps only the first notice it receives.
-	old.lease.Fail(ctx, &contract.Error{Code: 404, Message: "stale holder"})
-	if rdb.Exists(ctx, lockKey(key)).Val() != 1 {
-		t.Fatal("the expired holder deleted the new holder's lock")
-	}
-	cur.lease.Fail(ctx, &contract.Error{Code: 502, Message: "current holder"})
-	v := w.waiter.Wait(ctx, 20*time.Second)
-	if v == nil || v.failure == nil || v.failure.Message != "current holder" {
-		t.Fatalf("waiter's verdict %+v, want the current holder's failure", v)
-	}
-}
-
-// TestCallerCancelIsNotAnOutage: a Redis command cut short by its
-// caller's context says nothing about Redis; a stopped Redis does.
-func TestCallerCancelIsNotAnOutage(t *testing.T) {
-	rd := testenv.StartRedis(t)
-	var errs []string
-	var mu sync.Mutex
-	r := newResolver(t, WithMemory(0), WithRedis(rd.Client(t), 0), WithRedisErrorHook(func(op string) {
-		mu.Lock()
-		errs = append(errs, op)
-		mu.Unlock()
-	}))
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(errs) }
-	bg := context.Background()
-	done, cancel := context.WithCancel(bg)
-	cancel()
-	r.shared.Set(bg, "k", entry{body: []byte("v"), fresh: time.Now().Add(time.Minute), expires: time.Now().Add(time.Minute)})
-	for _, op := range []struct {
-		name string
-		do   func()
-	}{
-		{"get", func() { r.shared.Get(done, "k") }},
-		{"set", func() {
-			r.shared.Set(done, "k2", entry{body: []byte("v"), fresh: time.Now().Add(time.Minute), expires: time.Now().Add(time.Minute)})
-		}},
-		{"lock", func() { r.lock.Lock(done, "k3", time.Second, time.Time{}) }},
-	} {
-		op.do()
-		if !r.RedisAvailable() || count() != 0 {
-			t.Fatalf("%s with a cancelled context: available %v, errors %v", op.name, r.RedisAvailable(), errs)
-		}
-	}
-	if e, ok := r.shared.Get(bg, "k"); !ok || string(e.body) != "v" {
-		t.Fatalf("after cancelled commands: %q %v", e.body, ok)
-	}
-	rd.Stop()
-	r.shared.Get(bg, "k")
-	if r.RedisAvailable() || count() == 0 {
-		t.Fatalf("redis stopped: available %v, errors %v", r.RedisAvailable(), errs)
 	}
 }

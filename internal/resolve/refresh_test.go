@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -162,11 +163,11 @@ func TestCloseReleasesTheLock(t *testing.T) {
 	<-gate.Arrived()
 	k := key(t, contract.ManifestDigest, ref)
 	rdb := f.redis.Client(t)
-	if rdb.Exists(context.Background(), lockKey(k)).Val() != 1 {
+	if rdb.Exists(context.Background(), rediscache.LockKey(k)).Val() != 1 {
 		t.Fatal("the fetch holds no lock: the test tests nothing")
 	}
 	f.res[0].Close()
-	if rdb.Exists(context.Background(), lockKey(k)).Val() != 0 {
+	if rdb.Exists(context.Background(), rediscache.LockKey(k)).Val() != 0 {
 		t.Fatal("the lock is still held after Close returned")
 	}
 }

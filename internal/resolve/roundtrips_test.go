@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -40,11 +41,13 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // countedResolver is a resolver on the fleet's Redis, without a memory
 // tier, whose Redis round trips are counted.
 func (f *fleet) countedResolver(t testing.TB, c *roundTrips) *Resolver {
-	rdb, err := NewRedisClient(f.redis.URL(), RedisAuto)
+	rdb, err := rediscache.NewClient(f.redis.URL(), rediscache.ModeAuto)
 	testenv.Must(t, err, "redis client")
 	rdb.AddHook(c)
 	t.Cleanup(func() { _ = rdb.Close() })
-	r := New(fetcherOf(), WithPlatform(amd64), WithMemory(0), WithRedis(rdb, 0))
+	cache := rediscache.New(rdb)
+	t.Cleanup(cache.Close)
+	r := New(fetcherOf(), WithPlatform(amd64), WithMemory(0), WithRedis(cache, 0))
 	t.Cleanup(r.Close)
 	return r
 }

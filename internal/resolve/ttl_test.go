@@ -35,13 +35,13 @@ func TestTTLCountsFromTheFetch(t *testing.T) {
 	if !ok {
 		t.Fatal("B did not keep the answer in memory")
 	}
-	if latest := fetchedBy.Add(ttl); e.fresh.After(latest) {
-		t.Fatalf("B's memory entry expires %s after A's fetch time + TTL", e.expires.Sub(latest))
+	if latest := fetchedBy.Add(ttl); e.Fresh.After(latest) {
+		t.Fatalf("B's memory entry expires %s after A's fetch time + TTL", e.Expires.Sub(latest))
 	}
 	// And so, once A's TTL is over, B no longer answers from memory: the
 	// next answer is fetched again.
 	time.Sleep(time.Until(fetchedBy.Add(ttl + 100*time.Millisecond)))
-	if _, ok, _ := b.Lookup(req); ok {
+	if _, miss, _ := b.Lookup(req); miss == nil {
 		t.Fatal("B answers from memory past A's fetch time + TTL")
 	}
 	if ans, err := b.Answer(context.Background(), req); err != nil || ans.Outcome != contract.Miss {

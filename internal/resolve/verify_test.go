@@ -124,8 +124,8 @@ func TestErrorMessagesBounded(t *testing.T) {
 	if len(ce.Message) > contract.MaxMessage {
 		t.Fatalf("message of %d bytes", len(ce.Message))
 	}
-	if got := bounded(strings.Repeat("é", contract.MaxMessage) + "\nrest"); len(got) > contract.MaxMessage || !utf8.ValidString(got) || strings.Contains(got, "\n") {
-		t.Fatalf("bounded: %d bytes, valid UTF-8 %v", len(got), utf8.ValidString(got))
+	if got := contract.Bound(strings.Repeat("é", contract.MaxMessage) + "\nrest"); len(got) > contract.MaxMessage || !utf8.ValidString(got) || strings.Contains(got, "\n") {
+		t.Fatalf("contract.Bound: %d bytes, valid UTF-8 %v", len(got), utf8.ValidString(got))
 	}
 }
 

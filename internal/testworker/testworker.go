@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/regcap/regcap/internal/resolve"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testenv"
 	"github.com/regcap/regcap/internal/worker"
 )
@@ -60,7 +60,7 @@ func Start(t testing.TB, cfg Config) *Worker {
 	case cfg.NoMemory:
 		c.MemorySize = 0
 	case c.MemorySize == 0:
-		c.MemorySize = resolve.DefaultMemorySize
+		c.MemorySize = rediscache.DefaultMemorySize
 	}
 	if c.Version == "" {
 		c.Version = "test"

@@ -13,10 +13,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
-	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/flagenv"
+	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/registry"
-	"github.com/regcap/regcap/internal/resolve"
 )
 
 // Config is everything a worker is built from. Flags fills it for
@@ -95,7 +95,7 @@ func Defaults() Config {
 		RefreshAhead:     0.2,
 		TTLJitter:        0.1,
 		ShutdownTimeout:  25 * time.Second,
-		MemorySize:       resolve.DefaultMemorySize,
+		MemorySize:       rediscache.DefaultMemorySize,
 		Concurrency:      64,
 		MaxPending:       1024,
 		MetricsAddr:      ":9090",

@@ -1,4 +1,4 @@
-package resolve
+package rediscache
 
 import (
 	"strings"
@@ -8,10 +8,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TestNewRedisClient checks which client each URL and --redis-mode gets,
+// TestNewClient checks which client each URL and --redis-mode gets,
 // and that a malformed one is an error that says what is wrong, never a
 // panic (go-redis panics on some failover options).
-func TestNewRedisClient(t *testing.T) {
+func TestNewClient(t *testing.T) {
 	cases := []struct {
 		url, mode string
 		want      string // single, sentinel or cluster; "" for an error
@@ -22,11 +22,11 @@ func TestNewRedisClient(t *testing.T) {
 		{url: "redis://127.0.0.1:26379?master_name=m&addr=127.0.0.1:26380", want: "sentinel"},
 		{url: "redis://127.0.0.1:26379?master_name=m", want: "sentinel"},
 		{url: "redis://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002", want: "cluster"},
-		{url: "redis://127.0.0.1:7000", mode: RedisCluster, want: "cluster"},
-		{url: "redis://127.0.0.1:6379", mode: RedisSingle, want: "single"},
+		{url: "redis://127.0.0.1:7000", mode: ModeCluster, want: "cluster"},
+		{url: "redis://127.0.0.1:6379", mode: ModeSingle, want: "single"},
 		{url: "redis://127.0.0.1:6379?dial_timeout=3s", want: "single"},
 
-		{url: "redis://127.0.0.1:26379", mode: RedisSentinel, err: "no master_name"},
+		{url: "redis://127.0.0.1:26379", mode: ModeSentinel, err: "no master_name"},
 		{url: "redis://127.0.0.1:26379?master_name=m&route_by_latency=true", err: "replicas"},
 		{url: "redis://127.0.0.1:26379?master_name=m&route_randomly=true", err: "replicas"},
 		{url: "redis://127.0.0.1:26379?master_name=m&replica_only=true", err: "replicas"},
@@ -35,11 +35,11 @@ func TestNewRedisClient(t *testing.T) {
 		{url: "redis://127.0.0.1:6379?master_name=m&addr=nohost", err: "addr"},
 		{url: "redis://127.0.0.1:7000?addr=127.0.0.1", err: "addr"},
 		{url: "redis://127.0.0.1:6379/x", err: "database"},
-		{url: "redis://127.0.0.1:6379?bogus=1", mode: RedisSingle, err: "bogus"},
+		{url: "redis://127.0.0.1:6379?bogus=1", mode: ModeSingle, err: "bogus"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.url+" "+tc.mode, func(t *testing.T) {
-			c, err := NewRedisClient(tc.url, tc.mode)
+			c, err := NewClient(tc.url, tc.mode)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err %v, want one saying %q", err, tc.err)
@@ -58,7 +58,7 @@ func TestNewRedisClient(t *testing.T) {
 					t.Errorf("slot map reloaded every %v, want 1s", cc.Options().ClusterStateReloadInterval)
 				}
 			case *redis.Client:
-				if strings.Contains(tc.url, "master_name") || tc.mode == RedisSentinel {
+				if strings.Contains(tc.url, "master_name") || tc.mode == ModeSentinel {
 					got = "sentinel" // a failover client is a *redis.Client too
 				}
 				want := 500 * time.Millisecond

@@ -1,4 +1,4 @@
-package resolve
+package rediscache
 
 import (
 	"context"
@@ -42,7 +42,11 @@ const (
 // pipelines that touch the lock and the value run in Cluster mode too.
 // Value keys hold no braces (references cannot), so the tag is the whole
 // key, and its slot the value's.
-func lockKey(key string) string     { return lockPrefix + "{" + key + "}" }
+func lockKey(key string) string { return lockPrefix + "{" + key + "}" }
+
+// LockKey is the Redis key of key's fleet lock, for tools and tests that
+// look into Redis.
+func LockKey(key string) string     { return lockKey(key) }
 func doneChannel(key string) string { return donePrefix + "{" + key + "}" }
 
 // keyOfChannel is the value key a notice channel is about.
@@ -69,46 +73,40 @@ end
 return 0
 `
 
-// failureJSON is an error answer as the holder passes it to its waiters.
-// It is never cached.
-type failureJSON struct {
-	Code       int    `json:"code"`
-	Message    string `json:"message"`
-	RetryAfter string `json:"retry_after,omitempty"`
-}
-
+// notice is what a holder tells its waiters, as JSON. A failure is never
+// cached: it is passed on once, in contract.Error's own JSON form.
 type notice struct {
-	OK        bool         `json:"ok,omitempty"`
-	Abandoned bool         `json:"abandoned,omitempty"`
-	Failure   *failureJSON `json:"failure,omitempty"`
+	OK        bool            `json:"ok,omitempty"`
+	Abandoned bool            `json:"abandoned,omitempty"`
+	Failure   *contract.Error `json:"failure,omitempty"`
 }
 
-// verdict is what a waiter learned from the holder: its answer, read from
-// the shared tier, or its error.
-type verdict struct {
-	found   entry
-	failure *contract.Error
+// Verdict is what a waiter learned from the holder: its answer, read from
+// Redis, or its error. Exactly one field is set.
+type Verdict struct {
+	Found   Entry
+	Failure *contract.Error
 }
 
-// claim is the outcome of asking for a key's lock: exactly one of its
-// fields is set, or none when there is no working shared tier (then the
-// caller fetches on its own).
-type claim struct {
-	lease  *lease  // this worker holds the lock and must fetch
-	waiter *waiter // another worker holds it
-	found  *entry  // the answer was stored meanwhile
+// Claim is the outcome of asking for a key's lock: exactly one of its
+// fields is set, or none when Redis is not working (then the caller
+// fetches on its own).
+type Claim struct {
+	Lease  *Lease  // this worker holds the lock and must fetch
+	Waiter *Waiter // another worker holds it
+	Found  *Entry  // the answer was stored meanwhile
 }
 
-// lease is a held fleet lock. Exactly one of Store, Fail or Abandon must
+// Lease is a held fleet lock. Exactly one of Store, Fail or Abandon must
 // be called.
-type lease struct {
+type Lease struct {
 	l     *fleetLock
 	key   string
 	token string
 }
 
-// waiter is registered for a key's outcome; call Wait once.
-type waiter struct {
+// Waiter is registered for a key's outcome; call Wait once.
+type Waiter struct {
 	l   *fleetLock
 	key string
 	ch  chan notice
@@ -118,17 +116,14 @@ type waiter struct {
 // for its answer. It holds one pub/sub listener, started by the first
 // Lock, and the waiters it wakes.
 type fleetLock struct {
-	rdb    redis.UniversalClient
-	tier   *redisTier // where the holder's answer is read
-	health *health
-	log    *zap.Logger
+	c *Cache // where the holder's answer is read
 
 	once    sync.Once
 	stop    context.CancelFunc
 	done    chan struct{}
 	ready   chan struct{} // closed once the subscription was confirmed or failed
 	mu      sync.Mutex
-	waiters map[string]map[*waiter]struct{}
+	waiters map[string]map[*Waiter]struct{}
 	closed  bool
 }
 
@@ -137,100 +132,113 @@ type fleetLock struct {
 // holder before us may have stored it since the caller's look. A value
 // counts as found when it is fresh and was fetched after newerThan (a
 // refresh looks for one newer than the entry it refreshes).
-func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) claim {
-	if l.health.skip() {
-		return claim{}
+func (c *Cache) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) Claim {
+	return c.lock.Lock(ctx, key, hold, newerThan)
+}
+
+// Waiters is how many of this worker's requests wait on another worker's
+// fetch of key.
+func (c *Cache) Waiters(key string) int {
+	c.lock.mu.Lock()
+	defer c.lock.mu.Unlock()
+	return len(c.lock.waiters[key])
+}
+
+// Lock is Cache.Lock.
+func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) Claim {
+	if l.c.health.skip() {
+		return Claim{}
 	}
 	l.startListener()
 	// Registered before SET NX, so that an answer published right after
 	// our attempt is not missed.
 	wt := l.register(key)
 	if wt == nil {
-		return claim{}
+		return Claim{}
 	}
 	token := newToken()
-	op, cancel := l.health.op(ctx)
+	op, cancel := l.c.health.op(ctx)
 	defer cancel()
 	var (
 		set *redis.BoolCmd
 		get *redis.StringCmd
 		ttl *redis.DurationCmd
 	)
-	_, err := l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+	_, err := l.c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		set = p.SetNX(op, lockKey(key), token, hold)
-		get, ttl = l.tier.read(op, p, key)
+		get, ttl = l.c.read(op, p, key)
 		return nil
 	})
 	if err != nil && (!isReply(err) || set.Err() != nil) {
 		l.unregister(wt)
-		l.health.failed(ctx, "lock", err)
-		return claim{}
+		l.c.health.failed(ctx, "lock", err)
+		return Claim{}
 	}
-	l.health.ok()
+	l.c.health.ok()
 	// A stale value (kept for --stale-if-error) is no answer here: the
 	// lock is for fetching a fresh one.
-	e, found := l.tier.decode(key, get, ttl)
-	found = found && e.isFresh(l.tier.now()) && e.fetched.After(newerThan)
+	e, found := l.c.decode(key, get, ttl)
+	found = found && e.IsFresh(l.c.now()) && e.Fetched.After(newerThan)
 	switch {
 	case set.Val() && found:
 		// Stored between the caller's look and our lock: nothing to
 		// fetch, and nobody to keep waiting.
 		l.unregister(wt)
-		(&lease{l: l, key: key, token: token}).finish(ctx, notice{OK: true}, nil)
-		return claim{found: &e}
+		(&Lease{l: l, key: key, token: token}).finish(ctx, notice{OK: true}, nil)
+		return Claim{Found: &e}
 	case set.Val():
 		l.unregister(wt)
-		return claim{lease: &lease{l: l, key: key, token: token}}
+		return Claim{Lease: &Lease{l: l, key: key, token: token}}
 	case found:
 		l.unregister(wt)
-		return claim{found: &e}
+		return Claim{Found: &e}
 	}
-	return claim{waiter: wt}
+	return Claim{Waiter: wt}
 }
 
 // Store stores e under the key, publishes success to the waiters and
 // releases the lock, in one round trip.
-func (ls *lease) Store(ctx context.Context, e entry) { ls.finish(ctx, notice{OK: true}, &e) }
+func (ls *Lease) Store(ctx context.Context, e Entry) { ls.finish(ctx, notice{OK: true}, &e) }
 
 // Fail passes err to the waiters and releases the lock. Errors are not
 // cached.
-func (ls *lease) Fail(ctx context.Context, err *contract.Error) {
-	ls.finish(ctx, notice{Failure: &failureJSON{Code: err.Code, Message: err.Message, RetryAfter: err.RetryAfter}}, nil)
+func (ls *Lease) Fail(ctx context.Context, err *contract.Error) {
+	ls.finish(ctx, notice{Failure: err}, nil)
 }
 
 // Abandon releases the lock without an answer (e.g. the worker is
 // stopping): the waiters fetch themselves at once instead of waiting out
 // their bound.
-func (ls *lease) Abandon(ctx context.Context) { ls.finish(ctx, notice{Abandoned: true}, nil) }
+func (ls *Lease) Abandon(ctx context.Context) { ls.finish(ctx, notice{Abandoned: true}, nil) }
 
-func (ls *lease) finish(ctx context.Context, n notice, store *entry) {
+func (ls *Lease) finish(ctx context.Context, n notice, store *Entry) {
 	msg, _ := json.Marshal(n)
 	l := ls.l
 	// A stopping worker still owes its waiters the notice.
-	ctx, cancel := l.health.op(context.WithoutCancel(ctx))
+	ctx, cancel := l.c.health.op(context.WithoutCancel(ctx))
 	defer cancel()
-	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := l.c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if store != nil {
-			if left := store.expires.Sub(l.tier.now()); left >= time.Millisecond {
-				p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.tier.macKey), left)
+			if left := store.Expires.Sub(l.c.now()); left >= time.Millisecond {
+				p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.c.macKey), left)
 			}
 		}
 		p.Eval(ctx, releaseScript, []string{lockKey(ls.key), doneChannel(ls.key)}, ls.token, msg)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		l.health.failed(context.Background(), "unlock", err)
+		l.c.health.failed(context.Background(), "unlock", err)
 	}
 }
 
 // Cancel gives up waiting without waiting: a refresh that finds another
 // worker refreshing leaves it to them.
-func (w *waiter) Cancel() { w.l.unregister(w) }
+func (w *Waiter) Cancel() { w.l.unregister(w) }
 
 // Wait waits at most wait for the holder's answer. It returns nil when the
 // caller should fetch itself: the wait ran out, the holder gave up or
 // died, the answer could not be read, or ctx ended.
-func (w *waiter) Wait(ctx context.Context, wait time.Duration) *verdict {
+func (w *Waiter) Wait(ctx context.Context, wait time.Duration) *Verdict {
 	defer w.l.unregister(w)
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
@@ -246,7 +254,7 @@ func (w *waiter) Wait(ctx context.Context, wait time.Duration) *verdict {
 			case err != nil:
 				return nil // Redis is gone: per-worker singleflight from here
 			case found:
-				return &verdict{found: e}
+				return &Verdict{Found: e}
 			case !held:
 				// The holder's notice leaves with its lock, on another
 				// connection: give it a moment before deciding that the
@@ -275,16 +283,15 @@ const noticeGrace = 50 * time.Millisecond
 
 // answer turns the holder's notice into the waiter's verdict; nil means
 // fetch here.
-func (w *waiter) answer(ctx context.Context, n notice) *verdict {
+func (w *Waiter) answer(ctx context.Context, n notice) *Verdict {
 	switch {
 	case n.Failure != nil:
-		f := n.Failure
-		return &verdict{failure: &contract.Error{Code: f.Code, Message: f.Message, RetryAfter: f.RetryAfter}}
+		return &Verdict{Failure: n.Failure}
 	case n.OK:
 		// Fresh only: the holder's notice also goes out when its SET did
 		// not land, and the value then is the old, stale one.
-		if e, ok := w.l.tier.Get(ctx, w.key); ok && e.isFresh(w.l.tier.now()) {
-			return &verdict{found: e}
+		if e, ok := w.l.c.Get(ctx, w.key); ok && e.IsFresh(w.l.c.now()) {
+			return &Verdict{Found: e}
 		}
 		return nil // stored value lost (Redis hiccup): fetch
 	default:
@@ -293,46 +300,46 @@ func (w *waiter) answer(ctx context.Context, n notice) *verdict {
 }
 
 // peek reads key's value and whether its lock is still held.
-func (l *fleetLock) peek(ctx context.Context, key string) (e entry, found, held bool, err error) {
-	op, cancel := l.health.op(ctx)
+func (l *fleetLock) peek(ctx context.Context, key string) (e Entry, found, held bool, err error) {
+	op, cancel := l.c.health.op(ctx)
 	defer cancel()
 	var (
 		lock *redis.IntCmd
 		get  *redis.StringCmd
 		ttl  *redis.DurationCmd
 	)
-	_, err = l.rdb.Pipelined(op, func(p redis.Pipeliner) error {
+	_, err = l.c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		lock = p.Exists(op, lockKey(key))
-		get, ttl = l.tier.read(op, p, key)
+		get, ttl = l.c.read(op, p, key)
 		return nil
 	})
 	if err != nil && (!isReply(err) || lock.Err() != nil) {
-		l.health.failed(ctx, "lock_check", err)
-		return entry{}, false, false, err
+		l.c.health.failed(ctx, "lock_check", err)
+		return Entry{}, false, false, err
 	}
-	l.health.ok()
-	e, found = l.tier.decode(key, get, ttl)
-	return e, found && e.isFresh(l.tier.now()), lock.Val() > 0, nil
+	l.c.health.ok()
+	e, found = l.c.decode(key, get, ttl)
+	return e, found && e.IsFresh(l.c.now()), lock.Val() > 0, nil
 }
 
-func (l *fleetLock) register(key string) *waiter {
+func (l *fleetLock) register(key string) *Waiter {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return nil
 	}
-	w := &waiter{l: l, key: key, ch: make(chan notice, 1)}
+	w := &Waiter{l: l, key: key, ch: make(chan notice, 1)}
 	if l.waiters == nil {
-		l.waiters = map[string]map[*waiter]struct{}{}
+		l.waiters = map[string]map[*Waiter]struct{}{}
 	}
 	if l.waiters[key] == nil {
-		l.waiters[key] = map[*waiter]struct{}{}
+		l.waiters[key] = map[*Waiter]struct{}{}
 	}
 	l.waiters[key][w] = struct{}{}
 	return w
 }
 
-func (l *fleetLock) unregister(w *waiter) {
+func (l *fleetLock) unregister(w *Waiter) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if m := l.waiters[w.key]; m != nil {
@@ -372,18 +379,18 @@ func (l *fleetLock) startListener() {
 	if l.ready != nil {
 		select {
 		case <-l.ready:
-		case <-time.After(l.health.opTimeout):
+		case <-time.After(l.c.health.opTimeout):
 		}
 	}
 }
 
 func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
 	defer close(done)
-	ps := l.rdb.PSubscribe(ctx, donePrefix+"*")
+	ps := l.c.rdb.PSubscribe(ctx, donePrefix+"*")
 	defer ps.Close()
-	rctx, cancel := l.health.op(ctx)
+	rctx, cancel := l.c.health.op(ctx)
 	if _, err := ps.Receive(rctx); err != nil {
-		l.health.failed(ctx, "subscribe", err)
+		l.c.health.failed(ctx, "subscribe", err)
 	}
 	cancel()
 	close(ready)
@@ -399,18 +406,22 @@ func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
 				return
 			}
 			var n notice
-			if err := json.Unmarshal([]byte(m.Payload), &n); err != nil {
-				l.log.Warn("ignoring a malformed fleet-lock notice", zap.String("channel", m.Channel))
+			if err := json.Unmarshal([]byte(m.Payload), &n); err != nil || n.Failure != nil && !contract.ValidCode(n.Failure.Code) {
+				// A waiter that hears nothing goes on waiting, then
+				// fetches itself.
+				l.c.log.Warn("ignoring a malformed fleet-lock notice", zap.String("channel", m.Channel))
 				continue
+			}
+			if n.Failure != nil {
+				n.Failure.Message = contract.Bound(n.Failure.Message)
 			}
 			l.deliver(keyOfChannel(m.Channel), n)
 		}
 	}
 }
 
-// Close stops the listener. Waiters still waiting run out their bound or
-// see the lock go.
-func (l *fleetLock) Close() {
+// close stops the listener.
+func (l *fleetLock) close() {
 	l.mu.Lock()
 	l.closed = true
 	stop, done := l.stop, l.done

@@ -1,4 +1,4 @@
-package resolve
+package rediscache
 
 import (
 	"bytes"
@@ -57,19 +57,21 @@ type rejection struct{ reason, detail string }
 
 func (r *rejection) Error() string { return r.reason + ": " + r.detail }
 
-// sealValue wraps body for key, fetched at fetched and stale for the last
-// staleFor of its life; with macKey it is signed.
-func sealValue(key string, body []byte, fetched time.Time, staleFor time.Duration, macKey []byte) []byte {
+// EncodeValue is the Redis value a worker stores under key for body,
+// fetched at fetched and stale for the last staleFor of its life; with
+// macKey (the fleet's --cache-key) it is signed. For tools and tests that
+// write into Redis, as DecodeValue is for those that read.
+func EncodeValue(key string, body []byte, fetched time.Time, staleFor time.Duration, macKey []byte) []byte {
 	return seal(key, body, fetched, staleFor, 0, macKey)
 }
 
 // sealEntry wraps e for key.
-func sealEntry(key string, e entry, macKey []byte) []byte {
+func sealEntry(key string, e Entry, macKey []byte) []byte {
 	var flags byte
-	if e.negative {
+	if e.Negative {
 		flags = flagNegative
 	}
-	return seal(key, e.body, e.fetched, e.expires.Sub(e.fresh), flags, macKey)
+	return seal(key, e.Body, e.Fetched, e.Expires.Sub(e.Fresh), flags, macKey)
 }
 
 func seal(key string, body []byte, fetched time.Time, staleFor time.Duration, flags byte, macKey []byte) []byte {

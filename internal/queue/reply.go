@@ -1,0 +1,106 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/resolve"
+	"go.uber.org/zap"
+)
+
+// handler answers a memory hit or a bad request inside the callback, and
+// hands anything that waits on the network to a goroutine of its own: a
+// slow registry or Redis never holds up the answers for other images.
+func (s *Server) handler(fn contract.Function) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		// Counted for Shutdown: a callback running holds a message that
+		// the subscription no longer counts as pending.
+		s.callbacks.Add(1)
+		defer s.callbacks.Add(-1)
+		if m.Reply == "" {
+			return // a publish, not a request: nobody to answer
+		}
+		start := time.Now()
+		req := resolve.Request{Function: fn, Payload: m.Data}
+		if fn == contract.OCIManifestConfig {
+			req.Platform = m.Header.Get(contract.HeaderPlatform)
+		}
+		a, miss, err := s.res.Lookup(req)
+		if err != nil || miss == nil {
+			s.reply(m, fn, a, err, start)
+			return
+		}
+		s.inflight.Add(1)
+		s.busy.Add(1)
+		go func() {
+			defer s.inflight.Done()
+			defer s.busy.Add(-1)
+			a, err := s.res.Resolve(s.life, miss)
+			s.reply(m, fn, a, err, start)
+		}()
+	}
+}
+
+// reply sends an answer, or an error in the NATS service-framework
+// convention: the code and message in headers, an empty body.
+func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err error, start time.Time) {
+	r := nats.NewMsg(m.Reply)
+	code := 0
+	if err != nil {
+		ce := contract.AsError(err)
+		code, a.Outcome = ce.Code, ""
+		r.Header.Set(contract.HeaderErrorCode, strconv.Itoa(ce.Code))
+		r.Header.Set(contract.HeaderError, contract.Bound(ce.Message))
+		if ce.RetryAfter != "" {
+			r.Header.Set(contract.HeaderRetryAfter, contract.Bound(ce.RetryAfter))
+		}
+	} else {
+		r.Header.Set(contract.HeaderCache, string(a.Outcome))
+		if a.Outcome == contract.Stale {
+			r.Header.Set(contract.HeaderAge, strconv.Itoa(int(a.Age.Seconds())))
+		}
+		r.Data = a.Body
+	}
+	// A reply the server would refuse is never dropped: the caller gets
+	// a 413 that says so, not a timeout.
+	if limit := s.nc.MaxPayload(); limit > 0 && int64(msgSize(r)) > limit {
+		r, code, a.Outcome = tooLarge(m.Reply, fn, msgSize(r), limit), 413, ""
+	}
+	if !s.nc.IsConnected() {
+		s.repliedOffline.Store(true)
+	}
+	err = m.RespondMsg(r)
+	if errors.Is(err, nats.ErrMaxPayload) && code != 413 {
+		r, code, a.Outcome = tooLarge(m.Reply, fn, msgSize(r), s.nc.MaxPayload()), 413, ""
+		err = m.RespondMsg(r)
+	}
+	if err != nil {
+		s.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
+	}
+	s.obs.Request(fn, code, a.Outcome, time.Since(start))
+}
+
+// msgSize is what a message counts against the server's max_payload:
+// its headers, as NATS encodes them, and its body.
+func msgSize(m *nats.Msg) int {
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+	}
+	return n + len(m.Data)
+}
+
+// tooLarge is the 413 error reply for an answer of size bytes that does
+// not fit the server's max_payload.
+func tooLarge(reply string, fn contract.Function, size int, limit int64) *nats.Msg {
+	r := nats.NewMsg(reply)
+	r.Header.Set(contract.HeaderErrorCode, "413")
+	r.Header.Set(contract.HeaderError, fmt.Sprintf("%s answer of %d bytes is over the NATS server's max_payload of %d bytes: raise max_payload, or lower --max-manifest-size and --max-config-size", fn.Name(), size, limit))
+	return r
+}

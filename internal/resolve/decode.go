@@ -1,0 +1,66 @@
+package resolve
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/handlers"
+)
+
+// query is a decoded request and what the resolver derives from it once.
+type query struct {
+	req      handlers.Request
+	key      string // cache key
+	image    string // normalised reference, for messages
+	registry string // its registry host, for the fetch slots
+	ttl      time.Duration
+}
+
+// decode turns req into a query. A repeated request skips the reference
+// parser: on a hit its cost bounds the throughput of a NATS subject,
+// whose callback is serial.
+func (r *Resolver) decode(req Request) (query, error) {
+	raw := rawKey(req)
+	if q, ok := r.decoded.GetIfPresent(raw); ok {
+		return q, nil
+	}
+	cr, err := handlers.ParseRequest(req.Function, req.Payload, req.Platform, r.platform)
+	if err != nil {
+		return query{}, err
+	}
+	q := query{req: cr, key: cr.Key(), image: cr.Ref.Name(), registry: cr.Ref.Context().RegistryStr(), ttl: r.ttl}
+	if cr.Immutable() {
+		q.ttl = r.immutableTTL
+	}
+	r.decoded.Set(raw, q)
+	return q, nil
+}
+
+// rawKey identifies a request by its bytes: the function, the platform
+// header (config only) and the payload.
+func rawKey(req Request) string {
+	p := ""
+	if req.Function == contract.OCIManifestConfig {
+		p = req.Platform
+	}
+	return string(req.Function) + "\x00" + p + "\x00" + string(req.Payload)
+}
+
+// failed logs a request that got an error answer, and returns the
+// error as every front sends it: a *contract.Error whose message is one
+// line of at most contract.MaxMessage bytes.
+func (r *Resolver) failed(fn contract.Function, err error) *contract.Error {
+	ce := contract.AsError(err)
+	if msg := contract.Bound(ce.Message); msg != ce.Message {
+		ce = &contract.Error{Code: ce.Code, Message: msg, RetryAfter: ce.RetryAfter}
+	}
+	lvl := zap.InfoLevel
+	if ce.Code >= 500 {
+		lvl = zap.WarnLevel
+	}
+	r.log.Log(lvl, "request failed", zap.String("function", string(fn)),
+		zap.Int("code", ce.Code), zap.String("message", ce.Message))
+	return ce
+}

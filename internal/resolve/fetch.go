@@ -1,0 +1,88 @@
+package resolve
+
+import (
+	"context"
+	"time"
+
+	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/rediscache"
+)
+
+// lockMargin is how much longer than a fetch the fleet lock is held: the
+// store and the release after it.
+const lockMargin = 2 * time.Second
+
+// fetchAndStore asks the registry, stores the answer in both tiers and
+// tells the fleet lock's waiters, if this worker holds the lock. The
+// caller holds a fetch slot; it is released here.
+func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(r.life, r.fetchTimeout)
+	fetched := r.now()
+	body, err := r.fetch.Fetch(ctx, q.req)
+	cancel()
+	r.releaseSlot(q)
+	if err != nil {
+		ce := contract.AsError(err)
+		if ce.Code == 404 && r.negativeTTL > 0 {
+			// Cached fleet-wide: the waiters read it as they read an
+			// answer, and answer the same 404.
+			r.store(q, rediscache.Entry{Body: []byte(ce.Message), Fetched: fetched, Fresh: fetched.Add(r.negativeTTL),
+				Expires: fetched.Add(r.negativeTTL), Negative: true}, held)
+			return nil, ce
+		}
+		if r.staleIfError > 0 && staleWorthy(ce) {
+			// Before the waiters hear of the failure: none of them, nor
+			// any worker after them, tries again within the back-off.
+			r.backOff(q, ce)
+		}
+		switch {
+		case held == nil:
+		case ce.Code == 503:
+			// This worker is stopping or overloaded, which says nothing
+			// about the image: let the waiters try.
+			held.Abandon(r.life)
+		default:
+			held.Fail(r.life, ce)
+		}
+		return nil, ce
+	}
+	fresh := fetched.Add(r.jittered(q.ttl))
+	r.store(q, rediscache.Entry{Body: body, Fetched: fetched, Fresh: fresh, Expires: fresh.Add(r.staleIfError)}, held)
+	return body, nil
+}
+
+// store keeps e in both tiers and, if this worker holds the fleet lock,
+// tells the waiters: the value and their notice in one round trip.
+func (r *Resolver) store(q query, e rediscache.Entry, held *rediscache.Lease) {
+	r.mem.Set(q.key, e)
+	switch {
+	case held != nil:
+		held.Store(r.life, e)
+	case r.shared != nil:
+		r.shared.Set(r.life, q.key, e)
+	}
+}
+
+// negativeHit is the answer of a cached 404.
+func (r *Resolver) negativeHit(e rediscache.Entry) error {
+	r.onNegative()
+	return &contract.Error{Code: 404, Message: string(e.Body)}
+}
+
+// acquireSlot takes a fetch slot for q's registry, waiting for one until
+// ctx ends.
+func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
+	b := r.slots.acquire(ctx, q.registry)
+	switch {
+	case b == nil:
+		return nil
+	case r.life.Err() != nil:
+		return contract.Errorf(503, "%s: worker shutting down", q.image)
+	case b.registry:
+		return contract.Errorf(503, "%s: all %d fetch slots for %s stayed busy (--concurrency-per-registry); retry", q.image, r.slots.per, q.registry)
+	default:
+		return contract.Errorf(503, "%s: all %d fetch slots stayed busy; retry", q.image, cap(r.slots.all))
+	}
+}
+
+func (r *Resolver) releaseSlot(q query) { r.slots.release(q.registry) }
