@@ -73,4 +73,3 @@ func (h *health) ok() {
 		h.log.Info("redis available again: sharing the cache with the fleet")
 	}
 }
-

@@ -143,4 +143,3 @@ func WithRedis(c *rediscache.Cache, lockWait time.Duration) Option {
 
 // WithLogger sets the logger.
 func WithLogger(l *zap.Logger) Option { return func(o *options) { o.log = l } }
-
