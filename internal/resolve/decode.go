@@ -64,3 +64,15 @@ func (r *Resolver) failed(fn contract.Function, err error) *contract.Error {
 		zap.Int("code", ce.Code), zap.String("message", ce.Message))
 	return ce
 }
+
+// Key is the cache key req's answer is kept under, or req's 400 when it
+// does not decode: requests with one key have one answer, however they
+// spell the image (busybox, docker.io/library/busybox:latest). It does
+// not block.
+func (r *Resolver) Key(req Request) (string, error) {
+	q, err := r.decode(req)
+	if err != nil {
+		return "", contract.AsError(err)
+	}
+	return q.key, nil
+}
