@@ -1,0 +1,167 @@
+package handlers
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/regcap/regcap/contract"
+)
+
+// ParseReference decodes a waPC payload: a JSON string holding an image
+// reference, parsed like Docker does. Every failure is a 400 *Error.
+func ParseReference(payload []byte) (name.Reference, error) {
+	switch {
+	case len(payload) == 0:
+		return nil, errorf(400, "", "empty payload: expected a JSON string such as \"busybox:latest\"")
+	case len(payload) > contract.MaxPayload:
+		return nil, errorf(400, "", "payload of %d bytes is over the %d-byte limit", len(payload), contract.MaxPayload)
+	}
+	trimmed := bytes.TrimSpace(payload)
+	if len(trimmed) == 0 || trimmed[0] != '"' {
+		return nil, errorf(400, "", "payload is not a JSON string: %s", quote(payload))
+	}
+	var s string
+	if err := json.Unmarshal(payload, &s); err != nil {
+		return nil, errorf(400, "", "payload is not a JSON string: %s", quote(payload))
+	}
+	if s == "" {
+		return nil, errorf(400, "", "empty image reference")
+	}
+	ref, err := name.ParseReference(s)
+	if err != nil {
+		if part := diagnose(s); part != "" {
+			return nil, errorf(400, "", "invalid image reference %s: %s", quote([]byte(s)), part)
+		}
+		return nil, errorf(400, "", "invalid image reference %s", quote([]byte(s)))
+	}
+	if ref, err = normalise(ref); err != nil {
+		return nil, errorf(400, "", "invalid image reference %s: %v", quote([]byte(s)), err)
+	}
+	// The parser checks the repository's length before Docker Hub's
+	// implicit "library/" is added: a name that fits only without it has a
+	// normalised form (the cache key, the registry path) that is invalid.
+	if r := ref.Context().RepositoryStr(); len(r) > maxRepository {
+		return nil, errorf(400, "", "invalid image reference %s: repository %s is over %d characters", quote([]byte(s)), quote([]byte(r)), maxRepository)
+	}
+	return ref, nil
+}
+
+// The distribution reference grammar, which go-containerregistry's
+// parser does not hold references to: it passes "a/../b", "a//b" or
+// "-a" to the registry as they are.
+var (
+	pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
+	tagGrammar    = regexp.MustCompile(`^[\w][\w.-]{0,127}$`)
+	digestGrammar = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+)
+
+// normalise holds ref to the distribution grammar, before any network
+// activity, and lower-cases its registry host, so that LOCALHOST:5000 and
+// localhost:5000 are one registry and one cache key.
+func normalise(ref name.Reference) (name.Reference, error) {
+	host := ref.Context().RegistryStr()
+	h, port, hasPort := host, "", false
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		h, port, hasPort = host[:i], host[i+1:], true
+	}
+	if h == "" {
+		return nil, fmt.Errorf("registry %s has no host", quote([]byte(host)))
+	}
+	if !hostGrammar.MatchString(host) {
+		return nil, fmt.Errorf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(host)))
+	}
+	if hasPort {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
+			return nil, fmt.Errorf("registry port %s is not a number from 1 to 65535", quote([]byte(port)))
+		}
+	}
+	for _, c := range strings.Split(ref.Context().RepositoryStr(), "/") {
+		if !pathComponent.MatchString(c) {
+			return nil, fmt.Errorf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
+		}
+	}
+	switch r := ref.(type) {
+	case name.Tag:
+		if !tagGrammar.MatchString(r.TagStr()) {
+			return nil, fmt.Errorf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote([]byte(r.TagStr())))
+		}
+	case name.Digest:
+		// Every registry in use digests with sha256; accepting another
+		// algorithm would mean answering bodies nobody verified.
+		if !strings.HasPrefix(r.DigestStr(), "sha256:") {
+			return nil, fmt.Errorf("unsupported digest algorithm: only sha256 digests are accepted")
+		}
+		if !digestGrammar.MatchString(r.DigestStr()) {
+			return nil, fmt.Errorf("digest %s must be sha256: and 64 lower-case hex digits", quote([]byte(r.DigestStr())))
+		}
+	}
+	if lower := strings.ToLower(host); lower != host {
+		sep := ":"
+		if _, ok := ref.(name.Digest); ok {
+			sep = "@"
+		}
+		return name.ParseReference(lower + "/" + ref.Context().RepositoryStr() + sep + ref.Identifier())
+	}
+	return ref, nil
+}
+
+// hostGrammar is a registry host: a DNS name or a bracketed IPv6
+// address, and an optional port.
+var hostGrammar = regexp.MustCompile(`^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)(?::[0-9]*)?$`)
+
+// diagnose names the part of s, a reference the parser refused, that is
+// wrong: digest, tag, host, port or repository component, the way Docker
+// splits a reference. "" when it cannot tell.
+func diagnose(s string) string {
+	rest := s
+	if i := strings.IndexByte(rest, '@'); i >= 0 {
+		if d := rest[i+1:]; !digestGrammar.MatchString(d) {
+			return fmt.Sprintf("digest %s must be sha256: and 64 lower-case hex digits", quote([]byte(d)))
+		}
+		rest = rest[:i]
+	}
+	if i := strings.LastIndexByte(rest, ':'); i > strings.LastIndexByte(rest, '/') {
+		if t := rest[i+1:]; !tagGrammar.MatchString(t) {
+			return fmt.Sprintf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote([]byte(t)))
+		}
+		rest = rest[:i]
+	}
+	parts := strings.Split(rest, "/")
+	if first := parts[0]; len(parts) > 1 && (strings.ContainsAny(first, ".:[") || first == "localhost" || first != strings.ToLower(first)) {
+		if !hostGrammar.MatchString(first) {
+			return fmt.Sprintf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(first)))
+		}
+		parts = parts[1:]
+	}
+	for _, c := range parts {
+		if !pathComponent.MatchString(c) {
+			return fmt.Sprintf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
+		}
+	}
+	return ""
+}
+
+// maxRepository is the longest repository path, as go-containerregistry
+// and distribution accept it.
+const maxRepository = 255
+
+// quote shows untrusted input in a message: one line, bounded, valid UTF-8.
+func quote(b []byte) string {
+	const max = 64
+	s := string(b)
+	if len(s) > max {
+		s = s[:max]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+		s += "…"
+	}
+	return fmt.Sprintf("%q", s)
+}
