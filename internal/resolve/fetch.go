@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/regcap/regcap/contract"
@@ -20,9 +21,9 @@ func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error
 	fetched := r.now()
 	body, err := r.fetch.Fetch(ctx, q.req)
 	cancel()
-	r.releaseSlot(q)
 	if err != nil {
 		ce := contract.AsError(err)
+		r.slots.release(q.registry, outcomeOf(ce.Code), ce.Code)
 		if ce.Code == 404 && r.negativeTTL > 0 {
 			// Cached fleet-wide: the waiters read it as they read an
 			// answer, and answer the same 404.
@@ -46,6 +47,9 @@ func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error
 		}
 		return nil, ce
 	}
+	r.slots.release(q.registry, outcomeAnswer, 0)
+	// The registry answers again: its 429 back-off is over.
+	r.backoff.Invalidate(registryBackoff(q.registry))
 	fresh := fetched.Add(r.jittered(q.ttl))
 	r.store(q, rediscache.Entry{Body: body, Fetched: fetched, Fresh: fresh, Expires: fresh.Add(r.staleIfError)}, held)
 	return body, nil
@@ -78,6 +82,13 @@ func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
 		return nil
 	case r.life.Err() != nil:
 		return contract.Errorf(503, "%s: worker shutting down", q.image)
+	case b.open:
+		// The registry's own failure, as it last answered it: a caller
+		// sees what the registry does, not that we stopped asking.
+		return contract.Errorf(b.code, "%s: registry %s did not answer in time %d times in a row; not asked again for %s (circuit open)",
+			q.image, q.registry, b.failures, b.retry.Round(time.Second))
+	case errors.Is(context.Cause(ctx), errPushedOut):
+		return contract.Errorf(503, "%s: worker's queue is full and %s holds more than its share of it; retry", q.image, q.registry)
 	case b.registry:
 		return contract.Errorf(503, "%s: all %d fetch slots for %s stayed busy (--concurrency-per-registry); retry", q.image, r.slots.per, q.registry)
 	default:
@@ -85,4 +96,5 @@ func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
 	}
 }
 
-func (r *Resolver) releaseSlot(q query) { r.slots.release(q.registry) }
+// releaseSlot gives back a slot that fetched nothing.
+func (r *Resolver) releaseSlot(q query) { r.slots.release(q.registry, outcomeNone, 0) }

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/maypok86/otter/v2"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/handlers"
@@ -94,9 +93,8 @@ type Resolver struct {
 	refreshing  sync.Map                        // keys being refreshed by this worker
 	decoded     *otter.Cache[string, query]     // raw request → decoded request
 	slots       *slots                          // fetch slots
-	pending     atomic.Int64                    // requests beyond the memory tier
-	group       singleflight.Group
-	tokens      atomic.Uint64
+	flights     *flights                        // resolutions beyond the memory tier
+	callers     atomic.Int64                    // requests waiting on them
 
 	life context.Context // ends at Close: fetches and waits are cancelled
 	stop context.CancelFunc
@@ -109,12 +107,14 @@ func New(f fetcher, opts ...Option) *Resolver {
 	if r.cache != nil {
 		r.shared = r.cache
 	}
-	r.slots = newSlots(r.concurrency, r.perRegistry)
-	r.backoff = otter.Must(&otter.Options[string, time.Time]{MaximumSize: 100000})
-	r.refreshHeld = otter.Must(&otter.Options[string, time.Time]{MaximumSize: 100000})
+	r.slots = newSlots(r.concurrency, r.perRegistry, r.now)
+	r.flights = newFlights(int(r.maxPending))
+	r.backoff = newDeadlines(r.now)
+	r.refreshHeld = newDeadlines(r.now)
 	r.decoded = otter.Must(&otter.Options[string, query]{
-		MaximumWeight: 4 << 20,
-		Weigher:       func(k string, q query) uint32 { return uint32(len(k) + 2*len(q.key) + 128) },
+		MaximumWeight:    decodedSize,
+		Weigher:          func(k string, q query) uint32 { return uint32(len(k) + 2*len(q.key) + 128) },
+		ExpiryCalculator: otter.ExpiryWriting[string, query](decodedTTL),
 	})
 	r.life, r.stop = context.WithCancel(context.Background())
 	return r
@@ -149,16 +149,35 @@ func (r *Resolver) Shared() bool { return r.shared != nil }
 func (r *Resolver) RedisAvailable() bool { return r.shared == nil || r.shared.Available() }
 
 // Pending is the number of requests beyond the memory tier: waiting on
-// Redis, a fetch slot, or a fetch.
-func (r *Resolver) Pending() int { return int(r.pending.Load()) }
+// Redis, a fetch slot, or a fetch. Requests for one key wait on one
+// resolution (see Resolutions).
+func (r *Resolver) Pending() int { return int(r.callers.Load()) }
+
+// Resolutions is the number of resolutions beyond the memory tier, one
+// per distinct key however many requests wait on it: what --max-pending
+// bounds.
+func (r *Resolver) Resolutions() int { return r.flights.count() }
 
 // FetchPool reports the fetch pool now: the fetch slots in use, and the
-// requests taken beyond the memory tier that hold none (waiting on Redis,
-// a slot, or a fetch another request or worker is making). Metrics read
-// it at scrape time.
+// resolutions that hold none (waiting on Redis, a slot, or a fetch
+// another worker is making). Metrics read it at scrape time.
 func (r *Resolver) FetchPool() (inFlight, queued int) {
 	inFlight = r.slots.inFlight()
-	return inFlight, max(int(r.pending.Load())-inFlight, 0)
+	return inFlight, max(r.flights.count()-inFlight, 0)
+}
+
+// Registries reports, per registry host with resolutions or fetch state,
+// its resolutions pending (Queued, its share of --max-pending), its
+// fetches in flight and their limit, and whether its circuit is open.
+// Metrics read it at scrape time.
+func (r *Resolver) Registries() map[string]RegistryState {
+	out := r.slots.registries()
+	for h, n := range r.flights.perRegistry() {
+		s := out[h]
+		s.Queued = n
+		out[h] = s
+	}
+	return out
 }
 
 // Miss is a request the memory tier could not answer: Lookup returns it,
@@ -209,32 +228,37 @@ func (r *Resolver) Resolve(ctx context.Context, m *Miss) (Answer, error) {
 }
 
 // join waits for q's one resolution in this worker, starting it if none
-// runs.
+// runs. Only a new resolution takes a place of --max-pending.
 func (r *Resolver) join(ctx context.Context, q query) (Answer, error) {
 	if r.life.Err() != nil {
 		return Answer{}, contract.Errorf(503, "%s: worker shutting down", q.image)
 	}
-	// Beyond the memory tier, requests wait on the network: bound them.
-	if n := r.pending.Add(1); n > r.maxPending {
-		r.pending.Add(-1)
-		return Answer{}, contract.Errorf(503, "%s: worker over its queue limit (%d requests pending); retry", q.image, r.maxPending)
+	r.callers.Add(1)
+	defer r.callers.Add(-1)
+	f, leader := r.flights.join(r.life, q.key, q.registry)
+	if f == nil {
+		return Answer{}, contract.Errorf(503, "%s: worker over its queue limit (%d images pending); retry", q.image, r.maxPending)
 	}
-	defer r.pending.Add(-1)
-	token := r.tokens.Add(1)
-	ch := r.group.DoChan(q.key, func() (any, error) {
+	if leader {
 		if !r.begin() {
-			return resolved{}, contract.Errorf(503, "%s: worker shutting down", q.image)
+			r.flights.finish(f, resolved{}, contract.Errorf(503, "%s: worker shutting down", q.image))
+		} else {
+			// On the resolver's context rather than the caller's, so that
+			// no caller's deadline fails the others.
+			go func() {
+				defer r.work.Done()
+				res, err := r.resolve(f, q)
+				r.flights.finish(f, res, err)
+			}()
 		}
-		defer r.work.Done()
-		return r.resolve(q, token)
-	})
+	}
 	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return Answer{}, res.Err
+	case <-f.done:
+		if f.err != nil {
+			return Answer{}, f.err
 		}
-		s := res.Val.(resolved)
-		if s.leader != token && s.outcome == contract.Miss {
+		s := f.res
+		if !leader && s.outcome == contract.Miss {
 			// Another request of this worker fetched it.
 			s.outcome = contract.Shared
 		}
@@ -266,23 +290,21 @@ type resolved struct {
 	body    []byte
 	outcome contract.Outcome
 	age     time.Duration // for stale answers
-	leader  uint64        // the token of the request that started it
 }
 
-// resolve runs once per key at a time in this worker, on the resolver's
-// context rather than a caller's, so that no caller's deadline fails the
-// others. Waiting, for a slot or for another worker's fetch, is bounded by
-// --lock-wait, and the registry request by --fetch-timeout of its own: a
-// 504 always means the registry was slow, never that this worker was busy.
-func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
+// resolve is f's resolution of q. Waiting, for a slot or for another
+// worker's fetch, is bounded by --lock-wait and ends if f is pushed out;
+// the registry request is bounded by --fetch-timeout of its own: a 504
+// always means the registry was slow, never that this worker was busy.
+func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 	hit := func(e rediscache.Entry, o contract.Outcome) (resolved, error) {
 		if e.Negative {
 			return resolved{}, r.negativeHit(e)
 		}
 		r.refreshIfDue(q, e)
-		return resolved{body: e.Body, outcome: o, leader: leader}, nil
+		return resolved{body: e.Body, outcome: o}, nil
 	}
-	wait, cancel := context.WithTimeout(r.life, r.lockWait)
+	wait, cancel := context.WithTimeout(f.ctx, r.lockWait)
 	defer cancel()
 	// The resolution that just finished may have filled the memory tier.
 	// An entry past its TTL is no hit, but may answer a failed fetch.
@@ -310,14 +332,15 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 	// While the registry keeps failing, a key answered stale goes
 	// upstream once per TTL for the fleet, not once per request.
 	if r.staleUsable(stale) && r.backingOff(wait, q) {
-		return r.staleAnswer(*stale, leader), nil
+		return r.staleAnswer(*stale), nil
 	}
 	// The slot is taken before the lock so that the lock is held only
 	// while fetching: its expiry then covers one fetch, not a wait for a
 	// slot as well.
 	if err := r.acquireSlot(wait, q); err != nil {
-		return r.orStale(err, stale, leader)
+		return r.orStale(err, stale)
 	}
+	r.flights.fetching(f)
 	var c rediscache.Claim
 	if r.shared != nil {
 		// On the resolver's context, not the wait's: a slot that came at
@@ -336,7 +359,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		r.releaseSlot(q)
 		if v := c.Waiter.Wait(wait, r.lockWait); v != nil {
 			if v.Failure != nil {
-				return r.orStale(v.Failure, stale, leader)
+				return r.orStale(v.Failure, stale)
 			}
 			r.mem.Set(q.key, v.Found)
 			return hit(v.Found, contract.Shared)
@@ -344,7 +367,7 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		// No answer in time, or the holder gave up or died: fetch here,
 		// if a slot is free now (the wait is spent).
 		if err := r.acquireSlot(wait, q); err != nil {
-			return r.orStale(err, stale, leader)
+			return r.orStale(err, stale)
 		}
 	}
 	if c.Lease != nil && r.staleUsable(stale) && r.backingOff(r.life, q) {
@@ -352,11 +375,11 @@ func (r *Resolver) resolve(q query, leader uint64) (resolved, error) {
 		// and our lock: answer stale, and so do our waiters.
 		r.releaseSlot(q)
 		c.Lease.Fail(r.life, contract.Errorf(503, "%s: registry failing, backing off", q.image))
-		return r.staleAnswer(*stale, leader), nil
+		return r.staleAnswer(*stale), nil
 	}
 	body, err := r.fetchAndStore(q, c.Lease)
 	if err != nil {
-		return r.orStale(err, stale, leader)
+		return r.orStale(err, stale)
 	}
-	return resolved{body: body, outcome: contract.Miss, leader: leader}, nil
+	return resolved{body: body, outcome: contract.Miss}, nil
 }

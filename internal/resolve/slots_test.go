@@ -64,9 +64,9 @@ func TestSickRegistryDoesNotStarveOthers(t *testing.T) {
 	if shed == 0 {
 		t.Error("no request was answered 503 for the registry's share")
 	}
-	r.slots.mu.Lock()
-	defer r.slots.mu.Unlock()
-	if len(r.slots.byRe) != 0 {
-		t.Errorf("%d registries still tracked with nothing in flight", len(r.slots.byRe))
+	for h, st := range r.Registries() {
+		if st.InFlight != 0 || st.Queued != 0 {
+			t.Errorf("registry %s: %+v with nothing in flight", h, st)
+		}
 	}
 }

@@ -27,26 +27,28 @@ func (r *Resolver) staleUsable(e *rediscache.Entry) bool {
 
 // orStale answers err, or the stale entry when err is stale-worthy and the
 // entry was fetched within --stale-if-error.
-func (r *Resolver) orStale(err error, stale *rediscache.Entry, leader uint64) (resolved, error) {
+func (r *Resolver) orStale(err error, stale *rediscache.Entry) (resolved, error) {
 	if !r.staleUsable(stale) || !staleWorthy(err) {
 		return resolved{}, err
 	}
 	r.log.Info("registry failed: answering stale", zap.Duration("age", r.now().Sub(stale.Fetched)), zap.Error(err))
-	return r.staleAnswer(*stale, leader), nil
+	return r.staleAnswer(*stale), nil
 }
 
-func (r *Resolver) staleAnswer(e rediscache.Entry, leader uint64) resolved {
-	return resolved{body: e.Body, outcome: contract.Stale, age: r.now().Sub(e.Fetched), leader: leader}
+func (r *Resolver) staleAnswer(e rediscache.Entry) resolved {
+	return resolved{body: e.Body, outcome: contract.Stale, age: r.now().Sub(e.Fetched)}
 }
 
 // backOff records that q's key was answered stale after err, a failed
 // fetch: for one TTL, no worker of the fleet fetches it again; after a
-// 429, no stale key of its registry is fetched before its Retry-After.
+// 429, no stale key of its registry is fetched before its Retry-After,
+// which is trusted up to the stale window: past it nothing is left to
+// answer with anyway.
 func (r *Resolver) backOff(q query, err error) {
 	r.setBackoff(q.key, q.ttl)
 	ce := contract.AsError(err)
 	if d, ok := contract.ParseRetryAfter(ce.RetryAfter, r.now()); ok && ce.Code == 429 && d > 0 {
-		r.setBackoff(registryBackoff(q.registry), d)
+		r.setBackoff(registryBackoff(q.registry), min(d, r.staleIfError))
 	}
 }
 
