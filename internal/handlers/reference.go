@@ -3,6 +3,7 @@ package handlers
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -107,7 +108,18 @@ func normalise(ref name.Reference) (name.Reference, error) {
 		if _, ok := ref.(name.Digest); ok {
 			sep = "@"
 		}
-		return name.ParseReference(lower + "/" + ref.Context().RepositoryStr() + sep + ref.Identifier())
+		s := lower + "/" + ref.Context().RepositoryStr() + sep + ref.Identifier()
+		r, err := name.ParseReference(s)
+		if err != nil {
+			// Only Docker Hub spelt in capitals gets here: lower-cased, it
+			// gains the implicit "library/" and may be too long. The
+			// parser's error quotes the whole reference; ours is bounded.
+			if part := diagnose(s); part != "" {
+				return nil, errors.New(part)
+			}
+			return nil, fmt.Errorf("%s does not parse once its host is lower-cased", quote([]byte(s)))
+		}
+		return r, nil
 	}
 	return ref, nil
 }
@@ -117,8 +129,9 @@ func normalise(ref name.Reference) (name.Reference, error) {
 var hostGrammar = regexp.MustCompile(`^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)(?::[0-9]*)?$`)
 
 // diagnose names the part of s, a reference the parser refused, that is
-// wrong: digest, tag, host, port or repository component, the way Docker
-// splits a reference. "" when it cannot tell.
+// wrong: digest, tag, host, port, repository component or the
+// repository's length, the way Docker splits a reference. "" when it
+// cannot tell.
 func diagnose(s string) string {
 	rest := s
 	if i := strings.IndexByte(rest, '@'); i >= 0 {
@@ -134,18 +147,35 @@ func diagnose(s string) string {
 		rest = rest[:i]
 	}
 	parts := strings.Split(rest, "/")
+	host := name.DefaultRegistry
 	if first := parts[0]; len(parts) > 1 && (strings.ContainsAny(first, ".:[") || first == "localhost" || first != strings.ToLower(first)) {
 		if !hostGrammar.MatchString(first) {
 			return fmt.Sprintf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(first)))
 		}
-		parts = parts[1:]
+		host, parts = first, parts[1:]
 	}
 	for _, c := range parts {
 		if !pathComponent.MatchString(c) {
 			return fmt.Sprintf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
 		}
 	}
+	r := strings.Join(parts, "/")
+	if len(parts) == 1 && isDockerHub(host) {
+		// Counted as the parser counts it for a digest reference, and as
+		// the normalised form would be.
+		r = "library/" + r
+	}
+	if len(r) > maxRepository {
+		return fmt.Sprintf("repository %s is over %d characters", quote([]byte(r)), maxRepository)
+	}
 	return ""
+}
+
+// isDockerHub reports whether host, as written in a reference, is Docker
+// Hub, where a one-component repository gets an implicit "library/".
+func isDockerHub(host string) bool {
+	r, err := name.NewRegistry(strings.ToLower(host))
+	return err == nil && r.RegistryStr() == name.DefaultRegistry
 }
 
 // maxRepository is the longest repository path, as go-containerregistry

@@ -97,6 +97,67 @@ func TestParseReference(t *testing.T) {
 	}
 }
 
+// A repository path of exactly 255 characters, counted after Docker
+// Hub's implicit "library/" where that applies, is accepted; one more
+// character is a 400 whose one bounded line names the limit, whichever
+// step finds it too long (the parser, which counts "library/" only for
+// digest references, or the check of the normalised form).
+func TestParseReferenceRepositoryLimit(t *testing.T) {
+	const dig = "sha256:0123456789012345678901234567890123456789012345678901234567890123"
+	a := func(n int) string { return strings.Repeat("a", n) }
+	cases := []struct {
+		name  string
+		image string
+		repo  string // the normalised repository; "" for a 400
+	}{
+		{"host, 255", "ghcr.io/" + a(255), a(255)},
+		{"host, 256", "ghcr.io/" + a(256), ""},
+		{"host, two components, 255", "ghcr.io/team/" + a(250), "team/" + a(250)},
+		{"host, two components, 256", "ghcr.io/team/" + a(251), ""},
+		{"host, tag, 255", "localhost:5000/" + a(255) + ":v1", a(255)},
+		{"host, tag, 256", "localhost:5000/" + a(256) + ":v1", ""},
+		{"host, digest, 255", "ghcr.io/" + a(255) + "@" + dig, a(255)},
+		{"host, digest, 256", "ghcr.io/" + a(256) + "@" + dig, ""},
+		{"Docker Hub short name, 255 with library/", a(247), "library/" + a(247)},
+		{"Docker Hub short name, 256 with library/", a(248), ""},
+		{"docker.io, 255 with library/", "docker.io/" + a(247) + ":v1", "library/" + a(247)},
+		{"docker.io, 256 with library/", "docker.io/" + a(248) + ":v1", ""},
+		{"docker.io/library/, 255", "docker.io/library/" + a(247), "library/" + a(247)},
+		{"docker.io/library/, 256", "docker.io/library/" + a(248), ""},
+		{"Docker Hub namespace, 255", "docker.io/team/" + a(250), "team/" + a(250)},
+		{"Docker Hub namespace, 256", "docker.io/team/" + a(251), ""},
+		{"Docker Hub short name, digest, 255 with library/", a(247) + "@" + dig, "library/" + a(247)},
+		{"Docker Hub short name, digest, 256 with library/", a(248) + "@" + dig, ""},
+		{"docker.io, digest, 256 with library/", "docker.io/" + a(248) + "@" + dig, ""},
+		{"Docker Hub in capitals, digest, 255 with library/", "INDEX.docker.io/" + a(247) + "@" + dig, "library/" + a(247)},
+		{"Docker Hub in capitals, digest, 256 with library/", "INDEX.docker.io/" + a(248) + "@" + dig, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ref, err := ParseReference([]byte(`"` + tc.image + `"`))
+			if tc.repo != "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if got := ref.Context().RepositoryStr(); got != tc.repo || len(got) != 255 {
+					t.Fatalf("repository %q (%d characters), want %q", got, len(got), tc.repo)
+				}
+				return
+			}
+			var he *contract.Error
+			if !errors.As(err, &he) || he.Code != 400 {
+				t.Fatalf("want a 400 *contract.Error, got %v", err)
+			}
+			if !strings.Contains(he.Message, "is over 255 characters") {
+				t.Fatalf("message %q does not name the limit", he.Message)
+			}
+			if strings.ContainsAny(he.Message, "\r\n") || len(he.Message) > 300 {
+				t.Fatalf("message not one bounded line: %q", he.Message)
+			}
+		})
+	}
+}
+
 // FuzzParseReference checks that no payload crashes the decoder, that
 // every failure is a one-line 400, and that every success has a key that
 // re-parses to itself.
