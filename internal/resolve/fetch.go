@@ -92,7 +92,7 @@ func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
 	case b.registry:
 		return contract.Errorf(503, "%s: all %d fetch slots for %s stayed busy (--concurrency-per-registry); retry", q.image, r.slots.per, q.registry)
 	default:
-		return contract.Errorf(503, "%s: all %d fetch slots stayed busy; retry", q.image, cap(r.slots.all))
+		return contract.Errorf(503, "%s: all %d fetch slots stayed busy; retry", q.image, r.slots.size)
 	}
 }
 

@@ -26,11 +26,14 @@ import (
 //
 // So a miss for a healthy registry finds a slot whatever the others do.
 type slots struct {
-	all chan struct{}
-	per int
-	now func() time.Time
+	size    int // slots in the pool
+	per     int // the most one registry may hold
+	reserve int // kept for registries that hold none
+	now     func() time.Time
 
 	mu   sync.Mutex
+	used int
+	wake chan struct{} // closed when a slot frees or a registry's state changes
 	byRe map[string]*registrySlots
 }
 
@@ -55,11 +58,11 @@ type registrySlots struct {
 	until    time.Time
 	probing  bool
 	lastCode int
-	wake     chan struct{} // closed when a slot frees or the state changes
 }
 
-func newSlots(all, perRegistry int, now func() time.Time) *slots {
-	return &slots{all: make(chan struct{}, all), per: perRegistry, now: now, byRe: map[string]*registrySlots{}}
+func newSlots(size, perRegistry int, now func() time.Time) *slots {
+	return &slots{size: size, per: perRegistry, reserve: size / 4, now: now,
+		wake: make(chan struct{}), byRe: map[string]*registrySlots{}}
 }
 
 // busy says why a fetch got no slot.
@@ -71,46 +74,43 @@ type busy struct {
 	retry    time.Duration // with open: until its next probe
 }
 
-// acquire takes a slot of registry's share, then one of the pool,
-// waiting for each until ctx ends. A free slot is taken even when ctx has
-// already ended. A registry whose circuit is open is refused at once.
+// acquire takes a slot of registry's share and of the pool, waiting
+// until ctx ends. A free slot is taken even when ctx has already ended. A
+// registry whose circuit is open is refused at once. The last quarter of
+// the pool is kept for registries that hold no slot: whatever the others
+// hold, a miss for one more registry finds a slot.
 func (s *slots) acquire(ctx context.Context, registry string) *busy {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	rs := s.byRe[registry]
 	if rs == nil {
-		rs = &registrySlots{limit: min(slowStart, s.per), wake: make(chan struct{})}
+		rs = &registrySlots{limit: min(slowStart, s.per)}
 		s.byRe[registry] = rs
 	}
 	rs.users++
 	for {
 		if b := s.refuse(rs); b != nil {
 			rs.users--
-			s.mu.Unlock()
+			s.forget(registry, rs)
 			return b
 		}
-		if rs.inUse < rs.limit {
+		if rs.inUse < rs.limit && s.used < s.size && (rs.inUse == 0 || s.size-s.used > s.reserve) {
 			rs.inUse++
-			break
+			s.used++
+			return nil
 		}
-		wake := rs.wake
+		wake := s.wake
 		s.mu.Unlock()
 		select {
 		case <-wake:
 			s.mu.Lock()
-			continue
 		case <-ctx.Done():
 			s.mu.Lock()
 			rs.users--
-			s.mu.Unlock()
-			return &busy{registry: true}
+			s.forget(registry, rs)
+			return &busy{registry: rs.inUse >= rs.limit}
 		}
 	}
-	s.mu.Unlock()
-	if !take(ctx, s.all) {
-		s.settle(registry, outcomeNone, 0)
-		return &busy{}
-	}
-	return nil
 }
 
 // refuse returns why rs's circuit refuses a fetch now, or nil. Past the
@@ -149,17 +149,12 @@ func outcomeOf(code int) outcome {
 // release gives back what acquire took for registry, and adapts its
 // share to o, what the fetch said (code: its error code, 0 for none).
 func (s *slots) release(registry string, o outcome, code int) {
-	s.settle(registry, o, code)
-	<-s.all
-}
-
-// settle gives back registry's slot and adapts its share to o.
-func (s *slots) settle(registry string, o outcome, code int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rs := s.byRe[registry]
 	rs.inUse--
 	rs.users--
+	s.used--
 	switch o {
 	case outcomeAnswer:
 		rs.failures, rs.opens, rs.probing = 0, 0, false
@@ -179,12 +174,10 @@ func (s *slots) settle(registry string, o outcome, code int) {
 			rs.until = s.now().Add(min(coolDown<<min(rs.opens-1, 8), maxCoolDown))
 		}
 	case outcomeNone:
-		if rs.probing {
-			rs.probing = false // the probe said nothing: let another try
-		}
+		rs.probing = false // the probe said nothing: let another try
 	}
-	close(rs.wake)
-	rs.wake = make(chan struct{})
+	close(s.wake)
+	s.wake = make(chan struct{})
 	s.forget(registry, rs)
 }
 
@@ -199,22 +192,12 @@ func (s *slots) forget(registry string, rs *registrySlots) {
 	}
 }
 
-func take(ctx context.Context, ch chan struct{}) bool {
-	select {
-	case ch <- struct{}{}:
-		return true
-	default:
-	}
-	select {
-	case ch <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // inFlight is the number of pool slots in use.
-func (s *slots) inFlight() int { return len(s.all) }
+func (s *slots) inFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.used
+}
 
 // RegistryState is what the fetch slots know of one registry, for
 // metrics.
