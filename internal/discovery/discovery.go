@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +28,7 @@ const Name = "regcap"
 
 // Config describes the worker being announced.
 type Config struct {
-	Version     string // semver-like; "dev" is sent as 0.0.0-dev
+	Version     string // the build's stamp, announced as SemVer(Version)
 	Prefix      string // subject prefix
 	QueueGroup  string
 	Description string
@@ -53,9 +54,7 @@ func Start(nc *nats.Conn, cfg Config) (*Service, error) {
 	_, _ = rand.Read(b)
 	s := &Service{nc: nc, id: strings.ToUpper(hex.EncodeToString(b)), cfg: cfg, started: time.Now().UTC(),
 		stats: map[contract.Function]*micro.EndpointStats{}}
-	if s.cfg.Version == "" || s.cfg.Version == "dev" {
-		s.cfg.Version = "0.0.0-dev"
-	}
+	s.cfg.Version = SemVer(cfg.Version)
 	for _, fn := range contract.Functions() {
 		s.stats[fn] = &micro.EndpointStats{Name: fn.Name(), Subject: fn.Subject(cfg.Prefix), QueueGroup: cfg.QueueGroup}
 	}
@@ -144,4 +143,76 @@ func (s *Service) handle(verb micro.Verb) nats.MsgHandler {
 		}
 		_ = m.Respond(b)
 	}
+}
+
+// semVer is semver.org 2.0's regular expression, the one nats.go/micro
+// checks a service's version against (micro.AddService refuses any other,
+// and `nats micro ls` drops an answer whose version does not match it).
+var semVer = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)
+
+var (
+	// describe is `git describe --tags --always --dirty` after a tag:
+	// <tag>[-<commits since>-g<hash>][-dirty].
+	describe = regexp.MustCompile(`^(.+?)(?:-(\d+)-g([0-9a-f]{4,64}))?(-dirty)?$`)
+	// commit is the same without any tag: an abbreviated commit hash.
+	commit = regexp.MustCompile(`^([0-9a-f]{4,64})(-dirty)?$`)
+	// notIdentifier is what a SemVer identifier cannot hold (a dot
+	// separates two).
+	notIdentifier = regexp.MustCompile(`[^0-9A-Za-z-]+`)
+)
+
+// SemVer turns a build's version stamp (main.version, set by make build
+// from `git describe --tags --always --dirty`, or by the Dockerfile's
+// VERSION) into the semantic version NATS service discovery requires:
+//
+//	"", "dev"                  → 0.0.0-dev
+//	v1.2.3, 1.2.3-rc.1         → 1.2.3, 1.2.3-rc.1 (a SemVer, with its v dropped)
+//	v1.2.3-dirty               → 1.2.3+dirty
+//	v1.2.3-4-g02d75a8-dirty    → 1.2.3+4.g02d75a8.dirty
+//	02d75a8, 02d75a8-dirty     → 0.0.0-dev+02d75a8, 0.0.0-dev+02d75a8.dirty
+//	anything else              → 0.0.0-dev+<the stamp, each run of other characters than
+//	                             letters, digits and dashes made one dot>
+//
+// What git describe adds after a tag is build metadata: SemVer gives it
+// no precedence, so a build after v1.2.3 is never ordered before v1.2.3,
+// as a pre-release would be. A build from no tag is a pre-release of
+// 0.0.0, "dev" as an unstamped build, with its commit as build metadata.
+// The result of SemVer is its own image (SemVer(SemVer(s)) == SemVer(s)).
+func SemVer(stamp string) string {
+	stamp = strings.TrimSpace(stamp)
+	v := stamp
+	if len(v) > 1 && (v[0] == 'v' || v[0] == 'V') && v[1] >= '0' && v[1] <= '9' {
+		v = v[1:]
+	}
+	if m := describe.FindStringSubmatch(v); m != nil && (m[2] != "" || m[4] != "") {
+		if sm := semVer.FindStringSubmatch(m[1]); sm != nil && sm[5] == "" {
+			var meta []string
+			if m[2] != "" {
+				meta = append(meta, m[2], "g"+m[3])
+			}
+			if m[4] != "" {
+				meta = append(meta, "dirty")
+			}
+			return m[1] + "+" + strings.Join(meta, ".")
+		}
+	}
+	if semVer.MatchString(v) {
+		return v
+	}
+	if m := commit.FindStringSubmatch(stamp); m != nil {
+		if m[2] != "" {
+			return "0.0.0-dev+" + m[1] + ".dirty"
+		}
+		return "0.0.0-dev+" + m[1]
+	}
+	var ids []string
+	for _, id := range strings.Split(notIdentifier.ReplaceAllString(stamp, "."), ".") {
+		if id != "" {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 || stamp == "dev" {
+		return "0.0.0-dev"
+	}
+	return "0.0.0-dev+" + strings.Join(ids, ".")
 }
