@@ -26,11 +26,11 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	}
 	trimmed := bytes.TrimSpace(payload)
 	if len(trimmed) == 0 || trimmed[0] != '"' {
-		return nil, errorf(400, "", "payload is not a JSON string: %s", quote(payload))
+		return nil, errorf(400, "", "payload is not a JSON string: %s", quote(string(payload)))
 	}
 	var s string
 	if err := json.Unmarshal(payload, &s); err != nil {
-		return nil, errorf(400, "", "payload is not a JSON string: %s", quote(payload))
+		return nil, errorf(400, "", "payload is not a JSON string: %s", quote(string(payload)))
 	}
 	if s == "" {
 		return nil, errorf(400, "", "empty image reference")
@@ -38,18 +38,18 @@ func ParseReference(payload []byte) (name.Reference, error) {
 	ref, err := name.ParseReference(s)
 	if err != nil {
 		if part := diagnose(s); part != "" {
-			return nil, errorf(400, "", "invalid image reference %s: %s", quote([]byte(s)), part)
+			return nil, errorf(400, "", "invalid image reference %s: %s", quote(s), part)
 		}
-		return nil, errorf(400, "", "invalid image reference %s", quote([]byte(s)))
+		return nil, errorf(400, "", "invalid image reference %s", quote(s))
 	}
 	if ref, err = normalise(ref); err != nil {
-		return nil, errorf(400, "", "invalid image reference %s: %v", quote([]byte(s)), err)
+		return nil, errorf(400, "", "invalid image reference %s: %v", quote(s), err)
 	}
 	// The parser checks the repository's length before Docker Hub's
 	// implicit "library/" is added: a name that fits only without it has a
 	// normalised form (the cache key, the registry path) that is invalid.
 	if r := ref.Context().RepositoryStr(); len(r) > maxRepository {
-		return nil, errorf(400, "", "invalid image reference %s: repository %s is over %d characters", quote([]byte(s)), quote([]byte(r)), maxRepository)
+		return nil, errorf(400, "", "invalid image reference %s: repository %s is over %d characters", quote(s), quote(r), maxRepository)
 	}
 	return ref, nil
 }
@@ -73,25 +73,25 @@ func normalise(ref name.Reference) (name.Reference, error) {
 		h, port, hasPort = host[:i], host[i+1:], true
 	}
 	if h == "" {
-		return nil, fmt.Errorf("registry %s has no host", quote([]byte(host)))
+		return nil, fmt.Errorf("registry %s has no host", quote(host))
 	}
 	if !hostGrammar.MatchString(host) {
-		return nil, fmt.Errorf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(host)))
+		return nil, fmt.Errorf("registry host %s is not a host name or [IPv6] address with an optional port", quote(host))
 	}
 	if hasPort {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
-			return nil, fmt.Errorf("registry port %s is not a number from 1 to 65535", quote([]byte(port)))
+			return nil, fmt.Errorf("registry port %s is not a number from 1 to 65535", quote(port))
 		}
 	}
 	for _, c := range strings.Split(ref.Context().RepositoryStr(), "/") {
 		if !pathComponent.MatchString(c) {
-			return nil, fmt.Errorf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
+			return nil, fmt.Errorf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote(c))
 		}
 	}
 	switch r := ref.(type) {
 	case name.Tag:
 		if !tagGrammar.MatchString(r.TagStr()) {
-			return nil, fmt.Errorf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote([]byte(r.TagStr())))
+			return nil, fmt.Errorf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote(r.TagStr()))
 		}
 	case name.Digest:
 		// Every registry in use digests with sha256; accepting another
@@ -100,7 +100,7 @@ func normalise(ref name.Reference) (name.Reference, error) {
 			return nil, fmt.Errorf("unsupported digest algorithm: only sha256 digests are accepted")
 		}
 		if !digestGrammar.MatchString(r.DigestStr()) {
-			return nil, fmt.Errorf("digest %s must be sha256: and 64 lower-case hex digits", quote([]byte(r.DigestStr())))
+			return nil, fmt.Errorf("digest %s must be sha256: and 64 lower-case hex digits", quote(r.DigestStr()))
 		}
 	}
 	if lower := strings.ToLower(host); lower != host {
@@ -117,7 +117,7 @@ func normalise(ref name.Reference) (name.Reference, error) {
 			if part := diagnose(s); part != "" {
 				return nil, errors.New(part)
 			}
-			return nil, fmt.Errorf("%s does not parse once its host is lower-cased", quote([]byte(s)))
+			return nil, fmt.Errorf("%s does not parse once its host is lower-cased", quote(s))
 		}
 		return r, nil
 	}
@@ -136,13 +136,13 @@ func diagnose(s string) string {
 	rest := s
 	if i := strings.IndexByte(rest, '@'); i >= 0 {
 		if d := rest[i+1:]; !digestGrammar.MatchString(d) {
-			return fmt.Sprintf("digest %s must be sha256: and 64 lower-case hex digits", quote([]byte(d)))
+			return fmt.Sprintf("digest %s must be sha256: and 64 lower-case hex digits", quote(d))
 		}
 		rest = rest[:i]
 	}
 	if i := strings.LastIndexByte(rest, ':'); i > strings.LastIndexByte(rest, '/') {
 		if t := rest[i+1:]; !tagGrammar.MatchString(t) {
-			return fmt.Sprintf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote([]byte(t)))
+			return fmt.Sprintf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote(t))
 		}
 		rest = rest[:i]
 	}
@@ -150,13 +150,13 @@ func diagnose(s string) string {
 	host := name.DefaultRegistry
 	if first := parts[0]; len(parts) > 1 && (strings.ContainsAny(first, ".:[") || first == "localhost" || first != strings.ToLower(first)) {
 		if !hostGrammar.MatchString(first) {
-			return fmt.Sprintf("registry host %s is not a host name or [IPv6] address with an optional port", quote([]byte(first)))
+			return fmt.Sprintf("registry host %s is not a host name or [IPv6] address with an optional port", quote(first))
 		}
 		host, parts = first, parts[1:]
 	}
 	for _, c := range parts {
 		if !pathComponent.MatchString(c) {
-			return fmt.Sprintf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote([]byte(c)))
+			return fmt.Sprintf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote(c))
 		}
 	}
 	r := strings.Join(parts, "/")
@@ -166,7 +166,7 @@ func diagnose(s string) string {
 		r = "library/" + r
 	}
 	if len(r) > maxRepository {
-		return fmt.Sprintf("repository %s is over %d characters", quote([]byte(r)), maxRepository)
+		return fmt.Sprintf("repository %s is over %d characters", quote(r), maxRepository)
 	}
 	return ""
 }
@@ -182,10 +182,11 @@ func isDockerHub(host string) bool {
 // and distribution accept it.
 const maxRepository = 255
 
-// quote shows untrusted input in a message: one line, bounded, valid UTF-8.
-func quote(b []byte) string {
+// quote shows untrusted input in a message: one line, bounded, valid
+// UTF-8. It cuts s before anything is copied, so that the cost of
+// quoting a large input does not grow with it.
+func quote(s string) string {
 	const max = 64
-	s := string(b)
 	if len(s) > max {
 		s = s[:max]
 		for !utf8.ValidString(s) {
