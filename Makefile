@@ -35,6 +35,7 @@ vet:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/handlers/
+	$(GO) test -run '^$$' -fuzz FuzzParsePlatform -fuzztime 60s ./internal/handlers/
 	$(GO) test -run '^$$' -fuzz FuzzOpenValue -fuzztime 60s ./internal/resolve/
 
 # The node-kill tests alone (NATS cluster, Redis Cluster, Sentinel), with
