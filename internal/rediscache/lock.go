@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -30,7 +29,9 @@ import (
 // where one is reachable and the other is not, and a Redis outage turns
 // the whole mechanism off at once (every worker falls back to its own
 // singleflight). Each fleetLock holds one PSUBSCRIBE connection for all
-// keys, not one per waiting key.
+// keys, not one per waiting key. Anyone who can write to Redis can also
+// publish: with a cache key, notices are signed (notice.go), and a forged
+// one is ignored, so that it can delay a waiter but not answer it.
 const (
 	lockPrefix = "regcap:lock:"
 	donePrefix = "regcap:done:"
@@ -72,14 +73,6 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 end
 return 0
 `
-
-// notice is what a holder tells its waiters, as JSON. A failure is never
-// cached: it is passed on once, in contract.Error's own JSON form.
-type notice struct {
-	OK        bool            `json:"ok,omitempty"`
-	Abandoned bool            `json:"abandoned,omitempty"`
-	Failure   *contract.Error `json:"failure,omitempty"`
-}
 
 // Verdict is what a waiter learned from the holder: its answer, read from
 // Redis, or its error. Exactly one field is set.
@@ -212,8 +205,9 @@ func (ls *Lease) Fail(ctx context.Context, err *contract.Error) {
 func (ls *Lease) Abandon(ctx context.Context) { ls.finish(ctx, notice{Abandoned: true}, nil) }
 
 func (ls *Lease) finish(ctx context.Context, n notice, store *Entry) {
-	msg, _ := json.Marshal(n)
 	l := ls.l
+	channel := doneChannel(ls.key)
+	msg := sealNotice(channel, n, l.c.macKey, l.c.now())
 	// A stopping worker still owes its waiters the notice.
 	ctx, cancel := l.c.health.op(context.WithoutCancel(ctx))
 	defer cancel()
@@ -223,7 +217,7 @@ func (ls *Lease) finish(ctx context.Context, n notice, store *Entry) {
 				p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.c.macKey), left)
 			}
 		}
-		p.Eval(ctx, releaseScript, []string{lockKey(ls.key), doneChannel(ls.key)}, ls.token, msg)
+		p.Eval(ctx, releaseScript, []string{lockKey(ls.key), channel}, ls.token, msg)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -405,18 +399,30 @@ func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
 			if !ok {
 				return
 			}
-			var n notice
-			if err := json.Unmarshal([]byte(m.Payload), &n); err != nil || n.Failure != nil && !contract.ValidCode(n.Failure.Code) {
+			n, err := openNotice(m.Channel, m.Payload, l.c.macKey, l.c.now())
+			if err != nil {
 				// A waiter that hears nothing goes on waiting, then
-				// fetches itself.
-				l.c.log.Warn("ignoring a malformed fleet-lock notice", zap.String("channel", m.Channel))
+				// fetches itself (see Wait).
+				l.ignored(m.Channel, err)
 				continue
-			}
-			if n.Failure != nil {
-				n.Failure.Message = contract.Bound(n.Failure.Message)
 			}
 			l.deliver(keyOfChannel(m.Channel), n)
 		}
+	}
+}
+
+// ignored reports a notice refused by openNotice: counted every time,
+// logged once per reason in a while (anyone who can publish could
+// otherwise flood the log).
+func (l *fleetLock) ignored(channel string, err error) {
+	var r *rejection
+	if !errors.As(err, &r) {
+		r = &rejection{noticeMalformed, err.Error()}
+	}
+	l.c.reject(r.reason)
+	if l.c.logs.first("notice:" + r.reason) {
+		l.c.log.Warn("ignoring a fleet-lock notice: its waiters go on waiting, then fetch themselves (logged once per reason every 10m)",
+			zap.String("channel", logKey(channel)), zap.String("reason", r.reason), zap.String("detail", r.detail))
 	}
 }
 

@@ -28,6 +28,7 @@ type Cache struct {
 	// rejectLogged remembers keys whose refused value was logged, so that
 	// a bad key cannot flood the log.
 	rejectLogged *otter.Cache[string, struct{}]
+	logs         *logLimiter // causes logged once in a while, not per request
 	lock         *fleetLock
 }
 
@@ -51,9 +52,11 @@ func WithMaxBody(n int) Option { return func(c *Cache) { c.maxBody = n } }
 // command, for metrics.
 func WithErrorHook(f func(op string)) Option { return func(c *Cache) { c.health.onError = f } }
 
-// WithRejectHook is called with the reason (short, checksum, signature,
-// unsigned, version, too_large, wrong_type, no_ttl) whenever a value is
-// refused, for metrics.
+// WithRejectHook is called with the reason whenever a value read from
+// Redis is refused (short, checksum, signature, unsigned, version,
+// too_large, wrong_type, no_ttl), and whenever a fleet-lock notice is
+// ignored (notice_too_large, notice_malformed, notice_unsigned,
+// notice_signature, notice_code, notice_date), for metrics.
 func WithRejectHook(f func(reason string)) Option { return func(c *Cache) { c.reject = f } }
 
 // WithLogger sets the logger.
@@ -74,6 +77,7 @@ func New(rdb redis.UniversalClient, opts ...Option) *Cache {
 		o(c)
 	}
 	c.health.log, c.health.now = c.log, c.now
+	c.logs = &logLimiter{now: c.now}
 	c.lock = &fleetLock{c: c}
 	return c
 }
