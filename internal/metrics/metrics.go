@@ -90,6 +90,7 @@ type Metrics struct {
 	refreshes       prometheus.Counter
 	negativeHits    prometheus.Counter
 	natsReconnects  prometheus.Counter
+	perRegistry     *registriesCollector
 }
 
 // New returns Metrics registered, with the Go runtime and process
@@ -158,7 +159,8 @@ func New() *Metrics {
 		}
 		return 1
 	})
-	m.reg.MustRegister(redisAvailable)
+	m.perRegistry = newRegistriesCollector(m)
+	m.reg.MustRegister(redisAvailable, m.perRegistry)
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
 		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.refreshes, m.negativeHits, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -203,11 +205,11 @@ func (m *Metrics) poolNow() (inFlight, queued int) {
 func (m *Metrics) WatchRedis(up func() bool) { m.redisUp.Store(&up) }
 
 // RedisError counts a failed Redis command; use it as
-// resolve.WithRedisErrorHook.
+// rediscache.WithErrorHook.
 func (m *Metrics) RedisError(op string) { m.redisErrors.WithLabelValues(op).Inc() }
 
 // RedisRejected counts a value read from Redis and refused; use it as
-// resolve.WithRejectHook.
+// rediscache.WithRejectHook.
 func (m *Metrics) RedisRejected(reason string) { m.redisRejected.WithLabelValues(reason).Inc() }
 
 // Refreshed counts a refresh ahead of expiry; use it as

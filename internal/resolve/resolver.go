@@ -159,11 +159,12 @@ func (r *Resolver) Pending() int { return int(r.callers.Load()) }
 func (r *Resolver) Resolutions() int { return r.flights.count() }
 
 // FetchPool reports the fetch pool now: the fetch slots in use, and the
-// resolutions that hold none (waiting on Redis, a slot, or a fetch
-// another worker is making). Metrics read it at scrape time.
+// requests taken beyond the memory tier that hold none (waiting on
+// Redis, a slot, or a fetch another request or worker is making).
+// Metrics read it at scrape time.
 func (r *Resolver) FetchPool() (inFlight, queued int) {
 	inFlight = r.slots.inFlight()
-	return inFlight, max(r.flights.count()-inFlight, 0)
+	return inFlight, max(int(r.callers.Load())-inFlight, 0)
 }
 
 // Registries reports, per registry host with resolutions or fetch state,

@@ -142,7 +142,17 @@ func (w *Worker) newResolver() error {
 	// The fetch pool gauges read the resolver at every scrape.
 	w.metrics.WatchPool(w.res)
 	w.metrics.WatchRedis(w.res.RedisAvailable)
+	w.metrics.WatchRegistries(w.registries)
 	return nil
+}
+
+// registries is the resolver's per-registry state for the metrics.
+func (w *Worker) registries() []metrics.RegistryState {
+	var out []metrics.RegistryState
+	for h, s := range w.res.Registries() {
+		out = append(out, metrics.RegistryState{Host: h, Queued: s.Queued, InFlight: s.InFlight, Limit: s.Limit, Open: s.Open})
+	}
+	return out
 }
 
 // cacheKey is the --cache-key as the cache takes it: nil for none.
