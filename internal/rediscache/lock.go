@@ -32,6 +32,9 @@ import (
 // keys, not one per waiting key. Anyone who can write to Redis can also
 // publish: with a cache key, notices are signed (notice.go), and a forged
 // one is ignored, so that it can delay a waiter but not answer it.
+//
+// A refused SET NX (Redis out of memory, read-only) is no lock and no
+// outage: the worker fetches on its own, and Redis stays in use for reads.
 const (
 	lockPrefix = "regcap:lock:"
 	donePrefix = "regcap:done:"
@@ -162,7 +165,7 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, ne
 		get, ttl = l.c.read(op, p, key)
 		return nil
 	})
-	if err != nil && (!isReply(err) || set.Err() != nil) {
+	if err != nil && !isReply(err) {
 		l.unregister(wt)
 		l.c.health.failed(ctx, "lock", err)
 		return Claim{}
@@ -173,6 +176,15 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, ne
 	e, found := l.c.decode(key, get, ttl)
 	found = found && e.IsFresh(l.c.now()) && e.Fetched.After(newerThan)
 	switch {
+	case set.Err() != nil:
+		// Redis refused the lock (out of memory, read-only): nobody
+		// holds it, so nobody would answer a waiter. Fetch here.
+		l.unregister(wt)
+		l.c.settle(ctx, "lock", set.Err())
+		if found {
+			return Claim{Found: &e}
+		}
+		return Claim{}
 	case set.Val() && found:
 		// Stored between the caller's look and our lock: nothing to
 		// fetch, and nobody to keep waiting.
@@ -211,18 +223,30 @@ func (ls *Lease) finish(ctx context.Context, n notice, store *Entry) {
 	// A stopping worker still owes its waiters the notice.
 	ctx, cancel := l.c.health.op(context.WithoutCancel(ctx))
 	defer cancel()
+	var (
+		set     *redis.StatusCmd
+		release *redis.Cmd
+	)
 	_, err := l.c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		if store != nil {
 			if left := store.Expires.Sub(l.c.now()); left >= time.Millisecond {
-				p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.c.macKey), left)
+				set = p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.c.macKey), left)
 			}
 		}
-		p.Eval(ctx, releaseScript, []string{lockKey(ls.key), channel}, ls.token, msg)
+		release = p.Eval(ctx, releaseScript, []string{lockKey(ls.key), channel}, ls.token, msg)
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil && !isReply(err) {
 		l.c.health.failed(context.Background(), "unlock", err)
+		return
 	}
+	// Each command on its own: a refused SET (out of memory) leaves the
+	// release to go through, and the waiters, told "ok", find no fresh
+	// value and fetch themselves.
+	if set != nil {
+		l.c.settle(context.Background(), "set", set.Err())
+	}
+	l.c.settle(context.Background(), "unlock", release.Err())
 }
 
 // Cancel gives up waiting without waiting: a refresh that finds another
@@ -307,7 +331,7 @@ func (l *fleetLock) peek(ctx context.Context, key string) (e Entry, found, held 
 		get, ttl = l.c.read(op, p, key)
 		return nil
 	})
-	if err != nil && (!isReply(err) || lock.Err() != nil) {
+	if err != nil && !isReply(err) {
 		l.c.health.failed(ctx, "lock_check", err)
 		return Entry{}, false, false, err
 	}

@@ -13,10 +13,12 @@ import (
 
 // Cache is the fleet's shared tier in Redis, with the fleet lock that
 // lets one worker fetch a key while the others wait. A Redis failure is a
-// miss, never an error: it is logged once per outage and counted. A value
-// that is not a valid envelope (see envelope.go) is a miss too, counted
-// and logged once per key, never an outage. Create it with New; Close it
-// to stop the lock's listener.
+// miss, never an error: it is logged once per outage and counted. A write
+// Redis refuses (out of memory, read-only) is counted and logged once per
+// reason, and is no outage: reads go on (refusal.go). A value that is not
+// a valid envelope (see envelope.go) is a miss too, counted and logged
+// once per key, never an outage. Create it with New; Close it to stop the
+// lock's listener.
 type Cache struct {
 	rdb     redis.UniversalClient
 	health  *health
@@ -25,6 +27,8 @@ type Cache struct {
 	macKey  []byte // the fleet's --cache-key; nil for none
 	maxBody int    // the largest body a value may hold
 	reject  func(reason string)
+	// onRefused counts writes Redis answered with an error.
+	onRefused func(op, reason string)
 	// rejectLogged remembers keys whose refused value was logged, so that
 	// a bad key cannot flood the log.
 	rejectLogged *otter.Cache[string, struct{}]
@@ -59,6 +63,13 @@ func WithErrorHook(f func(op string)) Option { return func(c *Cache) { c.health.
 // notice_signature, notice_code, notice_date), for metrics.
 func WithRejectHook(f func(reason string)) Option { return func(c *Cache) { c.reject = f } }
 
+// WithRefusedHook is called with the operation name (set, backoff, lock,
+// unlock) and the reason (oom, readonly, misconf, noperm, other) on every
+// write Redis answered with an error, for metrics. A refusal is not an
+// outage, and is not passed to the error hook: Redis still answers, and
+// its reads go on.
+func WithRefusedHook(f func(op, reason string)) Option { return func(c *Cache) { c.onRefused = f } }
+
 // WithLogger sets the logger.
 func WithLogger(l *zap.Logger) Option { return func(c *Cache) { c.log = l } }
 
@@ -69,7 +80,8 @@ func WithClock(now func() time.Time) Option { return func(c *Cache) { c.now = no
 // the Cache.
 func New(rdb redis.UniversalClient, opts ...Option) *Cache {
 	c := &Cache{
-		rdb: rdb, log: zap.NewNop(), now: time.Now, maxBody: 16 << 20, reject: func(string) {},
+		rdb: rdb, log: zap.NewNop(), now: time.Now, maxBody: 16 << 20,
+		reject: func(string) {}, onRefused: func(string, string) {},
 		health:       &health{onError: func(string) {}, opTimeout: time.Second},
 		rejectLogged: otter.Must(&otter.Options[string, struct{}]{MaximumSize: 10000}),
 	}
@@ -189,11 +201,7 @@ func (c *Cache) Set(ctx context.Context, key string, e Entry) {
 	}
 	op, cancel := c.health.op(ctx)
 	defer cancel()
-	if err := c.rdb.Set(op, key, sealEntry(key, e, c.macKey), left).Err(); err != nil {
-		c.health.failed(ctx, "set", err)
-		return
-	}
-	c.health.ok()
+	c.settle(ctx, "set", c.rdb.Set(op, key, sealEntry(key, e, c.macKey), left).Err())
 }
 
 // backoffPrefix marks keys whose fetch failed and that the fleet answers
@@ -207,11 +215,7 @@ func (c *Cache) SetBackoff(ctx context.Context, key string, d time.Duration) {
 	}
 	op, cancel := c.health.op(ctx)
 	defer cancel()
-	if err := c.rdb.Set(op, backoffPrefix+key, "1", d).Err(); err != nil {
-		c.health.failed(ctx, "backoff", err)
-		return
-	}
-	c.health.ok()
+	c.settle(ctx, "backoff", c.rdb.Set(op, backoffPrefix+key, "1", d).Err())
 }
 
 // BackingOff reports whether some worker marked any of keys as backing
@@ -229,13 +233,13 @@ func (c *Cache) BackingOff(ctx context.Context, keys ...string) bool {
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !isReply(err) {
 		c.health.failed(ctx, "backoff", err)
 		return false
 	}
 	c.health.ok()
 	for _, cmd := range cmds {
-		if cmd.(*redis.IntCmd).Val() > 0 {
+		if cmd.(*redis.IntCmd).Val() > 0 { // 0 when it had an error reply
 			return true
 		}
 	}
