@@ -50,6 +50,9 @@ const (
 	rejectTooLarge  = "too_large"
 	rejectWrongType = "wrong_type"
 	rejectNoTTL     = "no_ttl"
+	// rejectExpired: older than the fleet's longest TTL and its stale
+	// span (WithMaxTTL), whatever the key's expiry says.
+	rejectExpired = "expired"
 )
 
 // rejection is why a Redis value was refused.

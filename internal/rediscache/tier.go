@@ -32,8 +32,11 @@ type Cache struct {
 	// rejectLogged remembers keys whose refused value was logged, so that
 	// a bad key cannot flood the log.
 	rejectLogged *otter.Cache[string, struct{}]
-	logs         *logLimiter // causes logged once in a while, not per request
-	lock         *fleetLock
+	// maxTTL and maxNegativeTTL bound freshness by the signed fetch time
+	// (WithMaxTTL); 0: by PTTL alone.
+	maxTTL, maxNegativeTTL time.Duration
+	logs                   *logLimiter // causes logged once in a while, not per request
+	lock                   *fleetLock
 }
 
 // Option configures a Cache.
@@ -58,8 +61,8 @@ func WithErrorHook(f func(op string)) Option { return func(c *Cache) { c.health.
 
 // WithRejectHook is called with the reason whenever a value read from
 // Redis is refused (short, checksum, signature, unsigned, version,
-// too_large, wrong_type, no_ttl), and whenever a fleet-lock notice is
-// ignored (notice_too_large, notice_malformed, notice_unsigned,
+// too_large, wrong_type, no_ttl, expired), and whenever a fleet-lock
+// notice is ignored (notice_too_large, notice_malformed, notice_unsigned,
 // notice_signature, notice_code, notice_date), for metrics.
 func WithRejectHook(f func(reason string)) Option { return func(c *Cache) { c.reject = f } }
 
@@ -103,7 +106,8 @@ func (c *Cache) Close() { c.lock.close() }
 
 // Get reads key and its remaining TTL in one round trip. The entry expires
 // when the Redis key does, so a worker that reads an answer later than the
-// worker that fetched it still stops serving it at fetch time + TTL.
+// worker that fetched it still stops serving it at fetch time + TTL; with
+// WithMaxTTL, no later than the signed fetch time allows either.
 func (c *Cache) Get(ctx context.Context, key string) (Entry, bool) {
 	if c.health.skip() {
 		return Entry{}, false
@@ -176,8 +180,14 @@ func (c *Cache) decode(key string, get *redis.StringCmd, ttl *redis.DurationCmd)
 		}
 		return Entry{}, false
 	}
-	expires := c.now().Add(left)
-	return Entry{Body: o.body, Fetched: o.fetched, Fresh: expires.Add(-o.staleFor), Expires: expires, Negative: o.negative}, true
+	now := c.now()
+	expires := now.Add(left)
+	e := c.bound(Entry{Body: o.body, Fetched: o.fetched, Fresh: expires.Add(-o.staleFor), Expires: expires, Negative: o.negative}, o.staleFor)
+	if !now.Before(e.Expires) {
+		c.rejected(key, &rejection{rejectExpired, fmt.Sprintf("fetched %v ago, past its TTL and stale span, yet the key expires in %v", now.Sub(o.fetched).Round(time.Millisecond), left)})
+		return Entry{}, false
+	}
+	return e, true
 }
 
 // rejected reports a value refused for key: counted every time, logged
