@@ -172,8 +172,8 @@ func TestReadOnlyReplicaIsNotAnOutage(t *testing.T) {
 	c.Set(ctx, "before", liveEntry("kept"))
 	// A replica of a master that is not there: it keeps its data and
 	// serves it (replica-serve-stale-data), and refuses writes.
-	testenv.Must(t, admin.SlaveOf(ctx, "127.0.0.1", strconv.Itoa(testenv.FreePort(t))).Err(), "REPLICAOF")
-	t.Cleanup(func() { admin.SlaveOf(ctx, "NO", "ONE") })
+	testenv.Must(t, admin.ReplicaOf(ctx, "127.0.0.1", strconv.Itoa(testenv.FreePort(t))).Err(), "REPLICAOF")
+	t.Cleanup(func() { admin.ReplicaOf(ctx, "NO", "ONE") })
 
 	for range 3 {
 		c.Set(ctx, "after", liveEntry("lost"))
