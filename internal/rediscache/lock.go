@@ -142,7 +142,7 @@ func (c *Cache) Waiters(key string) int {
 
 // Lock is Cache.Lock.
 func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) Claim {
-	if l.c.health.skip() {
+	if len(key) > MaxKeyLen || l.c.health.skip() {
 		return Claim{}
 	}
 	l.startListener()

@@ -9,6 +9,13 @@ import (
 // DefaultMemorySize bounds the memory tier, in bytes.
 const DefaultMemorySize = 64 << 20
 
+// MaxKeyLen bounds the keys either tier keeps, in bytes: a longer key is
+// never stored (nor asked for in Redis). Real keys are a few hundred
+// bytes (a function, a platform, a reference of at most 255 bytes of
+// path); only a bug or an unbounded input makes one longer, and it must
+// not fill memory or Redis.
+const MaxKeyLen = 4 << 10
+
 // entryOverhead approximates what an entry costs beyond its key and body.
 const entryOverhead = 96
 
@@ -54,9 +61,9 @@ func (m *Memory) Get(key string) (Entry, bool) {
 	return e, true
 }
 
-// Set keeps e until it expires.
+// Set keeps e until it expires. A key over MaxKeyLen is not kept.
 func (m *Memory) Set(key string, e Entry) {
-	if m.c != nil {
+	if m.c != nil && len(key) <= MaxKeyLen {
 		m.c.Set(key, e)
 	}
 }

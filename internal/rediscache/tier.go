@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -29,12 +28,10 @@ type Cache struct {
 	reject  func(reason string)
 	// onRefused counts writes Redis answered with an error.
 	onRefused func(op, reason string)
-	// rejectLogged remembers keys whose refused value was logged, so that
-	// a bad key cannot flood the log.
-	rejectLogged *otter.Cache[string, struct{}]
 	// maxTTL and maxNegativeTTL bound freshness by the signed fetch time
 	// (WithMaxTTL); 0: by PTTL alone.
 	maxTTL, maxNegativeTTL time.Duration
+	rejects                *rejectLog  // keys whose refused value was logged
 	logs                   *logLimiter // causes logged once in a while, not per request
 	lock                   *fleetLock
 }
@@ -85,14 +82,13 @@ func New(rdb redis.UniversalClient, opts ...Option) *Cache {
 	c := &Cache{
 		rdb: rdb, log: zap.NewNop(), now: time.Now, maxBody: 16 << 20,
 		reject: func(string) {}, onRefused: func(string, string) {},
-		health:       &health{onError: func(string) {}, opTimeout: time.Second},
-		rejectLogged: otter.Must(&otter.Options[string, struct{}]{MaximumSize: 10000}),
+		health: &health{onError: func(string) {}, opTimeout: time.Second},
 	}
 	for _, o := range opts {
 		o(c)
 	}
 	c.health.log, c.health.now = c.log, c.now
-	c.logs = &logLimiter{now: c.now}
+	c.rejects, c.logs = newRejectLog(c.now), &logLimiter{now: c.now}
 	c.lock = &fleetLock{c: c}
 	return c
 }
@@ -109,7 +105,7 @@ func (c *Cache) Close() { c.lock.close() }
 // worker that fetched it still stops serving it at fetch time + TTL; with
 // WithMaxTTL, no later than the signed fetch time allows either.
 func (c *Cache) Get(ctx context.Context, key string) (Entry, bool) {
-	if c.health.skip() {
+	if len(key) > MaxKeyLen || c.health.skip() {
 		return Entry{}, false
 	}
 	op, cancel := c.health.op(ctx)
@@ -195,18 +191,17 @@ func (c *Cache) decode(key string, get *redis.StringCmd, ttl *redis.DurationCmd)
 // overwrites the value.
 func (c *Cache) rejected(key string, why *rejection) {
 	c.reject(why.reason)
-	if _, seen := c.rejectLogged.GetIfPresent(key); seen {
+	if !c.rejects.first(key) {
 		return
 	}
-	c.rejectLogged.Set(key, struct{}{})
 	c.log.Warn("refused a value read from redis: answering as a miss, the fetch overwrites it",
-		zap.String("key", key), zap.String("reason", why.reason), zap.String("detail", why.detail))
+		zap.String("key", logKey(key)), zap.String("reason", why.reason), zap.String("detail", why.detail))
 }
 
-// Set stores e until it expires.
+// Set stores e until it expires. A key over MaxKeyLen is not stored.
 func (c *Cache) Set(ctx context.Context, key string, e Entry) {
 	left := e.Expires.Sub(c.now())
-	if left < time.Millisecond || c.health.skip() {
+	if left < time.Millisecond || len(key) > MaxKeyLen || c.health.skip() {
 		return
 	}
 	op, cancel := c.health.op(ctx)
@@ -220,7 +215,7 @@ const backoffPrefix = "regcap:backoff:"
 
 // SetBackoff marks key as backing off for d, fleet-wide.
 func (c *Cache) SetBackoff(ctx context.Context, key string, d time.Duration) {
-	if d < time.Millisecond || c.health.skip() {
+	if d < time.Millisecond || len(key) > MaxKeyLen || c.health.skip() {
 		return
 	}
 	op, cancel := c.health.op(ctx)
