@@ -133,24 +133,106 @@ func TestNoRetryOnErrorReply(t *testing.T) {
 	if got := r.list(); len(got) != 0 {
 		t.Errorf("an error reply was retried: %v", got)
 	}
+}
 
-	// A 503 (a worker shutting down) is an answer too: sent once.
+// TestErrorReplyNeverResent: an error reply is the answer, never sent
+// again. The responder is the only subscriber, so every request the
+// client sends reaches it: it must count exactly one, still after more
+// than the attempt timeout has passed.
+func TestErrorReplyNeverResent(t *testing.T) {
+	ns := testenv.StartNATS(t)
 	seen := responder(t, ns.ClientURL(), 0, func(m *nats.Msg) *nats.Msg {
 		r := nats.NewMsg(m.Reply)
 		r.Header.Set(contract.HeaderErrorCode, "503")
-		r.Header.Set(contract.HeaderError, "busybox: shutting down")
+		r.Header.Set(contract.HeaderError, "index.docker.io/library/busybox:latest: shutting down")
 		return r
 	})
-	testenv.Eventually(t, "the 503 responder to answer", func() bool {
-		_, err := c.Digest(context.Background(), "busybox")
-		return errors.As(err, &ce) && ce.Code == 503
-	})
-	seen.Store(0)
-	if _, err := c.Digest(context.Background(), "busybox"); !errors.As(err, &ce) {
-		t.Fatalf("503: %v", err)
+	var r retries
+	const attempt = 100 * time.Millisecond
+	c := client.New(testenv.Connect(t, ns.ClientURL()), client.WithAttemptTimeout(attempt), client.WithRetryHook(r.hook))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.Digest(ctx, "busybox")
+	var ce *contract.Error
+	if !errors.As(err, &ce) || ce.Code != 503 || ce.Message != "index.docker.io/library/busybox:latest: shutting down" {
+		t.Fatalf("Digest: %v, want the responder's 503", err)
 	}
-	if n := seen.Load(); n > 1 || len(r.list()) != 0 {
-		t.Errorf("the 503 responder saw %d requests, %d retries: want at most 1 and 0", n, len(r.list()))
+	time.Sleep(3 * attempt)
+	if n := seen.Load(); n != 1 {
+		t.Errorf("the responder saw %d requests, want exactly 1", n)
+	}
+	if got := r.list(); len(got) != 0 {
+		t.Errorf("retries: %v, want none", got)
+	}
+}
+
+// TestLateSubscriberLosesFirstRequest: a call first meets no responders
+// (resent every 250 ms), then a worker that subscribes late and loses
+// the first request it gets (as if lost with a node). The call still
+// succeeds: the resends after no responders did not use up the one
+// retry, which the attempt timeout then spends on the lost request.
+func TestLateSubscriberLosesFirstRequest(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	var (
+		r            retries
+		noResponders atomic.Int64
+		resent       = make(chan struct{})
+	)
+	hook := func(fn contract.Function, err error) {
+		r.hook(fn, err)
+		if strings.Contains(err.Error(), "no worker subscribed") && noResponders.Add(1) == 2 {
+			close(resent)
+		}
+	}
+	const attempt = 300 * time.Millisecond
+	c := client.New(testenv.Connect(t, ns.ClientURL()), client.WithAttemptTimeout(attempt), client.WithRetryHook(hook))
+	type result struct {
+		digest string
+		err    error
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		// A budget far longer than the attempt timeout: a call whose
+		// retry is spent waits for all of it on the lost request.
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+		defer cancel()
+		d, err := c.Digest(ctx, "busybox")
+		done <- result{d, err}
+	}()
+
+	// The worker subscribes once the request has been resent twice
+	// after no responders.
+	var seen *atomic.Int64
+	select {
+	case <-resent:
+		seen = responder(t, ns.ClientURL(), 1, digestReply)
+	case res := <-done:
+		t.Fatalf("the call ended before it was resent twice after no responders: %q, %v (retries %v)", res.digest, res.err, r.list())
+	}
+	res := <-done
+	el := time.Since(start)
+	if res.err != nil || !strings.HasPrefix(res.digest, "sha256:") {
+		t.Fatalf("Digest: %q, %v after %v (retries %v)", res.digest, res.err, el, r.list())
+	}
+	if n := seen.Load(); n != 2 {
+		t.Errorf("the worker saw %d requests, want 2: the lost one and its retry", n)
+	}
+	got := r.list()
+	if len(got) < 3 {
+		t.Fatalf("retries: %v, want at least two after no responders and one after the attempt timeout", got)
+	}
+	for _, err := range got[:len(got)-1] {
+		if !strings.Contains(err.Error(), "no worker subscribed") {
+			t.Errorf("retries: %v, want those before the last after no responders", got)
+			break
+		}
+	}
+	if last := got[len(got)-1]; !strings.Contains(last.Error(), "no reply on") {
+		t.Errorf("last retry after %v, want after no reply within the attempt timeout", last)
+	}
+	if el > 3*time.Second {
+		t.Errorf("answered after %v: want the no-responders resends, one attempt timeout (%v) and a round trip", el, attempt)
 	}
 }
 
