@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # Installs the servers and clients regcap's tests run for real: redis-server
-# (which also runs the sentinels), redis-cli, curl, and the
+# (which also runs the sentinels), redis-cli, curl, the
 # CNCF distribution registry (Debian package docker-registry) for the
-# end-to-end tests. Idempotent; needs root (or sudo) only when something is
-# missing.
+# end-to-end tests, and the nats CLI (natscli, a Go module) for the
+# service discovery test (test/discovery). Idempotent; needs root (or sudo)
+# only when an apt package is missing.
 set -euo pipefail
+
+# The nats CLI, pinned: test/discovery reads NATSCLI_VERSION here and
+# insists on it. Installed into the Go bin folder, where the test looks.
+NATSCLI_VERSION=v0.5.0
+GO=${GO:-go}
+gobin=$($GO env GOBIN)
+[ -n "$gobin" ] || gobin="$($GO env GOPATH)/bin"
+if [ "$("$gobin/nats" --version 2>/dev/null)" != "$NATSCLI_VERSION" ]; then
+	echo "installing the nats CLI: github.com/nats-io/natscli/nats@$NATSCLI_VERSION into $gobin" >&2
+	$GO install "github.com/nats-io/natscli/nats@$NATSCLI_VERSION"
+fi
 
 need=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
