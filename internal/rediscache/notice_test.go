@@ -110,6 +110,7 @@ func FuzzOpenNotice(f *testing.F) {
 	}
 	f.Add("s1:", true)
 	f.Add(`{"failure":{"code":404}}`, false)
+	f.Add(`{"failure":{"code":502,"message":"a\nb\u00e9"}}`, false)
 	f.Fuzz(func(t *testing.T, payload string, withKey bool) {
 		var k []byte
 		if withKey {
