@@ -1,4 +1,4 @@
-package httpfront_test
+package e2e
 
 import (
 	"crypto/tls"
@@ -15,14 +15,16 @@ import (
 	"github.com/regcap/regcap/internal/worker"
 )
 
-// BenchmarkHTTPHit measures a cached digest over the HTTPS API, next to a
-// plain Go HTTPS handler that answers the same bytes with the same
-// certificate, TLS 1.3 and keep-alive clients: the floor. Compare the two
-// in one run:
+// BenchmarkHTTPHit measures a cached digest through the whole worker over
+// HTTPS (TLS 1.3, keep-alive clients, the real resolver's memory tier),
+// next to a plain Go HTTPS handler that answers the same bytes with the
+// same certificate: the floor. The front's own cost, without TLS or a
+// resolver, is internal/httpfront's BenchmarkPlain. Compare the two in
+// one run:
 //
-//	go test -run '^$' -bench HTTPHit -benchtime 3s ./internal/httpfront/
+//	go test -run '^$' -bench HTTPHit -benchtime 3s ./test/e2e/
 func BenchmarkHTTPHit(b *testing.B) {
-	a := startAPI(b, worker.Config{})
+	a := startHTTPAPI(b, worker.Config{})
 	img := a.reg.PushImage(b, "bench/app", "v1", testenv.OCIManifest, "linux/amd64")
 	url := a.url + "/v1/manifest_digest?image=" + a.reg.Ref("bench/app", "v1")
 	reply := []byte(`{"digest":"` + img.Digest + `"}`)
@@ -35,7 +37,7 @@ func BenchmarkHTTPHit(b *testing.B) {
 	echo.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}
 	echo.StartTLS()
 	b.Cleanup(echo.Close)
-	if code, _, _ := get(b, a.client, url); code != 200 {
+	if code, _, _ := httpGet(b, a.client, url); code != 200 {
 		b.Fatalf("warm-up: %d", code)
 	}
 	for _, conc := range []int{1, 32} {
@@ -70,13 +72,15 @@ func BenchmarkHTTPHit(b *testing.B) {
 	}
 }
 
-// BenchmarkGatekeeperBatch times one ProviderRequest of 100 keys, all
-// hits, and all misses (100 tags never asked for, against the local
-// registry):
+// BenchmarkHTTPGatekeeperBatch times one ProviderRequest of 100 keys
+// through the whole worker: all hits, and all misses (100 tags never
+// asked for, fetched from the local registry through the resolver's
+// fetch slots). The front's own cost per batch is internal/httpfront's
+// BenchmarkGatekeeper.
 //
-//	go test -run '^$' -bench GatekeeperBatch -benchtime 20x ./internal/httpfront/
-func BenchmarkGatekeeperBatch(b *testing.B) {
-	a := startAPI(b, worker.Config{})
+//	go test -run '^$' -bench HTTPGatekeeperBatch -benchtime 20x ./test/e2e/
+func BenchmarkHTTPGatekeeperBatch(b *testing.B) {
+	a := startHTTPAPI(b, worker.Config{})
 	img := a.reg.PushImage(b, "batch/app", "base", testenv.OCIManifest, "linux/amd64")
 	tags := func(prefix string) []string {
 		var ks []string
@@ -88,7 +92,7 @@ func BenchmarkGatekeeperBatch(b *testing.B) {
 		return ks
 	}
 	post := func(ks []string) {
-		resp, err := a.client.Post(a.url+"/gatekeeper/v1/manifest_digest", "application/json", strings.NewReader(keys(ks...)))
+		resp, err := a.client.Post(a.url+"/gatekeeper/v1/manifest_digest", "application/json", strings.NewReader(gkKeys(ks...)))
 		if err != nil {
 			b.Fatal(err)
 		}
