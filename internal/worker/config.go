@@ -64,6 +64,13 @@ type Config struct {
 	HTTPPlain   bool   // plain HTTP, on a loopback HTTPAddr only
 	HTTPTimeout time.Duration
 	HTTPMaxKeys int
+	// The HTTP listener's own bounds: a slow or idle client is cut off,
+	// and past HTTPMaxConns new connections wait in the kernel's backlog.
+	HTTPReadHeaderTimeout time.Duration
+	HTTPReadTimeout       time.Duration
+	HTTPIdleTimeout       time.Duration
+	HTTPMaxHeaderBytes    int
+	HTTPMaxConns          int
 
 	ManifestLimit int64
 	BlobLimit     int64
@@ -101,6 +108,12 @@ func Defaults() Config {
 		MetricsAddr:      ":9090",
 		HTTPTimeout:      2 * time.Second,
 		HTTPMaxKeys:      1024,
+
+		HTTPReadHeaderTimeout: 5 * time.Second,
+		HTTPReadTimeout:       10 * time.Second,
+		HTTPIdleTimeout:       time.Minute,
+		HTTPMaxHeaderBytes:    16 << 10,
+		HTTPMaxConns:          512,
 		ManifestLimit:    registry.DefaultManifestLimit,
 		BlobLimit:        registry.DefaultBlobLimit,
 		DenyCIDRs:        registry.DefaultDenyCIDRs(),
@@ -160,6 +173,11 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.HTTPPlain, "http-plain", c.HTTPPlain, "serve the HTTP APIs over plain HTTP, on a loopback --http-addr only (local use)")
 	fs.DurationVar(&c.HTTPTimeout, "http-timeout", c.HTTPTimeout, "longest a Gatekeeper request is answered in; keys unresolved then get an item error, and their fetches fill the cache")
 	fs.IntVar(&c.HTTPMaxKeys, "http-max-keys", c.HTTPMaxKeys, "most keys one Gatekeeper request may carry")
+	fs.DurationVar(&c.HTTPReadHeaderTimeout, "http-read-header-timeout", c.HTTPReadHeaderTimeout, "longest an HTTP client may take to send a request's headers; a slower one is cut off")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "longest an HTTP client may take to send a whole request, body included; a slower one is cut off")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "longest an idle keep-alive HTTP connection is kept open")
+	fs.IntVar(&c.HTTPMaxHeaderBytes, "http-max-header-bytes", c.HTTPMaxHeaderBytes, "largest request headers the HTTP APIs read; larger ones are answered 431")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most HTTP connections open at once; further ones wait in the kernel's accept backlog until one closes")
 	fs.StringVar(&f.Probe, "probe", f.Probe, "check a URL (e.g. http://127.0.0.1:9090/readyz) and exit 0 if it answers 200: a container healthcheck for images without curl")
 	fs.StringVar(&f.LogLevel, "log-level", f.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", f.LogFormat, "json or console")

@@ -10,6 +10,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/net/netutil"
 )
 
 // certFiles serves the certificate in a cert and key file pair, read
@@ -82,8 +84,11 @@ func serverTLS(cfg *Config) (*tls.Config, error) {
 }
 
 // httpListener opens --http-addr: TLS, or plain HTTP when --http-plain
-// asks for it on a loopback address.
+// asks for it on a loopback address; at most --http-max-conns
+// connections at once, counted before the TLS handshake, so that
+// connections left half-open count too.
 func httpListener(cfg *Config) (net.Listener, error) {
+	var t *tls.Config
 	switch {
 	case cfg.HTTPPlain && (cfg.TLSCert != "" || cfg.TLSKey != ""):
 		return nil, errors.New("--http-plain and --tls-cert/--tls-key: choose one")
@@ -95,17 +100,21 @@ func httpListener(cfg *Config) (net.Listener, error) {
 		if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
 			return nil, fmt.Errorf("--http-plain serves plain HTTP on loopback addresses only, not %s: give --tls-cert and --tls-key", cfg.HTTPAddr)
 		}
-		return net.Listen("tcp", cfg.HTTPAddr)
 	case cfg.TLSCert == "" || cfg.TLSKey == "":
 		return nil, errors.New("--http-addr needs --tls-cert and --tls-key (or --http-plain on a loopback address)")
-	}
-	t, err := serverTLS(cfg)
-	if err != nil {
-		return nil, err
+	default:
+		var err error
+		if t, err = serverTLS(cfg); err != nil {
+			return nil, err
+		}
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}
-	return tls.NewListener(ln, t), nil
+	ln = netutil.LimitListener(ln, cfg.HTTPMaxConns)
+	if t != nil {
+		ln = tls.NewListener(ln, t)
+	}
+	return ln, nil
 }

@@ -46,7 +46,8 @@ func (w *Worker) serveMetrics() error {
 		return fmt.Errorf("--metrics-addr: %w", err)
 	}
 	w.httpAddr = ln.Addr().String()
-	w.http = &http.Server{Handler: w.probes(), ReadHeaderTimeout: 5 * time.Second}
+	w.http = &http.Server{Handler: w.probes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10, ErrorLog: zap.NewStdLog(w.log.Named("metrics"))}
 	go w.serve(w.http, ln, "metrics listener stopped")
 	w.log.Info("serving /metrics, /healthz and /readyz", zap.String("addr", w.httpAddr))
 	return nil
@@ -63,9 +64,16 @@ func (w *Worker) serveAPI() error {
 		return err
 	}
 	w.apiAddr = ln.Addr().String()
-	w.api = &http.Server{ReadHeaderTimeout: 5 * time.Second,
+	w.api = &http.Server{
 		Handler: httpfront.New(w.res, httpfront.WithTimeout(cfg.HTTPTimeout), httpfront.WithMaxKeys(cfg.HTTPMaxKeys),
-			httpfront.WithObserver(w.metrics))}
+			httpfront.WithObserver(w.metrics)),
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    cfg.HTTPMaxHeaderBytes,
+		// TLS handshake errors and the like, structured like every line.
+		ErrorLog: zap.NewStdLog(w.log.Named("http")),
+	}
 	go w.serve(w.api, ln, "HTTP API listener stopped")
 	w.log.Info("serving the HTTP APIs", zap.String("addr", w.apiAddr), zap.Bool("tls", !cfg.HTTPPlain), zap.Bool("client_certificates", cfg.ClientCA != ""))
 	return nil

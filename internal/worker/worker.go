@@ -218,6 +218,19 @@ func (c Config) withDefaults() Config {
 	if c.HTTPMaxKeys <= 0 {
 		c.HTTPMaxKeys = d.HTTPMaxKeys
 	}
+	for _, p := range []struct{ v, def *time.Duration }{
+		{&c.HTTPReadHeaderTimeout, &d.HTTPReadHeaderTimeout}, {&c.HTTPReadTimeout, &d.HTTPReadTimeout}, {&c.HTTPIdleTimeout, &d.HTTPIdleTimeout},
+	} {
+		if *p.v <= 0 {
+			*p.v = *p.def
+		}
+	}
+	if c.HTTPMaxHeaderBytes <= 0 {
+		c.HTTPMaxHeaderBytes = d.HTTPMaxHeaderBytes
+	}
+	if c.HTTPMaxConns <= 0 {
+		c.HTTPMaxConns = d.HTTPMaxConns
+	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = d.MaxPending
 	}
