@@ -114,10 +114,10 @@ func Defaults() Config {
 		HTTPIdleTimeout:       time.Minute,
 		HTTPMaxHeaderBytes:    16 << 10,
 		HTTPMaxConns:          512,
-		ManifestLimit:    registry.DefaultManifestLimit,
-		BlobLimit:        registry.DefaultBlobLimit,
-		DenyCIDRs:        registry.DefaultDenyCIDRs(),
-		Version:          "dev",
+		ManifestLimit:         registry.DefaultManifestLimit,
+		BlobLimit:             registry.DefaultBlobLimit,
+		DenyCIDRs:             registry.DefaultDenyCIDRs(),
+		Version:               "dev",
 	}
 }
 
