@@ -36,7 +36,8 @@ vet:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseReference -fuzztime 60s ./internal/handlers/
 	$(GO) test -run '^$$' -fuzz FuzzParsePlatform -fuzztime 60s ./internal/handlers/
-	$(GO) test -run '^$$' -fuzz FuzzOpenValue -fuzztime 60s ./internal/resolve/
+	$(GO) test -run '^$$' -fuzz FuzzOpenValue -fuzztime 60s ./internal/rediscache/
+	$(GO) test -run '^$$' -fuzz FuzzOpenNotice -fuzztime 60s ./internal/rediscache/
 
 # The node-kill tests alone (NATS cluster, Redis Cluster, Sentinel), with
 # their figures; make test runs them too.

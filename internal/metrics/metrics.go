@@ -87,6 +87,7 @@ type Metrics struct {
 	queued          prometheus.GaugeFunc
 	redisErrors     *prometheus.CounterVec
 	redisRejected   *prometheus.CounterVec
+	redisRefused    *prometheus.CounterVec
 	refreshes       prometheus.Counter
 	negativeHits    prometheus.Counter
 	natsReconnects  prometheus.Counter
@@ -126,8 +127,12 @@ func New() *Metrics {
 		}, []string{"op"}),
 		redisRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcap_redis_rejected_total",
-			Help: "Values read from Redis and refused, by reason (short, version, checksum, unsigned, signature, too_large, wrong_type, no_ttl); each was answered as a miss and overwritten by the fetch.",
+			Help: "Values and fleet-lock notices read from Redis and refused, by reason (short, version, checksum, unsigned, signature, too_large, wrong_type, no_ttl, expired; notice_too_large, notice_malformed, notice_unsigned, notice_signature, notice_code, notice_date): a value is answered as a miss and overwritten by the fetch, a notice is ignored.",
 		}, []string{"reason"}),
+		redisRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcap_redis_refused_total",
+			Help: "Writes Redis answered with an error, by operation (set, backoff, lock, unlock) and reason (oom, readonly, misconf, noperm, other): Redis is up but refuses to store; reads go on, and answers come from the registry and memory.",
+		}, []string{"op", "reason"}),
 		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "regcap_refreshes_total",
 			Help: "Background refreshes of hot keys ahead of their expiry (--refresh-ahead) that went to the registry.",
@@ -162,7 +167,7 @@ func New() *Metrics {
 	m.perRegistry = newRegistriesCollector(m)
 	m.reg.MustRegister(redisAvailable, m.perRegistry)
 	m.reg.MustRegister(m.requests, m.requestDuration, m.cache, m.upstream, m.upstreamLatency,
-		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.refreshes, m.negativeHits, m.natsReconnects,
+		m.inflight, m.queued, m.redisErrors, m.redisRejected, m.redisRefused, m.refreshes, m.negativeHits, m.natsReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -211,6 +216,10 @@ func (m *Metrics) RedisError(op string) { m.redisErrors.WithLabelValues(op).Inc(
 // RedisRejected counts a value read from Redis and refused; use it as
 // rediscache.WithRejectHook.
 func (m *Metrics) RedisRejected(reason string) { m.redisRejected.WithLabelValues(reason).Inc() }
+
+// RedisRefused counts a write Redis refused; use it as
+// rediscache.WithRefusedHook.
+func (m *Metrics) RedisRefused(op, reason string) { m.redisRefused.WithLabelValues(op, reason).Inc() }
 
 // Refreshed counts a refresh ahead of expiry; use it as
 // resolve.WithRefreshHook.

@@ -134,6 +134,8 @@ func (w *Worker) newResolver() error {
 			rediscache.WithMaxBody(maxAnswer),
 			rediscache.WithErrorHook(w.metrics.RedisError),
 			rediscache.WithRejectHook(w.metrics.RedisRejected),
+			rediscache.WithRefusedHook(w.metrics.RedisRefused),
+			rediscache.WithMaxTTL(maxTTL(cfg), cfg.NegativeTTL),
 			rediscache.WithLogger(w.log.Named("rediscache")))
 		// One fetch per key across the fleet, not one per worker.
 		opts = append(opts, resolve.WithRedis(w.cache, cfg.LockWait))
@@ -153,6 +155,14 @@ func (w *Worker) registries() []metrics.RegistryState {
 		out = append(out, metrics.RegistryState{Host: h, Queued: s.Queued, InFlight: s.InFlight, Limit: s.Limit, Open: s.Open})
 	}
 	return out
+}
+
+// maxTTL is the longest TTL any worker of the fleet writes with this
+// configuration, jitter included, rounded up: the cache refuses to call
+// a value fresh past its fetch time plus this, whatever its expiry says.
+func maxTTL(cfg *Config) time.Duration {
+	ttl := max(cfg.CacheTTL, cfg.ImmutableTTL)
+	return time.Duration(float64(ttl)*(1+min(max(cfg.TTLJitter, 0), 0.5))) + time.Second
 }
 
 // cacheKey is the --cache-key as the cache takes it: nil for none.
