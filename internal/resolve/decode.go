@@ -22,6 +22,11 @@ type query struct {
 // parser: on a hit its cost bounds the throughput of a NATS subject,
 // whose callback is serial.
 func (r *Resolver) decode(req Request) (query, error) {
+	if len(req.Payload) > contract.MaxPayload || len(req.Platform) > contract.MaxPlatform {
+		// Refused by the parser, cheaply: never copied into a key.
+		_, err := handlers.ParseRequest(req.Function, req.Payload, req.Platform, r.platform)
+		return query{}, err
+	}
 	raw := rawKey(req)
 	if q, ok := r.decoded.GetIfPresent(raw); ok {
 		return q, nil
