@@ -1,12 +1,14 @@
 package rediscache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 // Redis deployment shapes, for NewClient.
@@ -100,4 +102,34 @@ func NewClient(url, mode string) (redis.UniversalClient, error) {
 		return redis.NewClusterClient(o), nil
 	}
 	return nil, fmt.Errorf("redis mode %q: want single, sentinel or cluster", mode)
+}
+
+// Open connects a Cache to the Redis at url, of the shape mode names (see
+// NewClient). The Cache owns the client: Close closes it too. go-redis's
+// own log lines (a failed dial each) go to the Cache's logger at debug
+// level: the Cache reports an outage once.
+func Open(url, mode string, opts ...Option) (*Cache, error) {
+	rdb, err := NewClient(url, mode)
+	if err != nil {
+		return nil, err
+	}
+	c := New(rdb, opts...)
+	c.owned = true
+	// go-redis has one logger for the process.
+	redis.SetLogger(redisLog{c.log.Named("go-redis")})
+	return c, nil
+}
+
+// Ping asks Redis once, for a start-up check; the Cache works without it.
+func (c *Cache) Ping(ctx context.Context) error {
+	ctx, cancel := c.health.op(ctx)
+	defer cancel()
+	return c.rdb.Ping(ctx).Err()
+}
+
+// redisLog sends go-redis's internal log lines to zap at debug level.
+type redisLog struct{ log *zap.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
 }

@@ -19,6 +19,7 @@ import (
 // once per key, never an outage. Create it with New; Close it to stop the
 // lock's listener.
 type Cache struct {
+	owned   bool // made by Open: Close closes rdb
 	rdb     redis.UniversalClient
 	health  *health
 	log     *zap.Logger
@@ -98,7 +99,12 @@ func (c *Cache) Available() bool { return c.health.available() }
 
 // Close stops the fleet lock's listener. Waiters still waiting run out
 // their bound or see the lock go.
-func (c *Cache) Close() { c.lock.close() }
+func (c *Cache) Close() {
+	c.lock.close()
+	if c.owned {
+		_ = c.rdb.Close()
+	}
+}
 
 // Get reads key and its remaining TTL in one round trip. The entry expires
 // when the Redis key does, so a worker that reads an answer later than the

@@ -14,7 +14,6 @@ import (
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
@@ -34,8 +33,7 @@ type Worker struct {
 
 	embedded *natsserver.Server // nil with an external NATS
 	nc       *nats.Conn
-	rdb      redis.UniversalClient // nil without Redis
-	cache    *rediscache.Cache     // nil without Redis
+	cache    *rediscache.Cache // nil without Redis
 	res      *resolve.Resolver
 	front    *queue.Server
 	disc     *discovery.Service
@@ -103,10 +101,6 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 // resolver over the cache tiers.
 func (w *Worker) newResolver() error {
 	cfg := &w.cfg
-	// The largest answer a worker of the fleet may have stored: an
-	// oci_manifest_config reply within the limits (before fitLimits: other
-	// workers may have a larger max_payload).
-	maxAnswer := int(cfg.ManifestLimit+cfg.BlobLimit) + answerOverhead
 	cfg.ManifestLimit, cfg.BlobLimit = fitLimits(w.nc, cfg.ManifestLimit, cfg.BlobLimit, w.log)
 	acc, err := newAccess(cfg, w.log.Named("registry"))
 	if err != nil {
@@ -128,15 +122,7 @@ func (w *Worker) newResolver() error {
 		resolve.WithMemory(cfg.MemorySize),
 		resolve.WithLogger(w.log.Named("resolve")),
 	}
-	if w.rdb != nil {
-		w.cache = rediscache.New(w.rdb,
-			rediscache.WithCacheKey(cacheKey(cfg.CacheKey)),
-			rediscache.WithMaxBody(maxAnswer),
-			rediscache.WithErrorHook(w.metrics.RedisError),
-			rediscache.WithRejectHook(w.metrics.RedisRejected),
-			rediscache.WithRefusedHook(w.metrics.RedisRefused),
-			rediscache.WithMaxTTL(maxTTL(cfg), cfg.NegativeTTL),
-			rediscache.WithLogger(w.log.Named("rediscache")))
+	if w.cache != nil {
 		// One fetch per key across the fleet, not one per worker.
 		opts = append(opts, resolve.WithRedis(w.cache, cfg.LockWait))
 	}
@@ -155,22 +141,6 @@ func (w *Worker) registries() []metrics.RegistryState {
 		out = append(out, metrics.RegistryState{Host: h, Queued: s.Queued, InFlight: s.InFlight, Limit: s.Limit, Open: s.Open})
 	}
 	return out
-}
-
-// maxTTL is the longest TTL any worker of the fleet writes with this
-// configuration, jitter included, rounded up: the cache refuses to call
-// a value fresh past its fetch time plus this, whatever its expiry says.
-func maxTTL(cfg *Config) time.Duration {
-	ttl := max(cfg.CacheTTL, cfg.ImmutableTTL)
-	return time.Duration(float64(ttl)*(1+min(max(cfg.TTLJitter, 0), 0.5))) + time.Second
-}
-
-// cacheKey is the --cache-key as the cache takes it: nil for none.
-func cacheKey(k string) []byte {
-	if k == "" {
-		return nil
-	}
-	return []byte(k)
 }
 
 // serveNATS starts service discovery and the NATS front.
@@ -320,9 +290,6 @@ func (w *Worker) close() {
 	}
 	if w.cache != nil {
 		w.cache.Close()
-	}
-	if w.rdb != nil {
-		_ = w.rdb.Close()
 	}
 	if w.embedded != nil {
 		w.embedded.Shutdown()
