@@ -82,9 +82,10 @@ func WithBatchConcurrency(n int) Option { return func(h *Handler) { h.batchShare
 // limit): a value that would take the reply past it is answered with a
 // 413 item instead. Items that carry an error are always kept, each its
 // key and one line of at most 1 KiB, so a reply is at most the budget
-// plus those. Items are written as they are ready, in request order; the
-// values waiting their turn count against the same budget, so a batch
-// never holds more than it.
+// plus those. Items are written as they are ready, in request order; a
+// value counts against the budget as soon as its answer comes in, while
+// it waits its turn, so a batch never holds more than the budget (and
+// which keys get the 413 follows the order the answers came in).
 func WithMaxReplyBytes(n int) Option { return func(h *Handler) { h.maxReply = max(n, 1) } }
 
 // WithObserver is told the outcome of every answer and every item, for
