@@ -15,6 +15,7 @@ import (
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/flagenv"
 	"github.com/regcap/regcap/internal/handlers"
+	"github.com/regcap/regcap/internal/httpfront"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/registry"
 )
@@ -64,6 +65,11 @@ type Config struct {
 	HTTPPlain   bool   // plain HTTP, on a loopback HTTPAddr only
 	HTTPTimeout time.Duration
 	HTTPMaxKeys int
+	// The HTTP front's own budget: resolutions in flight, one batch's
+	// share of them, and the largest Gatekeeper reply.
+	HTTPMaxInFlight      int
+	HTTPBatchConcurrency int
+	HTTPMaxReplyBytes    int
 	// The HTTP listener's own bounds: a slow or idle client is cut off,
 	// and past HTTPMaxConns new connections wait in the kernel's backlog.
 	HTTPReadHeaderTimeout time.Duration
@@ -109,6 +115,9 @@ func Defaults() Config {
 		HTTPTimeout:      2 * time.Second,
 		HTTPMaxKeys:      1024,
 
+		HTTPMaxInFlight:       httpfront.DefaultMaxInFlight,
+		HTTPBatchConcurrency:  httpfront.DefaultBatchConcurrency,
+		HTTPMaxReplyBytes:     httpfront.DefaultMaxReplyBytes,
 		HTTPReadHeaderTimeout: 5 * time.Second,
 		HTTPReadTimeout:       10 * time.Second,
 		HTTPIdleTimeout:       time.Minute,
@@ -173,6 +182,9 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.HTTPPlain, "http-plain", c.HTTPPlain, "serve the HTTP APIs over plain HTTP, on a loopback --http-addr only (local use)")
 	fs.DurationVar(&c.HTTPTimeout, "http-timeout", c.HTTPTimeout, "longest a Gatekeeper request is answered in; keys unresolved then get an item error, and their fetches fill the cache")
 	fs.IntVar(&c.HTTPMaxKeys, "http-max-keys", c.HTTPMaxKeys, "most keys one Gatekeeper request may carry")
+	fs.IntVar(&c.HTTPMaxInFlight, "http-max-inflight", c.HTTPMaxInFlight, "the HTTP front's budget: resolutions it started that have not ended, counted until they end even after --http-timeout; past it a request or a batch's key is answered 503 at once")
+	fs.IntVar(&c.HTTPBatchConcurrency, "http-batch-concurrency", c.HTTPBatchConcurrency, "one Gatekeeper batch's share of --http-max-inflight: the distinct images it resolves at a time")
+	fs.IntVar(&c.HTTPMaxReplyBytes, "http-max-reply-bytes", c.HTTPMaxReplyBytes, "largest Gatekeeper reply, in bytes; keys whose values would take it past this get a 413 item")
 	fs.DurationVar(&c.HTTPReadHeaderTimeout, "http-read-header-timeout", c.HTTPReadHeaderTimeout, "longest an HTTP client may take to send a request's headers; a slower one is cut off")
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "longest an HTTP client may take to send a whole request, body included; a slower one is cut off")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "longest an idle keep-alive HTTP connection is kept open")

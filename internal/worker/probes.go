@@ -66,11 +66,15 @@ func (w *Worker) serveAPI() error {
 	w.apiAddr = ln.Addr().String()
 	w.api = &http.Server{
 		Handler: httpfront.New(w.res, httpfront.WithTimeout(cfg.HTTPTimeout), httpfront.WithMaxKeys(cfg.HTTPMaxKeys),
-			httpfront.WithObserver(w.metrics)),
+			httpfront.WithMaxInFlight(cfg.HTTPMaxInFlight), httpfront.WithBatchConcurrency(cfg.HTTPBatchConcurrency),
+			httpfront.WithMaxReplyBytes(cfg.HTTPMaxReplyBytes), httpfront.WithObserver(w.metrics)),
 		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
 		ReadTimeout:       cfg.HTTPReadTimeout,
 		IdleTimeout:       cfg.HTTPIdleTimeout,
-		MaxHeaderBytes:    cfg.HTTPMaxHeaderBytes,
+		// Past the longest a request can take to be answered, and time to
+		// write a full reply: a client that never reads is let go.
+		WriteTimeout:   max(cfg.HTTPTimeout, cfg.LockWait+cfg.FetchTimeout, 2*cfg.FetchTimeout) + 10*time.Second,
+		MaxHeaderBytes: cfg.HTTPMaxHeaderBytes,
 		// TLS handshake errors and the like, structured like every line.
 		ErrorLog: zap.NewStdLog(w.log.Named("http")),
 	}

@@ -205,6 +205,13 @@ func (c Config) withDefaults() Config {
 			*p.v = *p.def
 		}
 	}
+	for _, p := range []struct{ v, def *int }{
+		{&c.HTTPMaxInFlight, &d.HTTPMaxInFlight}, {&c.HTTPBatchConcurrency, &d.HTTPBatchConcurrency}, {&c.HTTPMaxReplyBytes, &d.HTTPMaxReplyBytes},
+	} {
+		if *p.v <= 0 {
+			*p.v = *p.def
+		}
+	}
 	if c.HTTPMaxHeaderBytes <= 0 {
 		c.HTTPMaxHeaderBytes = d.HTTPMaxHeaderBytes
 	}
