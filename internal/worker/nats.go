@@ -143,31 +143,24 @@ const EmbeddedMaxPayload = 16 << 20
 // headers.
 const answerOverhead = 4 << 10
 
-// fitLimits lowers the manifest and config limits so that the largest
-// answer fits the NATS server's max_payload, and says so: an answer that
-// does not fit could only be answered 413. With no connection yet, the
-// limit is unknown: the 413 then covers it.
-func fitLimits(nc *nats.Conn, manifest, blob int64, log *zap.Logger) (int64, int64) {
+// checkMaxPayload says whether the NATS server's max_payload holds the
+// largest answer within the size limits. The limits stay what they are:
+// they bound what the worker reads, and an index larger than max_payload
+// may still resolve to a platform whose answer is small. Only a reply
+// that does not fit is refused, as a 413 naming its size.
+func checkMaxPayload(nc *nats.Conn, manifest, blob int64, log *zap.Logger) {
 	limit := nc.MaxPayload()
-	if limit <= 0 {
+	switch {
+	case limit <= 0:
 		log.Warn("NATS max_payload unknown until connected: an answer larger than it will be answered 413",
 			zap.Int64("max_manifest_size", manifest), zap.Int64("max_config_size", blob))
-		return manifest, blob
-	}
-	room := limit - answerOverhead
-	if manifest+blob <= room {
+	case manifest+blob+answerOverhead <= limit:
 		log.Info("NATS max_payload leaves room for the largest answer", zap.Int64("max_payload", limit),
 			zap.Int64("max_manifest_size", manifest), zap.Int64("max_config_size", blob))
-		return manifest, blob
+	default:
+		log.Warn("NATS max_payload is smaller than the largest answer within the size limits: answers over it are refused with a 413 (raise max_payload on the server, e.g. max_payload: 16MB)",
+			zap.Int64("max_payload", limit), zap.Int64("max_manifest_size", manifest), zap.Int64("max_config_size", blob))
 	}
-	// Shared as the defaults share it: a third for the manifest.
-	m := min(manifest, max(room/3, 1))
-	b := min(blob, max(room-m, 1))
-	log.Warn("NATS max_payload is too small for the size limits: lowered them so that every answer fits (raise max_payload on the server to keep them)",
-		zap.Int64("max_payload", limit),
-		zap.Int64("max_manifest_size", m), zap.Int64("was_max_manifest_size", manifest),
-		zap.Int64("max_config_size", b), zap.Int64("was_max_config_size", blob))
-	return m, b
 }
 
 // portFree reports an error when addr cannot be listened on (port 0 and

@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 // resolver over the cache tiers.
 func (w *Worker) newResolver() error {
 	cfg := &w.cfg
-	cfg.ManifestLimit, cfg.BlobLimit = fitLimits(w.nc, cfg.ManifestLimit, cfg.BlobLimit, w.log)
+	checkMaxPayload(w.nc, cfg.ManifestLimit, cfg.BlobLimit, w.log)
 	acc, err := newAccess(cfg, w.log.Named("registry"))
 	if err != nil {
 		return err
