@@ -229,6 +229,17 @@ func (c *Cache) SetBackoff(ctx context.Context, key string, d time.Duration) {
 	c.settle(ctx, "backoff", c.rdb.Set(op, backoffPrefix+key, "1", d).Err())
 }
 
+// ClearBackoff ends key's back-off for the whole fleet: the registry
+// answers again.
+func (c *Cache) ClearBackoff(ctx context.Context, key string) {
+	if len(key) > MaxKeyLen || c.health.skip() {
+		return
+	}
+	op, cancel := c.health.op(ctx)
+	defer cancel()
+	c.settle(ctx, "backoff", c.rdb.Del(op, backoffPrefix+key).Err())
+}
+
 // BackingOff reports whether some worker marked any of keys as backing
 // off, in one round trip (one EXISTS per key, so that each is a
 // single-key command).

@@ -48,8 +48,7 @@ func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error
 		return nil, ce
 	}
 	r.slots.release(q.registry, outcomeAnswer, 0)
-	// The registry answers again: its 429 back-off is over.
-	r.backoff.Invalidate(registryBackoff(q.registry))
+	r.clearRegistryBackoff(q)
 	fresh := fetched.Add(r.jittered(q.ttl))
 	r.store(q, rediscache.Entry{Body: body, Fetched: fetched, Fresh: fresh, Expires: fresh.Add(r.staleIfError)}, held)
 	return body, nil

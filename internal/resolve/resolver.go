@@ -64,6 +64,7 @@ type (
 		// SetBackoff and BackingOff share, fleet-wide, that a key's
 		// fetch failed and it is answered stale for a while.
 		SetBackoff(ctx context.Context, key string, d time.Duration)
+		ClearBackoff(ctx context.Context, key string)
 		BackingOff(ctx context.Context, keys ...string) bool
 		Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) rediscache.Claim
 		Available() bool

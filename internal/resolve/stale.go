@@ -61,6 +61,20 @@ func (r *Resolver) setBackoff(key string, d time.Duration) {
 
 func registryBackoff(host string) string { return "registry:" + host }
 
+// clearRegistryBackoff ends q's registry's 429 back-off after it answered
+// a fetch, in this worker and, when this worker knew of one, for the
+// fleet: a success costs no Redis command unless a back-off was set.
+func (r *Resolver) clearRegistryBackoff(q query) {
+	k := registryBackoff(q.registry)
+	if _, ok := r.backoff.GetIfPresent(k); !ok {
+		return
+	}
+	r.backoff.Invalidate(k)
+	if r.shared != nil {
+		r.shared.ClearBackoff(r.life, k)
+	}
+}
+
 // backingOff reports whether this worker or the fleet is backing off
 // q's fetch: its key, or its registry after a 429.
 func (r *Resolver) backingOff(ctx context.Context, q query) bool {
