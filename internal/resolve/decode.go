@@ -22,10 +22,15 @@ type query struct {
 // parser: on a hit its cost bounds the throughput of a NATS subject,
 // whose callback is serial.
 func (r *Resolver) decode(req Request) (query, error) {
+	if req.Function != contract.OCIManifestConfig {
+		req.Platform = "" // read by oci_manifest_config only
+	}
 	if len(req.Payload) > contract.MaxPayload || len(req.Platform) > contract.MaxPlatform {
 		// Refused by the parser, cheaply: never copied into a key.
-		_, err := handlers.ParseRequest(req.Function, req.Payload, req.Platform, r.platform)
-		return query{}, err
+		if _, err := handlers.ParseRequest(req.Function, req.Payload, req.Platform, r.platform); err != nil {
+			return query{}, err
+		}
+		return query{}, contract.Errorf(contract.CodeInternal, "request over its bounds was not refused")
 	}
 	raw := rawKey(req)
 	if q, ok := r.decoded.GetIfPresent(raw); ok {
@@ -44,13 +49,9 @@ func (r *Resolver) decode(req Request) (query, error) {
 }
 
 // rawKey identifies a request by its bytes: the function, the platform
-// header (config only) and the payload.
+// header (config only: decode drops it for the others) and the payload.
 func rawKey(req Request) string {
-	p := ""
-	if req.Function == contract.OCIManifestConfig {
-		p = req.Platform
-	}
-	return string(req.Function) + "\x00" + p + "\x00" + string(req.Payload)
+	return string(req.Function) + "\x00" + req.Platform + "\x00" + string(req.Payload)
 }
 
 // failed logs a request that got an error answer, and returns the

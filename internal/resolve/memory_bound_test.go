@@ -51,3 +51,24 @@ func TestMemoryBoundedUnderHostileInput(t *testing.T) {
 		t.Fatalf("heap grew by %d MiB after 20,000 distinct 4 KiB requests", grown>>20)
 	}
 }
+
+// TestPlatformIgnoredOutsideConfig: Regcap-Platform is read by
+// oci_manifest_config only; on the other functions even one over its
+// bound is ignored, as the contract says, not a crash or a 400.
+func TestPlatformIgnoredOutsideConfig(t *testing.T) {
+	r := newResolverOn(t)
+	r.reg.PushImage(t, "plat/app", "v1", "application/vnd.oci.image.manifest.v1+json", "linux/amd64")
+	long := strings.Repeat("x", contract.MaxPlatform+36)
+	for _, fn := range []contract.Function{contract.ManifestDigest, contract.OCIManifest} {
+		req := request(fn, r.reg.Ref("plat/app", "v1"))
+		req.Platform = long
+		if _, err := r.res.Answer(t.Context(), req); err != nil {
+			t.Fatalf("%s with a %d-byte platform: %v", fn, len(long), err)
+		}
+	}
+	req := request(contract.OCIManifestConfig, r.reg.Ref("plat/app", "v1"))
+	req.Platform = long
+	if _, err := r.res.Answer(t.Context(), req); contract.AsError(err).Code != 400 {
+		t.Fatalf("oci_manifest_config with a %d-byte platform: %v, want 400", len(long), err)
+	}
+}
