@@ -62,7 +62,9 @@ func (r *Resolver) failed(fn contract.Function, err error) *contract.Error {
 	if msg := contract.Bound(ce.Message); msg != ce.Message {
 		ce = &contract.Error{Code: ce.Code, Message: msg, RetryAfter: ce.RetryAfter}
 	}
-	lvl := zap.InfoLevel
+	// A 4xx is the caller's or the image's business, counted in the
+	// metrics; a 5xx may need an operator.
+	lvl := zap.DebugLevel
 	if ce.Code >= 500 {
 		lvl = zap.WarnLevel
 	}

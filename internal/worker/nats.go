@@ -100,9 +100,8 @@ func connectNATS(url string, log *zap.Logger, m *metrics.Metrics, onConnect func
 		warnEvery()
 		log.Warn("NATS not reachable at start-up; retrying in the background (requests are answered once connected, /readyz says 503 until then)",
 			zap.String("url", redactURL(url)))
-	} else {
-		log.Info("NATS connected", zap.String("url", nc.ConnectedUrlRedacted()))
 	}
+	// Connected at once: the connect handler has said so.
 	return nc, nil
 }
 
