@@ -45,7 +45,7 @@ test-ha: test-deps
 	$(GO) test -race -count=1 -v ./test/ha/
 
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/queue/ ./internal/resolve/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./internal/queue/ ./internal/resolve/ ./test/e2e/
 
 # Runs regcap end to end offline: a local registry with a sample image, a
 # worker, and the three capabilities asked twice each (a miss, then a hit).
