@@ -22,7 +22,7 @@ import (
 //
 //	go test -run '^$' -bench NoisyNeighbour -benchtime 400x ./internal/resolve/
 //
-// The abuses: a rollout of 1,000 callers of one image on a registry that
+// The abuses: a rollout of 2,000 callers of one image on a registry that
 // accepts and never answers; 200 distinct images on it; 100 distinct
 // images on each of four such registries; and 1,000 requests with a
 // platform header of 1 MB (refused, 400).
@@ -37,7 +37,7 @@ func BenchmarkNoisyNeighbour(b *testing.B) {
 	}{
 		{"alone", func(*testing.B, *Resolver) func() { return func() {} }},
 		{"rollout-on-hanging-registry", func(b *testing.B, r *Resolver) func() {
-			return hang(b, r, 1, 1000, 0)
+			return hang(b, r, 1, 2000, 0)
 		}},
 		{"200-images-on-hanging-registry", func(b *testing.B, r *Resolver) func() {
 			return hang(b, r, 1, 0, 200)
