@@ -147,6 +147,11 @@ type Flags struct {
 	Probe string
 }
 
+// DefaultFlags returns the command line of a worker given no flags.
+func DefaultFlags() *Flags {
+	return &Flags{Config: Defaults(), LogLevel: "info", LogFormat: "auto"}
+}
+
 // FlagSet declares every worker flag, bound to f, which holds the
 // defaults.
 func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
@@ -192,7 +197,7 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most HTTP connections open at once; further ones wait in the kernel's accept backlog until one closes")
 	fs.StringVar(&f.Probe, "probe", f.Probe, "check a URL (e.g. http://127.0.0.1:9090/readyz) and exit 0 if it answers 200: a container healthcheck for images without curl")
 	fs.StringVar(&f.LogLevel, "log-level", f.LogLevel, "debug, info, warn or error")
-	fs.StringVar(&f.LogFormat, "log-format", f.LogFormat, "json or console")
+	fs.StringVar(&f.LogFormat, "log-format", f.LogFormat, "auto (console on a terminal, JSON otherwise), json or console")
 	fs.Int64Var(&c.ManifestLimit, "max-manifest-size", c.ManifestLimit, "largest manifest accepted, in bytes; larger is 413")
 	fs.Int64Var(&c.BlobLimit, "max-config-size", c.BlobLimit, "largest config blob accepted, in bytes; larger is 413")
 	fs.StringVar(&c.DockerConfig, "docker-config", c.DockerConfig, "Docker config with registry credentials: a config.json, a .dockerconfigjson pull secret, or the folder holding one; re-read when it changes (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json)")
@@ -207,7 +212,7 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 // not given on it. On --help it writes the usage to help and returns
 // flag.ErrHelp; any other error is one line, without the usage.
 func ParseFlags(args []string, help io.Writer) (*Flags, error) {
-	f := &Flags{Config: Defaults(), LogLevel: "info", LogFormat: "json"}
+	f := DefaultFlags()
 	fs := FlagSet(f, io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

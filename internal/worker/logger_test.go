@@ -43,3 +43,25 @@ func TestLogger(t *testing.T) {
 		}
 	}
 }
+
+// TestLoggerAuto: --log-format auto writes JSON, with RFC 3339 times,
+// to anything that is not a terminal (a pipe, a file, a container's
+// log).
+func TestLoggerAuto(t *testing.T) {
+	var out bytes.Buffer
+	log, err := worker.NewLogger("info", "auto", &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("started")
+	var entry map[string]any
+	if err := json.Unmarshal(out.Bytes(), &entry); err != nil {
+		t.Fatalf("auto to a buffer: %s is not JSON: %v", out.Bytes(), err)
+	}
+	if ts, _ := entry["ts"].(string); !strings.Contains(ts, "T") {
+		t.Fatalf("ts %v, want an RFC 3339 time", entry["ts"])
+	}
+	if _, err := worker.NewLogger("info", "yaml", &out); err == nil {
+		t.Fatal("--log-format yaml accepted")
+	}
+}

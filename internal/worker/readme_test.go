@@ -20,7 +20,7 @@ func TestREADMEConfigurationTable(t *testing.T) {
 	}
 	rows := configRows(t, string(readme))
 
-	fs := worker.FlagSet(&worker.Flags{Config: worker.Defaults(), LogLevel: "info", LogFormat: "json"}, io.Discard)
+	fs := worker.FlagSet(worker.DefaultFlags(), io.Discard)
 	fs.VisitAll(func(f *flag.Flag) {
 		row, ok := rows["--"+f.Name]
 		if !ok {
