@@ -216,6 +216,10 @@ func (h *Host) call(ctx context.Context, mod api.Module, stack []uint64) {
 		fail(errors.New("wasihost: host call outside an evaluation"))
 		return
 	}
+	if mod.Memory() == nil {
+		fail(errors.New("wasihost: the guest exports no memory"))
+		return
+	}
 	binding, ok1 := read(0)
 	namespace, ok2 := read(2)
 	operation, ok3 := read(4)
@@ -320,6 +324,7 @@ func (p *Policy) Run(ctx context.Context, command string, input []byte) (json.Ra
 		WithSysNanotime().
 		WithSysNanosleep().
 		WithRandSource(rand.Reader)
+	start := time.Now()
 	mod, err := h.runtime.InstantiateModule(ctx, p.compiled, cfg)
 	if mod != nil {
 		_ = mod.Close(context.WithoutCancel(ctx))
@@ -331,7 +336,8 @@ func (p *Policy) Run(ctx context.Context, command string, input []byte) (json.Ra
 		var exit *sys.ExitError
 		switch {
 		case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeDeadlineExceeded:
-			return fail(ErrTimeout, fmt.Errorf("stopped after %v", h.timeout), 0)
+			// The Host's timeout, or the caller's deadline if sooner.
+			return fail(ErrTimeout, fmt.Errorf("stopped after %v", time.Since(start).Round(time.Millisecond)), 0)
 		case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeContextCanceled:
 			return fail(ErrCanceled, context.Canceled, 0)
 		case errors.As(err, &exit):
