@@ -5,7 +5,7 @@ STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-deps test-ha vet fuzz bench clean demo
+.PHONY: all build check test test-deps test-ha vet fuzz bench clean demo
 
 all: build
 
@@ -23,6 +23,11 @@ test: test-deps vet
 	# The Helm chart, rendered and linted with Helm's Go packages and
 	# decoded into k8s.io/api types: a module of its own for the same reason.
 	cd deploy/helm && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
+
+# The quick tier: gofmt, vet, staticcheck and every test but the long
+# ones (node kills, binaries built and run, load), which honour -short.
+check: test-deps vet
+	$(GO) test -short -count=1 -timeout 15m ./...
 
 test-deps:
 	./scripts/install-test-deps.sh

@@ -252,6 +252,7 @@ func delay(reg *testenv.Registry, match string, d time.Duration) {
 // flight, so it loses fetches, held locks and requests taken, and some
 // requests must be retried.
 func TestKillWorkerUnderLoad(t *testing.T) {
+	testenv.Long(t, "worker processes killed under load")
 	s := startStack(t)
 	const n, perTag = 2000, 10
 	var tags []string
@@ -312,6 +313,7 @@ func TestKillWorkerUnderLoad(t *testing.T) {
 // TestRedisRestartUnderLoad: Redis killed and started again during 2,000
 // requests: nothing fails, and the workers use Redis again afterwards.
 func TestRedisRestartUnderLoad(t *testing.T) {
+	testenv.Long(t, "worker processes killed under load")
 	// Without the memory tier every answer goes through Redis, so the
 	// outage is felt by every request rather than hidden by memory hits.
 	s := startStack(t, "--memory-cache-size", "0")
@@ -362,6 +364,7 @@ func TestRedisRestartUnderLoad(t *testing.T) {
 // disconnected, reconnect, serve again, and hold no more goroutines than
 // before.
 func TestNATSRestartUnderLoad(t *testing.T) {
+	testenv.Long(t, "worker processes killed under load")
 	s := startStack(t)
 	natsPort := s.ns.ClientURL()[strings.LastIndex(s.ns.ClientURL(), ":")+1:]
 	p, _ := strconv.Atoi(natsPort)
@@ -433,6 +436,7 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 // after --lock-wait (2s), long before the dead lock expires (fetch
 // timeout 20s + 2s), and every request is answered.
 func TestKillLockHolder(t *testing.T) {
+	testenv.Long(t, "worker processes killed under load")
 	const lockWait, lockExpiry = 2 * time.Second, 20*time.Second + 2*time.Second
 	s := startStack(t, "--fetch-timeout", "20s", "--lock-wait", lockWait.String())
 	img := s.reg.PushImage(t, "held/app", "v1", testenv.OCIManifest, "linux/amd64")

@@ -41,3 +41,13 @@ func (b *SyncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// Long marks t as one of the slow tests (node kills, binaries built and
+// run, load): `go test -short` (make check) leaves it to `make test`,
+// which runs everything.
+func Long(t testing.TB, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("long (%s): make test runs it", why)
+	}
+}

@@ -28,6 +28,7 @@ import (
 // replies, the metrics, and every Redis key and value. A password, its
 // base64 Basic form and each Bearer token issued must appear nowhere.
 func TestNoCredentialLeavesTheProcess(t *testing.T) {
+	testenv.Long(t, "builds and runs the worker binary")
 	cleanAccessEnv(t)
 	const user, pass, wrongPass = "robot", "basic-pw-5517-secret", "wrong-pw-9931-secret"
 	basic, basicRef := basicAuthRegistry(t, user, pass)

@@ -34,6 +34,7 @@ var root = filepath.Join("..", "..")
 // TestNATSCLIListsEveryBuild: for each way of building and each stamp,
 // the CLI finds the worker and shows the stamp's SemVer.
 func TestNATSCLIListsEveryBuild(t *testing.T) {
+	testenv.Long(t, "builds worker binaries and runs the nats CLI")
 	cli := natsCLI(t)
 	stamps := []struct{ stamp, want string }{
 		{"02d75a8", "0.0.0-dev+02d75a8"}, // make build on an untagged commit

@@ -32,6 +32,7 @@ const (
 // fail; keys asked for outside the failover are fetched once for the
 // whole fleet.
 func TestNATSFailover(t *testing.T) {
+	testenv.Long(t, "NATS node kills under load")
 	cl := testenv.StartNATSCluster(t, 3)
 	rd := testenv.StartRedis(t)
 	// Every worker is given every node, a different one first (nats.go
@@ -149,6 +150,7 @@ func TestNATSFailover(t *testing.T) {
 // node is down, and 200 again once it has reconnected to the restarted
 // node and its subscriptions answer.
 func TestNATSReadiness(t *testing.T) {
+	testenv.Long(t, "NATS node kills under load")
 	cl := testenv.StartNATSCluster(t, 1)
 	reg := testenv.StartRegistry(t)
 	reg.PushImage(t, repo, "v1", testenv.OCIManifest, "linux/amd64")

@@ -20,6 +20,7 @@ const (
 // Sentinel set (the sentinels fail over). No request may fail, and keys
 // asked for outside the failover are fetched once for the whole fleet.
 func TestRedisFailover(t *testing.T) {
+	testenv.Long(t, "Redis node kills under load")
 	cases := []struct {
 		name  string
 		start func(t *testing.T) (url string, kill func() (recovered func() bool))
