@@ -36,7 +36,7 @@ func BenchmarkFrontHitPath(b *testing.B) {
 			defer sub.Unsubscribe()
 			testenv.Must(b, nc.Flush(), "flush")
 			cli := testenv.Connect(b, ns.ClientURL())
-			runParallel(b, conc, func() error {
+			testenv.RunParallel(b, conc, func() error {
 				_, err := cli.Request("bench.echo", payload, 10*time.Second)
 				return err
 			})
@@ -52,7 +52,7 @@ func BenchmarkFrontHitPath(b *testing.B) {
 				srv := queue.New(testenv.Connect(b, ns.ClientURL()), path.res)
 				testenv.Must(b, srv.Start(), "starting the front")
 				cli := testenv.Client(b, ns.ClientURL())
-				runParallel(b, conc, func() error {
+				testenv.RunParallel(b, conc, func() error {
 					r, err := cli.Call(context.Background(), contract.ManifestDigest, payload)
 					if err == nil && r.Cache != contract.Hit {
 						err = fmt.Errorf("not a hit: %s", r.Cache)
@@ -83,37 +83,4 @@ func (r benchResolver) Lookup(req resolve.Request) (resolve.Answer, *resolve.Mis
 
 func (r benchResolver) Resolve(context.Context, *resolve.Miss) (resolve.Answer, error) {
 	return r.answer, nil
-}
-
-// runParallel runs b.N calls of fn from conc goroutines and reports
-// requests per second.
-func runParallel(b *testing.B, conc int, fn func() error) {
-	b.Helper()
-	b.ReportAllocs()
-	work := make(chan struct{}, b.N)
-	for i := 0; i < b.N; i++ {
-		work <- struct{}{}
-	}
-	close(work)
-	errs := make(chan error, conc)
-	start := time.Now()
-	b.ResetTimer()
-	for g := 0; g < conc; g++ {
-		go func() {
-			for range work {
-				if err := fn(); err != nil {
-					errs <- err
-					return
-				}
-			}
-			errs <- nil
-		}()
-	}
-	for g := 0; g < conc; g++ {
-		if err := <-errs; err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
 }
