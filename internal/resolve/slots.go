@@ -99,6 +99,9 @@ func (s *slots) acquire(ctx context.Context, registry string) *busy {
 			s.used++
 			return nil
 		}
+		// Which bound held it back, as last seen: a slot freed just as
+		// the wait ends says nothing of why it waited.
+		full := rs.inUse >= rs.limit
 		wake := s.wake
 		s.mu.Unlock()
 		select {
@@ -108,7 +111,7 @@ func (s *slots) acquire(ctx context.Context, registry string) *busy {
 			s.mu.Lock()
 			rs.users--
 			s.forget(registry, rs)
-			return &busy{registry: rs.inUse >= rs.limit}
+			return &busy{registry: full}
 		}
 	}
 }
