@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/resolve"
@@ -30,16 +28,7 @@ func BenchmarkFrontHitPath(b *testing.B) {
 	answer := resolve.Answer{Body: body, Outcome: contract.Hit}
 	for _, conc := range []int{1, 32} {
 		b.Run(fmt.Sprintf("echo/c=%d", conc), func(b *testing.B) {
-			nc := testenv.Connect(b, ns.ClientURL())
-			sub, err := nc.QueueSubscribe("bench.echo", "echo", func(m *nats.Msg) { _ = m.Respond(body) })
-			testenv.Must(b, err, "echo subscribe")
-			defer sub.Unsubscribe()
-			testenv.Must(b, nc.Flush(), "flush")
-			cli := testenv.Connect(b, ns.ClientURL())
-			testenv.RunParallel(b, conc, func() error {
-				_, err := cli.Request("bench.echo", payload, 10*time.Second)
-				return err
-			})
+			testenv.BenchEcho(b, ns.ClientURL(), conc, payload, body)
 		})
 		for _, path := range []struct {
 			name string

@@ -16,14 +16,7 @@ import (
 func TestCallerGivingUpDoesNotFailOthers(t *testing.T) {
 	for _, redis := range []bool{false, true} {
 		t.Run(fmt.Sprintf("redis %v", redis), func(t *testing.T) {
-			f := &fleet{reg: testenv.StartRegistry(t)}
-			var r *Resolver
-			if redis {
-				f.redis = testenv.StartRedis(t)
-				r = f.add(t, 0)
-			} else {
-				r = newResolver(t)
-			}
+			f, r := fleetOfOne(t, redis)
 			img := f.reg.PushImage(t, "patient", "v1", testenv.OCIManifest, "linux/amd64")
 			gate := f.reg.Hold("/patient/manifests/")
 			req := request(contract.ManifestDigest, f.reg.Ref("patient", "v1"))

@@ -18,14 +18,7 @@ import (
 func TestConcurrentIdenticalRequestsShareOneFetch(t *testing.T) {
 	for _, redis := range []bool{false, true} {
 		t.Run(fmt.Sprintf("redis %v", redis), func(t *testing.T) {
-			f := &fleet{reg: testenv.StartRegistry(t)}
-			var r *Resolver
-			if redis {
-				f.redis = testenv.StartRedis(t)
-				r = f.add(t, 0)
-			} else {
-				r = newResolver(t)
-			}
+			f, r := fleetOfOne(t, redis)
 			img := f.reg.PushImage(t, "burst", "v1", testenv.OCIManifest, "linux/amd64")
 			f.reg.ResetCounts()
 			gate := f.reg.Hold("/burst/manifests/")

@@ -41,6 +41,19 @@ func startFleet(t *testing.T, n int, lockWait time.Duration, opts ...Option) *fl
 	return f
 }
 
+// fleetOfOne is one resolver on a registry, sharing a Redis of its own
+// when redis is set, so that a test shows a behaviour with and without
+// the fleet lock.
+func fleetOfOne(t *testing.T, redis bool) (*fleet, *Resolver) {
+	t.Helper()
+	f := &fleet{reg: testenv.StartRegistry(t)}
+	if !redis {
+		return f, newResolver(t)
+	}
+	f.redis = testenv.StartRedis(t)
+	return f, f.add(t, 0)
+}
+
 // add starts one more resolver on the fleet's Redis.
 func (f *fleet) add(t testing.TB, lockWait time.Duration, opts ...Option) *Resolver {
 	return f.addWith(t, lockWait, nil, opts...)

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
@@ -36,16 +35,7 @@ func BenchmarkHitPath(b *testing.B) {
 
 	for _, conc := range []int{1, 32} {
 		b.Run(fmt.Sprintf("echo/c=%d", conc), func(b *testing.B) {
-			nc := testenv.Connect(b, ns.ClientURL())
-			sub, err := nc.QueueSubscribe("bench.echo", "echo", func(m *nats.Msg) { _ = m.Respond(reply) })
-			testenv.Must(b, err, "echo subscribe")
-			defer sub.Unsubscribe()
-			testenv.Must(b, nc.Flush(), "flush")
-			cli := testenv.Connect(b, ns.ClientURL())
-			testenv.RunParallel(b, conc, func() error {
-				_, err := cli.Request("bench.echo", payload, 10*time.Second)
-				return err
-			})
+			testenv.BenchEcho(b, ns.ClientURL(), conc, payload, reply)
 		})
 		for _, tier := range []struct {
 			name     string
