@@ -88,11 +88,16 @@ func (s *slots) acquire(ctx context.Context, registry string) *busy {
 		s.byRe[registry] = rs
 	}
 	rs.users++
+	probe := false // this caller is the half-open circuit's one probe
 	for {
-		if b := s.refuse(rs); b != nil {
-			rs.users--
-			s.forget(registry, rs)
-			return b
+		if !probe {
+			b, p := s.refuse(rs)
+			if b != nil {
+				rs.users--
+				s.forget(registry, rs)
+				return b
+			}
+			probe = p
 		}
 		if rs.inUse < rs.limit && s.used < s.size && (rs.inUse == 0 || s.size-s.used > s.reserve) {
 			rs.inUse++
@@ -109,6 +114,9 @@ func (s *slots) acquire(ctx context.Context, registry string) *busy {
 			s.mu.Lock()
 		case <-ctx.Done():
 			s.mu.Lock()
+			if probe {
+				rs.probing = false // it never probed: let another try
+			}
 			rs.users--
 			s.forget(registry, rs)
 			return &busy{registry: full}
@@ -117,16 +125,17 @@ func (s *slots) acquire(ctx context.Context, registry string) *busy {
 }
 
 // refuse returns why rs's circuit refuses a fetch now, or nil. Past the
-// cool-down one fetch is let through as a probe. s.mu is held.
-func (s *slots) refuse(rs *registrySlots) *busy {
+// cool-down one fetch is let through as the probe (probe true). s.mu is
+// held.
+func (s *slots) refuse(rs *registrySlots) (b *busy, probe bool) {
 	if rs.opens == 0 {
-		return nil
+		return nil, false
 	}
 	if left := rs.until.Sub(s.now()); left > 0 || rs.probing {
-		return &busy{open: true, failures: rs.failures, code: rs.lastCode, retry: max(left, 0)}
+		return &busy{open: true, failures: rs.failures, code: rs.lastCode, retry: max(left, 0)}, false
 	}
 	rs.probing = true
-	return nil
+	return nil, true
 }
 
 // An outcome is what a fetch said about its registry's health.
