@@ -3,6 +3,7 @@
 package flagenv
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -20,27 +21,27 @@ func Name(prefix string, f *flag.Flag, overrides map[string]string) string {
 }
 
 // Apply sets every flag not given on the command line from its variable,
-// if set. Call it after fs.Parse. A bad value is an error naming the
-// variable.
+// if set. Call it after fs.Parse. Every bad value is reported, each a
+// *FlagError naming its variable.
 func Apply(fs *flag.FlagSet, prefix string, overrides map[string]string, lookup func(string) (string, bool)) error {
 	if lookup == nil {
 		lookup = os.LookupEnv
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
+	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if err != nil || given[f.Name] {
+		if given[f.Name] {
 			return
 		}
 		env := Name(prefix, f, overrides)
 		if v, ok := lookup(env); ok {
 			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("environment variable %s=%q: %w", env, v, serr)
+				errs = append(errs, &FlagError{Name: "environment variable " + env, Problem: problem(f, v, serr)})
 			}
 		}
 	})
-	return err
+	return errors.Join(errs...)
 }
 
 // Usage returns a usage function that lists every flag with its
