@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the Performance figures of README.md :
+# Reproduces the figures of docs/performance.md:
 # one worker with its embedded NATS server and a Redis, a CNCF distribution
 # registry (Debian package docker-registry) seeded with small images, and
 # `requester bench` on the warm path (c=1 and c=32, hit path vs NATS echo)
