@@ -88,6 +88,11 @@ func Classify(image string, err error) *contract.Error {
 	default:
 		e.Cause = rootCause(err)
 	}
+	var we *registry.EndpointsError
+	if errors.As(err, &we) && len(we.Attempts) > 1 && !strings.Contains(e.Cause, "endpoints tried") {
+		// Mirrors: the answer names every endpoint tried, not the last.
+		e.Cause += " (" + we.Tried() + ")"
+	}
 	if errors.As(err, &ae) && (e.Code == 401 || e.Code == 403) {
 		e.Cause = accessCause(ae, e.Code) + ": " + e.Cause
 	} else if e.Code == 401 && !strings.Contains(e.Cause, "credentials") {

@@ -65,7 +65,8 @@ var (
 
 // normalise holds ref to the distribution grammar, before any network
 // activity, and lower-cases its registry host, so that LOCALHOST:5000 and
-// localhost:5000 are one registry and one cache key.
+// localhost:5000 are one registry and one cache key (registry-1.docker.io
+// and docker.io too).
 func normalise(ref name.Reference) (name.Reference, error) {
 	host := ref.Context().RegistryStr()
 	h, port, hasPort := host, "", false
@@ -103,7 +104,12 @@ func normalise(ref name.Reference) (name.Reference, error) {
 			return nil, fmt.Errorf("digest %s must be sha256: and 64 lower-case hex digits", quote(r.DigestStr()))
 		}
 	}
-	if lower := strings.ToLower(host); lower != host {
+	lower := strings.ToLower(host)
+	if lower == "registry-1.docker.io" {
+		// Docker Hub's API host is Docker Hub: one registry, one cache key.
+		lower = name.DefaultRegistry
+	}
+	if lower != host {
 		sep := ":"
 		if _, ok := ref.(name.Digest); ok {
 			sep = "@"

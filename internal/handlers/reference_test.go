@@ -45,6 +45,8 @@ func TestParseReference(t *testing.T) {
 		{"newline", `"busybox\nrm -rf"`, "", "invalid image reference"},
 		{"too large", `"` + strings.Repeat("a", contract.MaxPayload) + `"`, "", "over the 4096-byte limit"},
 		{"upper-case host", `"LOCALHOST:5000/a:v1"`, "localhost:5000/a:v1", ""},
+		{"Docker Hub's API host", `"registry-1.docker.io/busybox:1"`, "index.docker.io/library/busybox:1", ""},
+		{"Docker Hub's API host, digest", `"Registry-1.Docker.io/library/busybox@` + dig + `"`, "index.docker.io/library/busybox@" + dig, ""},
 		{"upper case repository", `"BusyBox"`, "", `repository path component "BusyBox"`},
 		{"space in the repository", `"busy box"`, "", `repository path component "busy box"`},
 		{"bad tag characters", `"busybox:v1!"`, "", `tag "v1!"`},

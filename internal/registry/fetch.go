@@ -34,18 +34,21 @@ type Manifest struct {
 	Digest      v1.Hash
 }
 
-func manifestURL(ref name.Reference) string {
-	return fmt.Sprintf("https://%s/v2/%s/manifests/%s", ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ref.Identifier())
-}
-
-func (c *Puller) do(ctx context.Context, repo name.Repository, method, url string, accept string) (*http.Response, error) {
-	rt, err := c.transport(ctx, repo)
+// do sends one request to endpoint t and returns its 200 answer.
+func (c *Puller) do(ctx context.Context, t target, method, url string, accept string) (_ *http.Response, err error) {
+	repo := t.repo
+	var resp *http.Response
+	defer func() { c.observeResponse(t, resp, err) }()
+	rt, err := c.transport(ctx, repo, t.insecure)
 	if err != nil {
 		return nil, err
 	}
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range t.header {
+		req.Header[k] = append([]string(nil), v...)
 	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
@@ -54,7 +57,7 @@ func (c *Puller) do(ctx context.Context, repo name.Repository, method, url strin
 	if at, ok := rt.(*authTransport); ok {
 		found = at.found
 	}
-	resp, err := (&http.Client{Transport: rt, CheckRedirect: stayOnAPI(repo.RegistryStr())}).Do(req)
+	resp, err = (&http.Client{Transport: rt, CheckRedirect: stayOnAPI(repo.RegistryStr())}).Do(req)
 	if err != nil {
 		// A token refresh refused (401/403) on the way is an access
 		// error of the registry, saying whether we had credentials.
@@ -93,26 +96,45 @@ func stayOnAPI(registry string) func(*http.Request, []*http.Request) error {
 // downloading the manifest. ok is false when the registry answered but sent
 // no usable Docker-Content-Digest.
 func (c *Puller) Head(ctx context.Context, ref name.Reference) (digest v1.Hash, ok bool, err error) {
-	resp, err := c.do(ctx, ref.Context(), http.MethodHead, manifestURL(ref), acceptHeader)
+	_, byDigest := ref.(name.Digest)
+	err = c.walk(ctx, ref.Context(), ref.Identifier(), byDigest, func(ctx context.Context, t target) error {
+		resp, err := c.do(ctx, t, http.MethodHead, t.url("manifests", ref.Identifier()), acceptHeader)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		h, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+		if err != nil || h.Algorithm != "sha256" {
+			digest, ok = v1.Hash{}, false
+			return nil
+		}
+		if d, isDigest := ref.(name.Digest); isDigest && d.DigestStr() != h.String() {
+			return fmt.Errorf("HEAD %s announced %s: %w", ref.Name(), h, ErrDigestMismatch)
+		}
+		digest, ok = h, true
+		return nil
+	})
 	if err != nil {
 		return v1.Hash{}, false, err
 	}
-	resp.Body.Close()
-	h, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
-	if err != nil || h.Algorithm != "sha256" {
-		return v1.Hash{}, false, nil
-	}
-	if d, isDigest := ref.(name.Digest); isDigest && d.DigestStr() != h.String() {
-		return v1.Hash{}, false, fmt.Errorf("HEAD %s announced %s: %w", ref.Name(), h, ErrDigestMismatch)
-	}
-	return h, true, nil
+	return digest, ok, nil
 }
 
 // Manifest GETs the manifest for ref, bounded by the manifest limit and
 // verified against the requested digest (digest references) or the
 // announced one (tags).
 func (c *Puller) Manifest(ctx context.Context, ref name.Reference) (*Manifest, error) {
-	resp, err := c.do(ctx, ref.Context(), http.MethodGet, manifestURL(ref), acceptHeader)
+	_, byDigest := ref.(name.Digest)
+	var m *Manifest
+	err := c.walk(ctx, ref.Context(), ref.Identifier(), byDigest, func(ctx context.Context, t target) (err error) {
+		m, err = c.manifest(ctx, t, ref)
+		return err
+	})
+	return m, err
+}
+
+func (c *Puller) manifest(ctx context.Context, t target, ref name.Reference) (*Manifest, error) {
+	resp, err := c.do(ctx, t, http.MethodGet, t.url("manifests", ref.Identifier()), acceptHeader)
 	if err != nil {
 		return nil, err
 	}
@@ -155,8 +177,16 @@ func signedSchema1(contentType string, body []byte) bool {
 // Blob GETs a blob of repo (a config), bounded by the blob limit and
 // verified against its digest. Redirects to blob storage are followed.
 func (c *Puller) Blob(ctx context.Context, repo name.Repository, digest v1.Hash) ([]byte, error) {
-	url := fmt.Sprintf("https://%s/v2/%s/blobs/%s", repo.RegistryStr(), repo.RepositoryStr(), digest)
-	resp, err := c.do(ctx, repo, http.MethodGet, url, "")
+	var body []byte
+	err := c.walk(ctx, repo, digest.String(), true, func(ctx context.Context, t target) (err error) {
+		body, err = c.blob(ctx, t, digest)
+		return err
+	})
+	return body, err
+}
+
+func (c *Puller) blob(ctx context.Context, t target, digest v1.Hash) ([]byte, error) {
+	resp, err := c.do(ctx, t, http.MethodGet, t.url("blobs", digest.String()), "")
 	if err != nil {
 		return nil, err
 	}

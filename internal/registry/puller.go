@@ -36,6 +36,9 @@ type Puller struct {
 	manifestLimit int64
 	blobLimit     int64
 
+	endpoints EndpointSource // nil: every registry is its own only endpoint
+	observe   func(Fetch)
+
 	transports *otter.Cache[string, http.RoundTripper]
 	group      singleflight.Group
 	// gen counts Flushes. It is part of every transport's cache and
@@ -143,9 +146,12 @@ func (c *Puller) plainHTTPAllowed(host string) bool {
 const setupTimeout = 30 * time.Second
 
 // transport returns the authenticated transport for repo, creating it once:
-// the ping and token exchange happen here, not on every call.
-func (c *Puller) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+// the ping and token exchange happen here, not on every call. insecure
+// (a mirror configured as http:// or insecure) allows plain HTTP to repo's
+// host as insecure_sources does.
+func (c *Puller) transport(ctx context.Context, repo name.Repository, insecure bool) (http.RoundTripper, error) {
 	host := repo.RegistryStr()
+	allowed := func(h string) bool { return c.plainHTTPAllowed(h) || (insecure && h == host) }
 	if err := c.check(host); err != nil {
 		return nil, err
 	}
@@ -157,7 +163,7 @@ func (c *Puller) transport(ctx context.Context, repo name.Repository) (http.Roun
 		}
 	}
 	gen := c.gen.Load()
-	key := strconv.FormatUint(gen, 10) + " " + repo.Name()
+	key := strconv.FormatUint(gen, 10) + " " + strconv.FormatBool(insecure) + " " + repo.Name()
 	if rt, ok := c.transports.GetIfPresent(key); ok {
 		return rt, nil
 	}
@@ -168,7 +174,7 @@ func (c *Puller) transport(ctx context.Context, repo name.Repository) (http.Roun
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), setupTimeout)
 		defer cancel()
 		reg := repo.Registry
-		if c.plainHTTPAllowed(host) {
+		if allowed(host) {
 			// Lets ggcr's ping try plain HTTP after HTTPS.
 			r, err := name.NewRegistry(host, name.Insecure)
 			if err != nil {
@@ -180,7 +186,7 @@ func (c *Puller) transport(ctx context.Context, repo name.Repository) (http.Roun
 		if err != nil {
 			return nil, fmt.Errorf("resolving credentials for %s: %w", host, err)
 		}
-		base := &schemeGuard{inner: c.base(host), allowed: c.plainHTTPAllowed}
+		base := &schemeGuard{inner: c.base(host), allowed: allowed}
 		inner := transport.NewUserAgent(transport.NewRetry(base,
 			transport.WithRetryBackoff(transport.Backoff{Duration: 100 * time.Millisecond, Factor: 3, Jitter: 0.1, Steps: 3}),
 			transport.WithRetryStatusCodes(), // statuses are the caller's to judge
