@@ -12,8 +12,9 @@ import (
 
 // TestREADMEQuickStart runs the README's quick start as a reader would,
 // so that it cannot drift: the first block (the offline demo) is run and
-// must print a miss and a hit for each function; of the set-up block, the
-// worker's package must exist and `make test` must be a target.
+// must print a miss and a hit for each function; the worker block must
+// name the worker's package; the Contributing section's two tiers,
+// `make check` and `make test`, must be targets of the Makefile.
 func TestREADMEQuickStart(t *testing.T) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -23,14 +24,9 @@ func TestREADMEQuickStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(readme), "\n## Quick start\n")
-	if !ok {
-		t.Fatal("README has no Quick start section")
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
-	blocks := shBlocks(section)
+	blocks := shBlocks(section(t, string(readme), "Quick start"))
 	if len(blocks) < 2 {
-		t.Fatalf("quick start has %d sh blocks, want the demo and the set-up", len(blocks))
+		t.Fatalf("quick start has %d sh blocks, want the demo and the worker", len(blocks))
 	}
 
 	demo := commands(blocks[0])
@@ -54,18 +50,40 @@ func TestREADMEQuickStart(t *testing.T) {
 		t.Errorf("%s: want misses and hits:\n%s", demo[0], out)
 	}
 
-	setup := commands(blocks[1])
-	if len(setup) != 2 || setup[0] != "go run ./cmd/worker" || setup[1] != "make test" {
-		t.Fatalf("set-up block %q: want `go run ./cmd/worker` and `make test`", setup)
+	if worker := commands(blocks[1]); len(worker) != 1 || worker[0] != "go run ./cmd/worker" {
+		t.Fatalf("second quick start block %q: want `go run ./cmd/worker`", worker)
 	}
 	if _, err := os.Stat(filepath.Join(root, "cmd", "worker", "main.go")); err != nil {
 		t.Errorf("go run ./cmd/worker: %v", err)
 	}
-	dry := exec.CommandContext(ctx, "make", "-n", "test")
-	dry.Dir = root
-	if out, err := dry.CombinedOutput(); err != nil {
-		t.Errorf("make -n test: %v\n%s", err, out)
+
+	var tiers []string
+	for _, b := range shBlocks(section(t, string(readme), "Contributing")) {
+		tiers = append(tiers, commands(b)...)
 	}
+	if len(tiers) != 2 || tiers[0] != "make check" || tiers[1] != "make test" {
+		t.Fatalf("Contributing commands %q: want `make check` and `make test`", tiers)
+	}
+	for _, tier := range tiers {
+		target := strings.TrimPrefix(tier, "make ")
+		dry := exec.CommandContext(ctx, "make", "-n", target)
+		dry.Dir = root
+		if out, err := dry.CombinedOutput(); err != nil {
+			t.Errorf("make -n %s: %v\n%s", target, err, out)
+		}
+	}
+}
+
+// section returns the text under the README's "## title" heading, up to
+// the next one.
+func section(t *testing.T, md, title string) string {
+	t.Helper()
+	_, s, ok := strings.Cut(md, "\n## "+title+"\n")
+	if !ok {
+		t.Fatalf("README has no %q section", title)
+	}
+	s, _, _ = strings.Cut(s, "\n## ")
+	return s
 }
 
 // shBlocks returns the contents of the ```sh blocks of md.
