@@ -151,7 +151,7 @@ for path in $PATHS; do
 	esac
 done
 
-# The markdown table of README.md (Performance), from the JSON reports.
+# The markdown table of docs/performance.md, from the JSON reports.
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os
 out = sys.argv[1]
