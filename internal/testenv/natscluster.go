@@ -264,7 +264,6 @@ func natsServerBinary(t testing.TB) string {
 		}
 		_ = tmp.Close()
 		cmd := exec.Command("go", "build", "-o", tmp.Name(), "github.com/nats-io/nats-server/v2")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			_ = os.Remove(tmp.Name())
 			natsServer.err = fmt.Errorf("go build github.com/nats-io/nats-server/v2: %v\n%s", err, out)

@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"bytes"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -15,7 +14,8 @@ func BuildCommand(t testing.TB, name string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), name)
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/regcap/regcap/cmd/"+name)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	// No CGO_ENABLED=0: the same settings as go test, go run and make
+	// build, so all of them share one build cache.
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building cmd/%s: %v\n%s", name, err, out)
 	}
