@@ -3,14 +3,29 @@ GO ?= go
 STATICCHECK_VERSION ?= v0.8.2
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+# -X only touches the link step: the packages compile as `go run` and
+# `go test` compile them, so all of them share one build cache.
+LDFLAGS := -X main.version=$(VERSION)
+# The image `make image` builds; push it where your cluster pulls from
+# (docs/deploy.md): no image is published yet.
+IMAGE ?= regcap
 
-.PHONY: all build check test test-deps test-ha vet fuzz bench clean demo
+.PHONY: all build check test test-deps test-ha vet fuzz bench clean demo image
 
 all: build
 
+# bin/worker, bin/requester, bin/demo. No -trimpath or CGO_ENABLED=0
+# here (the Dockerfile sets them for the image's static binaries): either
+# would change every package's cache key, and the first `make build`
+# after `make demo` or `go test` would compile everything again.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+	@echo 'go build ./cmd/... into bin/ (the first build takes minutes; docs/deploy.md)' >&2
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+# The container image of docker-compose.yaml and the Helm chart, with
+# both binaries; e.g. make image IMAGE=registry.example.com/regcap VERSION=0.1.0
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
 
 # Installs what the tests need (redis-server, docker-registry), then vets
 # (gofmt, go vet, staticcheck) and runs every test with the race detector.
@@ -54,8 +69,9 @@ bench: test-deps
 
 # Runs regcap end to end offline: a local registry with a sample image, a
 # worker, and the three capabilities asked twice each (a miss, then a hit).
-demo:
-	$(GO) run ./cmd/demo
+# It builds bin/ first, so the binaries exist once the demo has run.
+demo: build
+	./bin/demo
 
 clean:
 	rm -rf bin/

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"bytes"
+	"cmp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -219,4 +220,92 @@ func TestDockerfile(t *testing.T) {
 	}
 	checkBinaryInImage(t, []string{"/usr/local/bin/worker"})
 	checkBinaryInImage(t, []string{"/usr/local/bin/requester"})
+}
+
+// TestComposeBuildsOneImage: every service running regcap runs one
+// image, built once from the Dockerfile, with VERSION exported or not
+// (Compose's ${VERSION:-dev} resolved both ways, as Compose would). The
+// services that do not build it depend on the one that does, so that
+// `docker compose run` builds before it runs, and never try to pull it.
+func TestComposeBuildsOneImage(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(root, "docker-compose.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, version := range []string{"", "v1.2.3-4-gabcdef0"} {
+		t.Run("VERSION="+version, func(t *testing.T) {
+			var c struct {
+				Services map[string]struct {
+					Image      string         `yaml:"image"`
+					Build      map[string]any `yaml:"build"`
+					PullPolicy string         `yaml:"pull_policy"`
+					Entrypoint []string       `yaml:"entrypoint"`
+					DependsOn  map[string]any `yaml:"depends_on"`
+				} `yaml:"services"`
+			}
+			env := map[string]string{}
+			if version != "" {
+				env["VERSION"] = version
+			}
+			if err := yaml.Unmarshal([]byte(interpolate(t, string(raw), env)), &c); err != nil {
+				t.Fatalf("docker-compose.yaml: %v", err)
+			}
+			want := "regcap:" + cmp.Or(version, "dev")
+			var builders, users []string
+			for name, s := range c.Services {
+				ours := s.Build != nil || strings.HasPrefix(s.Image, "regcap")
+				if !ours {
+					continue
+				}
+				if s.Image != want {
+					t.Errorf("service %s runs image %q, want %q", name, s.Image, want)
+				}
+				if s.Build != nil {
+					builders = append(builders, name)
+					if args, _ := s.Build["args"].(map[string]any); args["VERSION"] != cmp.Or(version, "dev") {
+						t.Errorf("service %s builds with VERSION %v, want %q", name, args["VERSION"], cmp.Or(version, "dev"))
+					}
+					continue
+				}
+				users = append(users, name)
+				if s.PullPolicy != "never" {
+					t.Errorf("service %s: pull_policy %q: Compose would pull %s from Docker Hub before building it", name, s.PullPolicy, want)
+				}
+			}
+			if len(builders) != 1 {
+				t.Fatalf("services %v build the image, want exactly one", builders)
+			}
+			for _, u := range users {
+				if _, ok := c.Services[u].DependsOn[builders[0]]; !ok {
+					t.Errorf("service %s does not depend on %s, which builds its image", u, builders[0])
+				}
+			}
+			if len(users) == 0 {
+				t.Error("no service but the builder runs the image: where is the requester?")
+			}
+		})
+	}
+}
+
+// interpolate resolves Compose's ${VAR}, ${VAR:-default} and ${VAR-default}
+// from env; any other form of $ is an error.
+func interpolate(t *testing.T, s string, env map[string]string) string {
+	t.Helper()
+	re := regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}`)
+	out := re.ReplaceAllStringFunc(s, func(m string) string {
+		p := re.FindStringSubmatch(m)
+		v, set := env[p[1]]
+		switch {
+		case p[2] == ":-" && v == "", p[2] == "-" && !set:
+			return p[3]
+		}
+		return v
+	})
+	// $$ is a literal $; a lone $ left in a value Compose would read too.
+	for _, line := range strings.Split(out, "\n") {
+		if l, _, _ := strings.Cut(line, "#"); strings.Contains(strings.ReplaceAll(l, "$$", ""), "$") {
+			t.Errorf("docker-compose.yaml: a variable this test cannot resolve: %s", line)
+		}
+	}
+	return out
 }
