@@ -39,6 +39,7 @@ Commands:
   prefetch         warm the fleet's cache for a list of images
   bench            measure the fleet against a plain NATS echo
 
+  run POLICY.wasm  run a Kubewarden WASI policy, its host calls answered by the fleet
 Run 'requester COMMAND --help' for a command's flags.
 `
 
@@ -61,6 +62,7 @@ func commands() map[string]*command {
 	cmds["prefetch"] = prefetchCommand()
 	cmds["bench"] = benchCommand()
 	return cmds
+	cmds["run"] = runCommand()
 }
 
 // cmdEnv is what every command gets: standard streams and a connection.
