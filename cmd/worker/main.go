@@ -11,10 +11,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/regcap/regcap/internal/worker"
 )
@@ -32,42 +34,57 @@ func main() {
 const (
 	exitOK          = 0 // stopped after answering every request taken
 	exitFailed      = 1 // the worker could not start, or failed
-	exitUsage       = 2 // a bad command line
+	exitUsage       = 2 // a bad command line: a flag, a file it names, or a combination
 	exitShutdownCut = 3 // --shutdown-timeout ran out: requests in flight were cancelled (answered 503)
 )
 
 // run parses the flags and runs one worker until ctx ends, and returns
 // its exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+	if versionAsked(args) {
 		// Not a flag: REGCAP_<FLAG> would make it one more variable that
 		// stops a worker from starting.
 		fmt.Fprintln(stdout, "worker", version)
 		return exitOK
 	}
-	f, err := worker.ParseFlags(args, stdout)
-	if errors.Is(err, flag.ErrHelp) {
+	f, perr := worker.ParseFlags(args, stdout)
+	if errors.Is(perr, flag.ErrHelp) {
 		return exitOK
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "worker: %v (see worker --help)\n", err)
-		return exitUsage
-	}
-	if f.Probe != "" {
+	if perr == nil && f.Probe != "" {
 		return probe(ctx, f.Probe, stderr)
 	}
-	log, err := worker.NewLogger(f.LogLevel, f.LogFormat, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "worker: %v (see worker --help)\n", err)
+	// Every problem of the command line at once, flags and settings
+	// alike, before anything is opened.
+	bad := errors.Join(perr, f.Validate())
+	log, lerr := worker.NewLogger(f.LogLevel, f.LogFormat, stderr)
+	if lerr != nil {
+		// No logger to say it with: plain lines.
+		for _, line := range lines(bad) {
+			fmt.Fprintf(stderr, "worker: %s (see worker --help)\n", line)
+		}
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
+	// A fatal line is one line a person can act on, in the log's
+	// encoding, with no caller or stack trace.
+	fatal := log.WithOptions(zap.WithCaller(false), zap.AddStacktrace(zapcore.FatalLevel))
+	if bad != nil {
+		for _, line := range lines(bad) {
+			fatal.Error(line + " (see worker --help)")
+		}
+		return exitUsage
+	}
 	f.Version, f.Logger = version, log
 	w, err := worker.New(ctx, f.Config)
 	if err != nil {
-		// A start-up failure is one line a person can act on, not a
-		// log entry with a stack trace.
-		fmt.Fprintln(stderr, "worker:", err)
+		if p := worker.Problems(err); len(p) > 0 {
+			for _, line := range lines(err) {
+				fatal.Error(line + " (see worker --help)")
+			}
+			return exitUsage
+		}
+		fatal.Error(oneLine(err.Error()))
 		return exitFailed
 	}
 	err = w.Run(ctx)
@@ -77,11 +94,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Warn("stopped before answering everything", zap.Int("cancelled", cut.Cancelled), zap.Duration("shutdown_timeout", cut.Timeout))
 		return exitShutdownCut
 	case err != nil:
-		log.Error("worker stopped", zap.Error(err))
+		fatal.Error("worker stopped: " + oneLine(err.Error()))
 		return exitFailed
 	}
 	return exitOK
 }
+
+// versionAsked reports whether --version (or the version command) is
+// anywhere on the command line, before a "--".
+func versionAsked(args []string) bool {
+	if len(args) > 0 && args[0] == "version" {
+		return true
+	}
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--version", "-version":
+			return true
+		}
+	}
+	return false
+}
+
+// lines splits joined errors into one line each.
+func lines(err error) []string {
+	if err == nil {
+		return nil
+	}
+	return strings.Split(err.Error(), "\n")
+}
+
+// oneLine keeps an error on one line.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 // probe is the container healthcheck: distroless images have no curl.
 func probe(ctx context.Context, url string, stderr io.Writer) int {

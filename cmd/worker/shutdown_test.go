@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -182,7 +184,7 @@ func TestHelpListsEveryFlagWithItsVariable(t *testing.T) {
 // TestBadFlagsExit2: a bad command line is one line on stderr that says
 // what is wrong and points at --help, not the whole usage; exit 2.
 func TestBadFlagsExit2(t *testing.T) {
-	for _, args := range [][]string{{"--no-such-flag"}, {"--log-format", "xml"}, {"--platform", "linux"}, {"extra"}} {
+	for _, args := range [][]string{{"--no-such-flag"}, {"--log-format", "xml"}, {"--platform", "linux"}, {"extra"}, {"--redis-url", "127.0.0.1:6379"}} {
 		var out, errs bytes.Buffer
 		code := run(context.Background(), append(args, "--metrics-addr", ""), &out, &errs)
 		lines := strings.Split(strings.TrimSpace(errs.String()), "\n")
@@ -193,29 +195,105 @@ func TestBadFlagsExit2(t *testing.T) {
 }
 
 // TestStartupErrorsAreOneLine: a worker that cannot start says why in one
-// line on stderr, with no stack trace, and exits 1.
+// line on stderr, with no stack trace or caller, and exits 1; every port
+// taken is named in that line, not one per attempt.
 func TestStartupErrorsAreOneLine(t *testing.T) {
 	taken := testenv.ListenCounting(t, "127.0.0.1:0")
+	taken2 := testenv.ListenCounting(t, "127.0.0.1:0")
 	for _, c := range []struct {
 		name string
 		args []string
 		want string
 	}{
-		{"embedded NATS port taken", []string{"--embedded-nats-addr", taken.Addr()}, "is taken: another worker or nats-server is running; set --embedded-nats-addr or NATS_URL"},
-		{"metrics port taken", []string{"--nats-url", "nats://127.0.0.1:1", "--metrics-addr", taken.Addr()}, "--metrics-addr " + taken.Addr() + " is taken"},
-		{"redis URL without a scheme", []string{"--nats-url", "nats://127.0.0.1:1", "--redis-url", "127.0.0.1:6379"}, "--redis-url \"127.0.0.1:6379\": want redis://"},
+		{"embedded NATS port taken", []string{"--embedded-nats-addr", taken.Addr()}, taken.Addr() + " (--embedded-nats-addr) already in use: another worker or server is running on this host; stop it, or set --embedded-nats-addr to free addresses"},
+		{"metrics port taken", []string{"--nats-url", "nats://127.0.0.1:1", "--metrics-addr", taken.Addr()}, taken.Addr() + " (--metrics-addr) already in use"},
+		{"a second worker", []string{"--embedded-nats-addr", taken.Addr(), "--metrics-addr", taken2.Addr()}, taken.Addr() + " (--embedded-nats-addr), " + taken2.Addr() + " (--metrics-addr) already in use"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var out, errs bytes.Buffer
-			args := append([]string{"--log-level", "error"}, c.args...)
-			if !strings.Contains(strings.Join(args, " "), "--metrics-addr") {
-				args = append(args, "--metrics-addr", "")
+			for _, format := range []string{"json", "console"} {
+				var out, errs bytes.Buffer
+				args := append([]string{"--log-level", "error", "--log-format", format}, c.args...)
+				if !strings.Contains(strings.Join(args, " "), "--metrics-addr") {
+					args = append(args, "--metrics-addr", "")
+				}
+				code := run(context.Background(), args, &out, &errs)
+				lines := strings.Split(strings.TrimSpace(errs.String()), "\n")
+				if code != 1 || len(lines) != 1 || !strings.Contains(lines[0], c.want) || strings.Contains(errs.String(), "goroutine") || strings.Contains(errs.String(), ".go:") {
+					t.Errorf("%s: exit %d, stderr:\n%s\nwant 1 and one line containing %q", format, code, errs.String(), c.want)
+				}
+				if format == "json" && !json.Valid([]byte(lines[0])) {
+					t.Errorf("the fatal line is not in the log's encoding (JSON): %s", lines[0])
+				}
 			}
-			code := run(context.Background(), args, &out, &errs)
-			lines := strings.Split(strings.TrimSpace(errs.String()), "\n")
-			if code != 1 || len(lines) != 1 || !strings.Contains(lines[0], c.want) || strings.Contains(errs.String(), "goroutine") || strings.Contains(errs.String(), ".go:") {
-				t.Errorf("exit %d, stderr:\n%s\nwant 1 and one line containing %q", code, errs.String(), c.want)
+		})
+	}
+	if taken.Accepted() != 0 || taken2.Accepted() != 0 {
+		t.Errorf("the worker connected to the taken ports")
+	}
+}
+
+// TestBadSettingsExit2BeforeAnythingStarts runs the worker binary with
+// several bad flags and a port conflict: every bad setting is one line,
+// in the log's encoding, and the exit is 2; the port conflict is not
+// reached, nothing listens and nothing is dialled (Redis and NATS are
+// counting listeners).
+func TestBadSettingsExit2BeforeAnythingStarts(t *testing.T) {
+	bin := testenv.BuildCommand(t, "worker")
+	taken := testenv.ListenCounting(t, "127.0.0.1:0")
+	redis := testenv.ListenCounting(t, "127.0.0.1:0")
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	missing := t.TempDir() + "/missing.pem"
+	for _, c := range []struct {
+		name  string
+		extra []string
+	}{
+		{"embedded NATS", []string{"--embedded-nats-addr", taken.Addr()}},
+		{"external NATS", []string{"--nats-url", "nats://" + taken.Addr()}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{
+				"--log-format", "json",
+				"--metrics-addr", metrics,
+				"--redis-url", "redis://" + redis.Addr(),
+				"--http-addr", ":8443", // without TLS
+				"--cache-ttl", "abc",
+				"--bogus",
+				"--sources", missing,
+				"--concurrency", "-2",
+			}, c.extra...)
+			cmd := exec.Command(bin, args...)
+			cmd.Env = append(os.Environ(), "REGCAP_FETCH_TIMEOUT=soon")
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+				t.Fatalf("exit %v, want 2\n%s", err, stderr.String())
 			}
+			want := []string{
+				`--cache-ttl: want a duration such as 30s, got \"abc\"`,
+				"--bogus: unknown flag",
+				`environment variable REGCAP_FETCH_TIMEOUT: want a duration such as 30s, got \"soon\"`,
+				"--concurrency: want 0 or more",
+				"--http-addr: needs --tls-cert and --tls-key",
+				"--sources: sources file: open " + missing,
+			}
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if len(lines) != len(want) || stdout.Len() != 0 {
+				t.Fatalf("%d lines on stderr, want %d, one per problem:\n%s", len(lines), len(want), stderr.String())
+			}
+			for i, w := range want {
+				if !json.Valid([]byte(lines[i])) || !strings.Contains(lines[i], w) || !strings.Contains(lines[i], `"level":"error"`) {
+					t.Errorf("line %d: %s\nwant a JSON error line containing %s", i, lines[i], w)
+				}
+			}
+			if redis.Accepted() != 0 || taken.Accepted() != 0 {
+				t.Errorf("the worker dialled: redis %d, NATS %d connections", redis.Accepted(), taken.Accepted())
+			}
+			// Nothing was listened on: the metrics port is still free.
+			ln, err := net.Listen("tcp", metrics)
+			testenv.Must(t, err, "the metrics port is not free after the worker exited")
+			_ = ln.Close()
 		})
 	}
 }
@@ -244,9 +322,12 @@ func TestSIGTERMWithoutNATS(t *testing.T) {
 	}
 }
 
+// TestVersion: --version anywhere on the line, even after a bad flag.
 func TestVersion(t *testing.T) {
-	var out, errs bytes.Buffer
-	if code := run(context.Background(), []string{"--version"}, &out, &errs); code != 0 || out.String() != "worker dev\n" || errs.Len() != 0 {
-		t.Fatalf("--version: exit %d, stdout %q, stderr %q", code, out.String(), errs.String())
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"version"}, {"--log-level", "debug", "--version"}, {"--bogus", "--version"}} {
+		var out, errs bytes.Buffer
+		if code := run(context.Background(), args, &out, &errs); code != 0 || out.String() != "worker dev\n" || errs.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out.String(), errs.String())
+		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/resolve"
+	"github.com/regcap/regcap/internal/telemetry"
 )
 
 // Worker is a running worker. Stop it with Shutdown.
@@ -42,6 +43,7 @@ type Worker struct {
 	natsURL  string
 	api      *http.Server // nil without --http-addr
 	apiAddr  string
+	tracing  *telemetry.Provider // off unless OTEL_* configures it
 
 	// serving is set once the NATS front has subscribed: a flush before
 	// that would confirm a connection without our subscriptions.
@@ -56,9 +58,19 @@ type Worker struct {
 // New builds a worker from cfg and starts serving: NATS (or an embedded
 // server), the cache tiers, the registry access and the resolver, the
 // NATS front and service discovery, then the metrics and HTTP listeners.
-// On error, whatever was started is stopped again.
+// It first checks cfg (Validate: every problem, as *FieldErrors) and that
+// its ports are free (a *PortsTakenError). On error, whatever was started
+// is stopped again.
 func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
+	// Every setting is checked before anything is opened: a bad one is
+	// never hidden by a port conflict, and all are said at once.
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	cfg = cfg.withDefaults()
+	if err := cfg.checkPorts(); err != nil {
+		return nil, err
+	}
 	w := &Worker{cfg: cfg, log: cfg.Logger, metrics: metrics.New()}
 	w.natsReady.Store(-1)
 	// Not on the named result: a failing return sets that to nil before
@@ -68,6 +80,9 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			w.close()
 		}
 	}()
+	if err := w.setupTracing(ctx); err != nil {
+		return nil, err
+	}
 	if err := w.startNATS(); err != nil {
 		return nil, err
 	}
@@ -106,7 +121,7 @@ func (w *Worker) newResolver() error {
 	if err != nil {
 		return err
 	}
-	fetcher := handlers.NewFetcher(acc.puller(cfg, w.metrics.WrapBase), handlers.WithLogger(w.log.Named("fetch")))
+	fetcher := handlers.NewFetcher(acc.puller(cfg, w.wrapBase), handlers.WithLogger(w.log.Named("fetch")))
 	opts := []resolve.Option{
 		resolve.WithPlatform(cfg.Platform),
 		resolve.WithFetchTimeout(cfg.FetchTimeout),
@@ -121,6 +136,7 @@ func (w *Worker) newResolver() error {
 		resolve.WithMaxPending(cfg.MaxPending),
 		resolve.WithMemory(cfg.MemorySize),
 		resolve.WithLogger(w.log.Named("resolve")),
+		resolve.WithTracerProvider(w.tracing.TracerProvider()),
 	}
 	if w.cache != nil {
 		// One fetch per key across the fleet, not one per worker.
@@ -156,7 +172,8 @@ func (w *Worker) serveNATS() (err error) {
 		queue.WithSubjectPrefix(cfg.SubjectPrefix),
 		queue.WithQueueGroup(cfg.QueueGroup),
 		queue.WithLogger(w.log.Named("nats")),
-		queue.WithObserver(observers{w.metrics, w.disc}))
+		queue.WithObserver(observers{w.metrics, w.disc}),
+		queue.WithTracerProvider(w.tracing.TracerProvider()))
 	if err := w.front.Start(); err != nil {
 		return err
 	}
@@ -301,6 +318,7 @@ func (w *Worker) close() {
 	if w.embedded != nil {
 		w.embedded.Shutdown()
 	}
+	w.stopTracing()
 }
 
 // Resolver is the worker's resolver.
