@@ -23,7 +23,6 @@ import (
 	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/resolve"
-	"github.com/regcap/regcap/internal/telemetry"
 )
 
 // Worker is a running worker. Stop it with Shutdown.
@@ -43,7 +42,6 @@ type Worker struct {
 	natsURL  string
 	api      *http.Server // nil without --http-addr
 	apiAddr  string
-	tracing  *telemetry.Provider // off unless OTEL_* configures it
 
 	// serving is set once the NATS front has subscribed: a flush before
 	// that would confirm a connection without our subscriptions.
@@ -80,9 +78,6 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			w.close()
 		}
 	}()
-	if err := w.setupTracing(ctx); err != nil {
-		return nil, err
-	}
 	if err := w.startNATS(); err != nil {
 		return nil, err
 	}
@@ -121,7 +116,7 @@ func (w *Worker) newResolver() error {
 	if err != nil {
 		return err
 	}
-	fetcher := handlers.NewFetcher(acc.puller(cfg, w.wrapBase), handlers.WithLogger(w.log.Named("fetch")))
+	fetcher := handlers.NewFetcher(acc.puller(cfg, w.metrics.WrapBase), handlers.WithLogger(w.log.Named("fetch")))
 	opts := []resolve.Option{
 		resolve.WithPlatform(cfg.Platform),
 		resolve.WithFetchTimeout(cfg.FetchTimeout),
@@ -136,7 +131,6 @@ func (w *Worker) newResolver() error {
 		resolve.WithMaxPending(cfg.MaxPending),
 		resolve.WithMemory(cfg.MemorySize),
 		resolve.WithLogger(w.log.Named("resolve")),
-		resolve.WithTracerProvider(w.tracing.TracerProvider()),
 	}
 	if w.cache != nil {
 		// One fetch per key across the fleet, not one per worker.
@@ -172,8 +166,7 @@ func (w *Worker) serveNATS() (err error) {
 		queue.WithSubjectPrefix(cfg.SubjectPrefix),
 		queue.WithQueueGroup(cfg.QueueGroup),
 		queue.WithLogger(w.log.Named("nats")),
-		queue.WithObserver(observers{w.metrics, w.disc}),
-		queue.WithTracerProvider(w.tracing.TracerProvider()))
+		queue.WithObserver(observers{w.metrics, w.disc}))
 	if err := w.front.Start(); err != nil {
 		return err
 	}
@@ -318,7 +311,6 @@ func (w *Worker) close() {
 	if w.embedded != nil {
 		w.embedded.Shutdown()
 	}
-	w.stopTracing()
 }
 
 // Resolver is the worker's resolver.
