@@ -86,13 +86,13 @@ func normalise(ref name.Reference) (name.Reference, error) {
 	}
 	for _, c := range strings.Split(ref.Context().RepositoryStr(), "/") {
 		if !pathComponent.MatchString(c) {
-			return nil, fmt.Errorf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote(c))
+			return nil, errors.New(componentProblem(c))
 		}
 	}
 	switch r := ref.(type) {
 	case name.Tag:
 		if !tagGrammar.MatchString(r.TagStr()) {
-			return nil, fmt.Errorf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote(r.TagStr()))
+			return nil, errors.New(tagProblem(r.TagStr()))
 		}
 	case name.Digest:
 		// Every registry in use digests with sha256; accepting another
@@ -130,6 +130,51 @@ func normalise(ref name.Reference) (name.Reference, error) {
 	return ref, nil
 }
 
+// componentProblem says in words why c, a repository path component,
+// breaks the distribution grammar [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*.
+func componentProblem(c string) string {
+	what := "repository path component " + quote(c)
+	switch {
+	case c == "":
+		return what + " is empty: the path has two slashes in a row, or one at an end"
+	case c == "." || c == "..":
+		return what + " is not allowed: a path has no . or .. components"
+	case strings.ToLower(c) != c:
+		return what + " must be lower case"
+	}
+	for _, r := range c {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Sprintf("%s holds %q: only lower-case letters, digits and the separators . _ __ - are allowed", what, r)
+		}
+	}
+	if first, last := c[0], c[len(c)-1]; !isAlnum(first) || !isAlnum(last) {
+		return what + " must start and end with a lower-case letter or a digit"
+	}
+	return what + " has separators in a row: use one ., one or two _, or dashes, between letters or digits"
+}
+
+// tagProblem says in words why t breaks the tag grammar
+// [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+func tagProblem(t string) string {
+	what := "tag " + quote(t)
+	switch {
+	case t == "":
+		return what + " is empty: drop the : or give a tag"
+	case len(t) > 128:
+		return what + " is over 128 characters"
+	case t[0] == '.' || t[0] == '-':
+		return what + " must start with a letter, a digit or _"
+	}
+	for _, r := range t {
+		if !(isAlnum(byte(r)) && r < 0x80 || r >= 'A' && r <= 'Z' || r == '_' || r == '.' || r == '-') {
+			return fmt.Sprintf("%s holds %q: only letters, digits, _, . and - are allowed", what, r)
+		}
+	}
+	return what + " must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+}
+
+func isAlnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
+
 // hostGrammar is a registry host: a DNS name or a bracketed IPv6
 // address, and an optional port.
 var hostGrammar = regexp.MustCompile(`^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)(?::[0-9]*)?$`)
@@ -148,7 +193,7 @@ func diagnose(s string) string {
 	}
 	if i := strings.LastIndexByte(rest, ':'); i > strings.LastIndexByte(rest, '/') {
 		if t := rest[i+1:]; !tagGrammar.MatchString(t) {
-			return fmt.Sprintf("tag %s must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", quote(t))
+			return tagProblem(t)
 		}
 		rest = rest[:i]
 	}
@@ -162,7 +207,7 @@ func diagnose(s string) string {
 	}
 	for _, c := range parts {
 		if !pathComponent.MatchString(c) {
-			return fmt.Sprintf("repository path component %s must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*", quote(c))
+			return componentProblem(c)
 		}
 	}
 	r := strings.Join(parts, "/")
