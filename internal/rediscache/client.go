@@ -120,11 +120,16 @@ func Open(url, mode string, opts ...Option) (*Cache, error) {
 	return c, nil
 }
 
-// Ping asks Redis once, for a start-up check; the Cache works without it.
+// Ping asks Redis once, for a start-up check, and loads the get-or-lock
+// script (on every master of a Cluster), so that the first misses do not
+// pay a NOSCRIPT round trip; the Cache works without it.
 func (c *Cache) Ping(ctx context.Context) error {
 	ctx, cancel := c.health.op(ctx)
 	defer cancel()
-	return c.rdb.Ping(ctx).Err()
+	if err := c.rdb.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	return getOrLockScript.Load(ctx, c.rdb).Err()
 }
 
 // redisLog sends go-redis's internal log lines to zap at debug level.

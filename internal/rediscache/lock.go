@@ -82,13 +82,17 @@ type Verdict struct {
 	Failure *contract.Error
 }
 
-// Claim is the outcome of asking for a key's lock: exactly one of its
-// fields is set, or none when Redis is not working (then the caller
+// Claim is the outcome of asking for a key's lock: exactly one of Lease,
+// Waiter and Found is set, or none when Redis is not working (then the caller
 // fetches on its own).
 type Claim struct {
 	Lease  *Lease  // this worker holds the lock and must fetch
 	Waiter *Waiter // another worker holds it
 	Found  *Entry  // the answer was stored meanwhile
+	// Stale is the value kept past its freshness (--stale-if-error),
+	// read in the same round trip, beside a Lease or a Waiter
+	// (GetOrLock only).
+	Stale *Entry
 }
 
 // Lease is a held fleet lock. Exactly one of Store, Fail or Abandon must

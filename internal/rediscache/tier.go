@@ -159,12 +159,20 @@ func (c *Cache) decode(key string, get *redis.StringCmd, ttl *redis.DurationCmd)
 		}
 		return Entry{}, false
 	}
-	left := ttl.Val()
-	if ttl.Err() != nil || left == -2 { // go-redis passes PTTL's -2 and -1 through as nanoseconds
+	if ttl.Err() != nil {
+		return Entry{}, false
+	}
+	return c.decodeValue(key, get.Val(), ttl.Val())
+}
+
+// decodeValue turns a value read with its PTTL into an entry, refusing
+// what decode refuses. left is PTTL's answer as go-redis passes it: -2
+// and -1 as nanoseconds.
+func (c *Cache) decodeValue(key, raw string, left time.Duration) (Entry, bool) {
+	if left == -2 {
 		return Entry{}, false // no such key (PTTL -2)
 	}
-	value := []byte(get.Val())
-	if len(value) > c.maxValue() {
+	if len(raw) > c.maxValue() {
 		c.rejected(key, &rejection{rejectTooLarge, fmt.Sprintf("over %d bytes", c.maxValue())})
 		return Entry{}, false
 	}
@@ -174,7 +182,8 @@ func (c *Cache) decode(key string, get *redis.StringCmd, ttl *redis.DurationCmd)
 		c.rejected(key, &rejection{rejectNoTTL, "the key has no expiry"})
 		return Entry{}, false
 	}
-	o, err := openValue(key, value, c.macKey, c.maxBody)
+	// One copy: the entry's body is a slice of it.
+	o, err := openValue(key, []byte(raw), c.macKey, c.maxBody)
 	if err != nil {
 		var r *rejection
 		if errors.As(err, &r) {

@@ -70,6 +70,7 @@ func TestBadRedisValues(t *testing.T) {
 					t.Fatalf("answer %d: %s %s %v, want the registry's digest (%s)", i, a.Body, a.Outcome, err, want)
 				}
 			}
+			settled(t, r) // the fetch's store in Redis, after the reply
 			if n := f.reg.Count("HEAD", "manifest"); n != 1 {
 				t.Errorf("%d HEADs, want 1", n)
 			}

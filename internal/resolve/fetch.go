@@ -13,13 +13,17 @@ import (
 // store and the release after it.
 const lockMargin = 2 * time.Second
 
-// fetchAndStore asks the registry, stores the answer in both tiers and
-// tells the fleet lock's waiters, if this worker holds the lock. The
-// caller holds a fetch slot; it is released here.
-func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error) {
+// fetchAndStore asks the registry and keeps the answer in the memory
+// tier. What is left for the fleet after an answer (storing it in Redis,
+// telling the fleet lock's waiters, if this worker holds the lock) it
+// returns as after, for the caller to run once its callers are answered:
+// a reply does not wait on Redis, and the waiters, told only after the
+// value is stored, still read it. A failure's notice is sent before. after is never nil. The caller holds a fetch
+// slot; it is released here.
+func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) (body []byte, after func(), err error) {
 	ctx, cancel := context.WithTimeout(r.life, r.fetchTimeout)
 	fetched := r.now()
-	body, err := r.fetch.Fetch(ctx, q.req)
+	body, err = r.fetch.Fetch(ctx, q.req)
 	cancel()
 	if err != nil {
 		ce := contract.AsError(err)
@@ -27,15 +31,17 @@ func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error
 		if ce.Code == 404 && r.negativeTTL > 0 {
 			// Cached fleet-wide: the waiters read it as they read an
 			// answer, and answer the same 404.
-			r.store(q, rediscache.Entry{Body: []byte(ce.Message), Fetched: fetched, Fresh: fetched.Add(r.negativeTTL),
-				Expires: fetched.Add(r.negativeTTL), Negative: true}, held)
-			return nil, ce
+			return nil, r.store(q, rediscache.Entry{Body: []byte(ce.Message), Fetched: fetched, Fresh: fetched.Add(r.negativeTTL),
+				Expires: fetched.Add(r.negativeTTL), Negative: true}, held), ce
 		}
 		if r.staleIfError > 0 && staleWorthy(ce) {
 			// Before the waiters hear of the failure: none of them, nor
 			// any worker after them, tries again within the back-off.
 			r.backOff(q, ce)
 		}
+		// A failure is not cached: the lock is released before the
+		// reply, so that the next request fetches again rather than
+		// wait on this failure's notice.
 		switch {
 		case held == nil:
 		case ce.Code == 503:
@@ -45,25 +51,26 @@ func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) ([]byte, error
 		default:
 			held.Fail(r.life, ce)
 		}
-		return nil, ce
+		return nil, func() {}, ce
 	}
 	r.slots.release(q.registry, outcomeAnswer, 0)
 	r.clearRegistryBackoff(q)
 	fresh := fetched.Add(r.jittered(q.ttl))
-	r.store(q, rediscache.Entry{Body: body, Fetched: fetched, Fresh: fresh, Expires: fresh.Add(r.staleIfError)}, held)
-	return body, nil
+	return body, r.store(q, rediscache.Entry{Body: body, Fetched: fetched, Fresh: fresh, Expires: fresh.Add(r.staleIfError)}, held), nil
 }
 
-// store keeps e in both tiers and, if this worker holds the fleet lock,
-// tells the waiters: the value and their notice in one round trip.
-func (r *Resolver) store(q query, e rediscache.Entry, held *rediscache.Lease) {
+// store keeps e in the memory tier now, and returns the storing of it in
+// Redis and, if this worker holds the fleet lock, the telling of the
+// waiters: the value and their notice in one round trip.
+func (r *Resolver) store(q query, e rediscache.Entry, held *rediscache.Lease) func() {
 	r.mem.Set(q.key, e)
 	switch {
 	case held != nil:
-		held.Store(r.life, e)
+		return func() { held.Store(r.life, e) }
 	case r.shared != nil:
-		r.shared.Set(r.life, q.key, e)
+		return func() { r.shared.Set(r.life, q.key, e) }
 	}
+	return func() {}
 }
 
 // negativeHit is the answer of a cached 404.

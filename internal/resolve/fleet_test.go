@@ -365,3 +365,17 @@ func TestFleetRedisDown(t *testing.T) {
 		}
 	}
 }
+
+// settled waits until rs have no resolution left, their Redis stores
+// included: a reply no longer waits for them.
+func settled(t testing.TB, rs ...*Resolver) {
+	t.Helper()
+	testenv.Eventually(t, "resolutions and their stores to end", func() bool {
+		for _, r := range rs {
+			if r.flights.keys() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -40,6 +40,10 @@ type flight struct {
 	done   chan struct{}
 	res    resolved
 	err    error
+	// after is what its resolution leaves for the fleet once the
+	// callers are answered (the Redis store, the lock's waiters); only
+	// the goroutine running the resolution touches it.
+	after func()
 
 	elem *list.Element // in its registry's waiting list; nil once fetching
 	out  bool          // pushed out: no longer counted
@@ -109,20 +113,61 @@ func (fs *flights) fetching(f *flight) {
 	}
 }
 
-// finish records f's result and wakes its callers.
+// finish records f's result, wakes its callers and stops counting f.
 func (fs *flights) finish(f *flight, res resolved, err error) {
+	fs.answer(f, res, err)
+	fs.retire(f)
+}
+
+// answer records f's result, wakes its callers and stops counting f
+// against max. Callers of its key still join it, and get its result at
+// once, until retire: the resolution's work for the fleet (the Redis
+// store) goes on meanwhile, and a new resolution of the key would only
+// wait on it.
+func (fs *flights) answer(f *flight, res resolved, err error) {
 	fs.mu.Lock()
 	if !f.out {
-		fs.remove(f)
+		fs.uncount(f)
+		f.out = true
 	}
 	fs.mu.Unlock()
-	f.cancel(nil)
 	f.res, f.err = res, err
 	close(f.done)
 }
 
-// remove stops counting f. fs.mu is held.
+// retire forgets f, once its resolution's work is over: the next caller
+// of its key starts a new resolution.
+func (fs *flights) retire(f *flight) {
+	fs.mu.Lock()
+	if !f.out {
+		fs.uncount(f)
+		f.out = true
+	}
+	if fs.byKey[f.key] == f {
+		delete(fs.byKey, f.key)
+	}
+	fs.mu.Unlock()
+	f.cancel(nil)
+}
+
+// keys is the number of keys with a resolution, running or finishing
+// its work for the fleet.
+func (fs *flights) keys() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return len(fs.byKey)
+}
+
+// remove stops counting f and forgets it. fs.mu is held.
 func (fs *flights) remove(f *flight) {
+	fs.uncount(f)
+	if fs.byKey[f.key] == f {
+		delete(fs.byKey, f.key)
+	}
+}
+
+// uncount stops counting f against max. fs.mu is held.
+func (fs *flights) uncount(f *flight) {
 	rf := fs.byReg[f.registry]
 	if f.elem != nil {
 		rf.waiting.Remove(f.elem)
@@ -132,9 +177,6 @@ func (fs *flights) remove(f *flight) {
 		delete(fs.byReg, f.registry)
 	}
 	fs.total--
-	if fs.byKey[f.key] == f {
-		delete(fs.byKey, f.key)
-	}
 }
 
 // count is the number of resolutions running.

@@ -74,7 +74,9 @@ func (r *Resolver) refresh(q query, old rediscache.Entry) {
 		return
 	}
 	r.onRefresh()
-	if _, err := r.fetchAndStore(q, c.Lease); err != nil {
+	_, after, err := r.fetchAndStore(q, c.Lease)
+	after() // nobody waits on a refresh's answer
+	if err != nil {
 		// Not again from this worker until the entry expires; the fleet
 		// back-off (set by fetchAndStore for failures that deserve a
 		// stale answer) is not this: a 404 here must show at expiry.

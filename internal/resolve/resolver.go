@@ -67,6 +67,9 @@ type (
 		ClearBackoff(ctx context.Context, key string)
 		BackingOff(ctx context.Context, keys ...string) bool
 		Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) rediscache.Claim
+		// GetOrLock reads key's value or takes its lock, in one round
+		// trip.
+		GetOrLock(ctx context.Context, key string, hold time.Duration) rediscache.Claim
 		Available() bool
 	}
 	fetcher interface {
@@ -99,6 +102,9 @@ type Resolver struct {
 
 	life context.Context // ends at Close: fetches and waits are cancelled
 	stop context.CancelFunc
+	// noWait is a context already done: waiting on it takes only what
+	// is free at once.
+	noWait context.Context
 }
 
 // New returns a Resolver that fetches with f.
@@ -118,6 +124,9 @@ func New(f fetcher, opts ...Option) *Resolver {
 		ExpiryCalculator: otter.ExpiryWriting[string, query](decodedTTL),
 	})
 	r.life, r.stop = context.WithCancel(context.Background())
+	var done context.CancelFunc
+	r.noWait, done = context.WithCancel(context.Background())
+	done()
 	return r
 }
 
@@ -250,8 +259,31 @@ func (r *Resolver) join(ctx context.Context, q query) (Answer, error) {
 			go func() {
 				defer r.work.Done()
 				res, err := r.resolve(f, q)
-				r.flights.finish(f, res, err)
+				if err != nil {
+					// Errors are not cached: nobody joins this one
+					// once it is answered.
+					r.flights.retire(f)
+				}
+				r.flights.answer(f, res, err)
+				// The callers are answered; what is left for the fleet
+				// (storing in Redis, the lock's waiters) goes on here.
+				if f.after != nil {
+					f.after()
+				}
+				if err == nil {
+					r.flights.retire(f)
+				}
 			}()
+		}
+	}
+	// A resolution already answered, whose store is still under way:
+	// its answer is in the memory tier too, and is a hit.
+	answered := false
+	if !leader {
+		select {
+		case <-f.done:
+			answered = true
+		default:
 		}
 	}
 	select {
@@ -263,6 +295,9 @@ func (r *Resolver) join(ctx context.Context, q query) (Answer, error) {
 		if !leader && s.outcome == contract.Miss {
 			// Another request of this worker fetched it.
 			s.outcome = contract.Shared
+			if answered {
+				s.outcome = contract.Hit
+			}
 		}
 		return Answer{Body: s.body, Outcome: s.outcome, Age: s.age}, nil
 	case <-ctx.Done():
@@ -319,37 +354,40 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 			stale = &e
 		}
 	}
-	// The one Redis read before deciding to fetch or wait.
-	if r.shared != nil {
-		if e, ok := r.shared.Get(wait, q.key); ok {
-			r.mem.Set(q.key, e)
-			if e.IsFresh(r.now()) {
-				return hit(e, contract.Hit)
-			}
-			if !e.Negative && (stale == nil || e.Fetched.After(stale.Fetched)) {
-				stale = &e
+	var c rediscache.Claim
+	if r.shared != nil && r.trySlot(q) {
+		// A slot is free: read the value, or take the lock, or learn who
+		// holds it, in one round trip. The slot is taken first so that
+		// the lock is still held only while fetching.
+		r.flights.fetching(f)
+		c = r.shared.GetOrLock(r.life, q.key, r.fetchTimeout+lockMargin)
+		if c.Stale != nil {
+			r.mem.Set(q.key, *c.Stale)
+			if !c.Stale.Negative && (stale == nil || c.Stale.Fetched.After(stale.Fetched)) {
+				stale = c.Stale
 			}
 		}
-	}
-	// While the registry keeps failing, a key answered stale goes
-	// upstream once per TTL for the fleet, not once per request.
-	if r.staleUsable(stale) && r.backingOff(wait, q) {
-		return r.staleAnswer(*stale), nil
-	}
-	// The slot is taken before the lock so that the lock is held only
-	// while fetching: its expiry then covers one fetch, not a wait for a
-	// slot as well.
-	if err := r.acquireSlot(wait, q); err != nil {
-		return r.orStale(err, stale)
-	}
-	r.flights.fetching(f)
-	var c rediscache.Claim
-	if r.shared != nil {
-		// On the resolver's context, not the wait's: a slot that came at
-		// the end of the wait must still take the lock (bounded by the
-		// Redis command timeout), or the fleet would fetch twice when it
-		// is busiest.
-		c = r.shared.Lock(r.life, q.key, r.fetchTimeout+lockMargin, time.Time{})
+		if c.Lease == nil && c.Found == nil && r.staleUsable(stale) && r.backingOff(wait, q) {
+			r.releaseSlot(q)
+			if c.Waiter != nil {
+				c.Waiter.Cancel()
+			}
+			return r.staleAnswer(*stale), nil
+		}
+	} else {
+		var (
+			found *rediscache.Entry
+			err   error
+		)
+		c, found, err = r.lockAfterSlot(f, wait, q, &stale)
+		switch {
+		case found != nil:
+			return hit(*found, contract.Hit)
+		case errors.Is(err, errBackingOff):
+			return r.staleAnswer(*stale), nil
+		case err != nil:
+			return r.orStale(err, stale)
+		}
 	}
 	switch {
 	case c.Found != nil:
@@ -359,7 +397,8 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 	case c.Waiter != nil:
 		// Waiting is not fetching: give the slot to others meanwhile.
 		r.releaseSlot(q)
-		if v := c.Waiter.Wait(wait, r.lockWait); v != nil {
+		v := c.Waiter.Wait(wait, r.lockWait)
+		if v != nil {
 			if v.Failure != nil {
 				return r.orStale(v.Failure, stale)
 			}
@@ -379,9 +418,52 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		c.Lease.Fail(r.life, contract.Errorf(503, "%s: registry failing, backing off", q.image))
 		return r.staleAnswer(*stale), nil
 	}
-	body, err := r.fetchAndStore(q, c.Lease)
+	body, after, err := r.fetchAndStore(q, c.Lease)
+	f.after = after
 	if err != nil {
 		return r.orStale(err, stale)
 	}
 	return resolved{body: body, outcome: contract.Miss}, nil
 }
+
+// lockAfterSlot is the way to the fleet lock when no fetch slot is free
+// at once (or without Redis): one Redis read before waiting for a slot,
+// so that a value in Redis is not held up by busy slots (found, with no
+// slot held), then the lock once a slot came. A value kept past its
+// freshness is passed back in stale; errBackingOff says to answer it.
+func (r *Resolver) lockAfterSlot(f *flight, wait context.Context, q query, stale **rediscache.Entry) (c rediscache.Claim, found *rediscache.Entry, err error) {
+	if r.shared != nil {
+		if e, ok := r.shared.Get(wait, q.key); ok {
+			r.mem.Set(q.key, e)
+			if e.IsFresh(r.now()) {
+				return c, &e, nil
+			}
+			if !e.Negative && (*stale == nil || e.Fetched.After((*stale).Fetched)) {
+				*stale = &e
+			}
+		}
+	}
+	// While the registry keeps failing, a key answered stale goes
+	// upstream once per TTL for the fleet, not once per request.
+	if r.staleUsable(*stale) && r.backingOff(wait, q) {
+		return c, nil, errBackingOff
+	}
+	if err := r.acquireSlot(wait, q); err != nil {
+		return c, nil, err
+	}
+	r.flights.fetching(f)
+	if r.shared == nil {
+		return c, nil, nil
+	}
+	// On the resolver's context, not the wait's: a slot that came at
+	// the end of the wait must still take the lock (bounded by the
+	// Redis command timeout), or the fleet would fetch twice when it
+	// is busiest.
+	return r.shared.Lock(r.life, q.key, r.fetchTimeout+lockMargin, time.Time{}), nil, nil
+}
+
+// errBackingOff: the key's fetch is backing off, answer it stale.
+var errBackingOff = errors.New("backing off")
+
+// trySlot takes a fetch slot for q if one is free now.
+func (r *Resolver) trySlot(q query) bool { return r.slots.acquire(r.noWait, q.registry) == nil }

@@ -29,6 +29,7 @@ func TestJitteredTTLStored(t *testing.T) {
 		if _, err := r.Answer(context.Background(), request(contract.ManifestDigest, ref)); err != nil {
 			t.Fatal(err)
 		}
+		settled(t, r)
 		after := time.Now()
 		k := key(t, contract.ManifestDigest, ref)
 		e, ok := r.mem.Get(k)

@@ -25,6 +25,7 @@ func TestTTLCountsFromTheFetch(t *testing.T) {
 	if ans, err := a.Answer(context.Background(), req); err != nil || ans.Outcome != contract.Miss {
 		t.Fatalf("A: %v %v, want a miss", ans.Outcome, err)
 	}
+	settled(t, a)           // the store in Redis, after the reply
 	fetchedBy := time.Now() // A's fetch started before this
 	time.Sleep(ttl / 2)
 	ans, err := b.Answer(context.Background(), req)
@@ -66,6 +67,7 @@ func TestImmutableTTL(t *testing.T) {
 		if _, err := f.res[0].Answer(context.Background(), request(contract.OCIManifest, c.ref)); err != nil {
 			t.Fatalf("%s: %v", c.ref, err)
 		}
+		settled(t, f.res[0])
 		k := key(t, contract.OCIManifest, c.ref)
 		left, err := rdb.PTTL(context.Background(), k).Result()
 		testenv.Must(t, err, "PTTL %s", k)
