@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/regcap/regcap/contract"
 )
@@ -42,6 +44,9 @@ type Client struct {
 	attemptTimeout time.Duration
 	onRetry        func(contract.Function, error)
 	conn           *connWatch
+	// tracer and prop are nil unless WithTracerProvider.
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
 }
 
 // Option configures a Client.
@@ -117,7 +122,7 @@ func WithPlatform(p string) CallOption {
 // takes to re-subscribe elsewhere (all of a fleet's workers may be on
 // that node). An error reply, a closed connection or the end of ctx is
 // never retried.
-func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte, opts ...CallOption) (*Reply, error) {
+func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte, opts ...CallOption) (reply *Reply, failed error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
@@ -128,6 +133,8 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 	for _, o := range opts {
 		o(m)
 	}
+	ctx, span := c.startSpan(ctx, fn, m)
+	defer func() { span.end(reply, failed) }()
 	ep := c.conn.current()
 	if ep.isLost() {
 		// Sent now, the request would wait in nats.go's buffer anyway;

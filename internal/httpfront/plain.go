@@ -25,6 +25,7 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 	a, err := h.answer(r, fn)
 	if err != nil {
 		ce := failure(err)
+		h.annotate(r, fn, "")
 		h.observer.Request(fn, ce.Code, "", time.Since(start))
 		writeError(w, ce)
 		return
@@ -36,6 +37,7 @@ func (h *Handler) plain(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(contract.HeaderAge, strconv.Itoa(int(a.Age.Seconds())))
 	}
 	_, _ = w.Write(a.Body)
+	h.annotate(r, fn, a.Outcome)
 	h.observer.Request(fn, 0, a.Outcome, time.Since(start))
 }
 

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/resolve"
 )
@@ -39,6 +41,8 @@ type Handler struct {
 	inflight   *budget
 	mux        *http.ServeMux
 	observer   resolve.Observer
+	tp         trace.TracerProvider // nil: not traced
+	serve      http.Handler         // mux, traced or not
 }
 
 // Defaults of the options.
@@ -110,10 +114,11 @@ func New(res Resolver, opts ...Option) *Handler {
 	h.mux.HandleFunc("GET /v1/{function}", h.plain)
 	h.mux.HandleFunc("POST /v1/{function}", h.plain)
 	h.mux.HandleFunc("POST /gatekeeper/v1/{function}", h.gatekeeper)
+	h.serve = h.traced(h.mux)
 	return h
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.serve.ServeHTTP(w, r) }
 
 // InFlight is the number of resolutions the front has started and that
 // have not ended, including those whose caller was answered at the

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/regcap/regcap/contract"
+	"github.com/regcap/regcap/internal/telemetry"
 )
 
 // FetchPool is the worker's fetch pool as the pool gauges see it;
@@ -177,19 +178,25 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the metrics in the Prometheus exposition format.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, EnableOpenMetrics: true})
 }
 
 // Request counts one answered request (queue.Observer). code is 0 on
 // success.
 func (m *Metrics) Request(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration) {
+	m.request(fn, code, outcome, elapsed, "")
+}
+
+// request counts one answered request, its latency linked to traceID
+// when there is one.
+func (m *Metrics) request(fn contract.Function, code int, outcome contract.Outcome, elapsed time.Duration, traceID string) {
 	f := fn.Name()
 	c := "200"
 	if code != 0 {
 		c = strconv.Itoa(code)
 	}
 	m.requests.WithLabelValues(f, c).Inc()
-	m.requestDuration.WithLabelValues(f).Observe(elapsed.Seconds())
+	observe(m.requestDuration.WithLabelValues(f), elapsed, traceID)
 	if outcome != "" {
 		m.cache.WithLabelValues(string(outcome)).Inc()
 	}
@@ -270,7 +277,7 @@ func (t *transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(r)
 	// A redirect to blob storage is counted as blob storage.
 	host := t.label(r)
-	t.m.upstreamLatency.WithLabelValues(host, r.Method).Observe(time.Since(start).Seconds())
+	observe(t.m.upstreamLatency.WithLabelValues(host, r.Method), time.Since(start), telemetry.SampledTraceID(r.Context()))
 	status := "error"
 	if err == nil {
 		status = strconv.Itoa(resp.StatusCode)

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/resolve"
+	"github.com/regcap/regcap/internal/telemetry"
 	"go.uber.org/zap"
 )
 
@@ -29,9 +31,13 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 		if fn == contract.OCIManifestConfig {
 			req.Platform = m.Header.Get(contract.HeaderPlatform)
 		}
+		var sp *frontSpan // nil unless tracing
+		if s.tracer != nil {
+			sp = s.startSpan(m, fn, req.Platform)
+		}
 		a, miss, err := s.res.Lookup(req)
 		if err != nil || miss == nil {
-			s.reply(m, fn, a, err, start)
+			s.reply(m, fn, a, err, start, sp)
 			return
 		}
 		s.inflight.Add(1)
@@ -39,15 +45,15 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 		go func() {
 			defer s.inflight.Done()
 			defer s.busy.Add(-1)
-			a, err := s.res.Resolve(s.life, miss)
-			s.reply(m, fn, a, err, start)
+			a, err := s.res.Resolve(sp.context(s.life), miss)
+			s.reply(m, fn, a, err, start, sp)
 		}()
 	}
 }
 
 // reply sends an answer, or an error in the NATS service-framework
 // convention: the code and message in headers, an empty body.
-func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err error, start time.Time) {
+func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err error, start time.Time, sp *frontSpan) {
 	r := nats.NewMsg(m.Reply)
 	code := 0
 	if err != nil {
@@ -79,9 +85,10 @@ func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err 
 		err = m.RespondMsg(r)
 	}
 	if err != nil {
-		s.log.Warn("reply not sent", zap.String("function", string(fn)), zap.Error(err))
+		s.log.Warn("reply not sent", append(telemetry.LogFields(sp.context(context.Background())), zap.String("function", string(fn)), zap.Error(err))...)
 	}
-	s.obs.Request(fn, code, a.Outcome, time.Since(start))
+	sp.end(code, a.Outcome)
+	s.observe(sp, fn, code, a.Outcome, time.Since(start))
 }
 
 // msgSize is what a message counts against the server's max_payload:

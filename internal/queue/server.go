@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
@@ -39,6 +41,11 @@ type Server struct {
 	res Resolver
 	log *zap.Logger
 	obs resolve.Observer
+
+	// tracer is nil when tracing is off: the hit path then never
+	// touches a header for it.
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
 
 	prefix     string
 	queueGroup string

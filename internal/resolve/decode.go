@@ -3,6 +3,7 @@ package resolve
 import (
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/contract"
@@ -16,6 +17,7 @@ type query struct {
 	image    string // normalised reference, for messages
 	registry string // its registry host, for the fetch slots
 	ttl      time.Duration
+	span     trace.Span // its resolution's, when traced (trace.go)
 }
 
 // decode turns req into a query. A repeated request skips the reference
@@ -57,7 +59,7 @@ func rawKey(req Request) string {
 // failed logs a request that got an error answer, and returns the
 // error as every front sends it: a *contract.Error whose message is one
 // line of at most contract.MaxMessage bytes.
-func (r *Resolver) failed(fn contract.Function, err error) *contract.Error {
+func (r *Resolver) failed(fn contract.Function, err error, fields ...zap.Field) *contract.Error {
 	ce := contract.AsError(err)
 	if msg := contract.Bound(ce.Message); msg != ce.Message {
 		ce = &contract.Error{Code: ce.Code, Message: msg, RetryAfter: ce.RetryAfter}
@@ -68,8 +70,8 @@ func (r *Resolver) failed(fn contract.Function, err error) *contract.Error {
 	if ce.Code >= 500 {
 		lvl = zap.WarnLevel
 	}
-	r.log.Log(lvl, "request failed", zap.String("function", string(fn)),
-		zap.Int("code", ce.Code), zap.String("message", ce.Message))
+	r.log.Log(lvl, "request failed", append(fields, zap.String("function", string(fn)),
+		zap.Int("code", ce.Code), zap.String("message", ce.Message))...)
 	return ce
 }
 

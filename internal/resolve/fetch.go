@@ -21,9 +21,11 @@ const lockMargin = 2 * time.Second
 // value is stored, still read it. A failure's notice is sent before. after is never nil. The caller holds a fetch
 // slot; it is released here.
 func (r *Resolver) fetchAndStore(q query, held *rediscache.Lease) (body []byte, after func(), err error) {
-	ctx, cancel := context.WithTimeout(r.life, r.fetchTimeout)
+	ctx, cancel := context.WithTimeout(q.traced(r.life), r.fetchTimeout)
+	ctx, fs := r.startStep(ctx, "fetch")
 	fetched := r.now()
 	body, err = r.fetch.Fetch(ctx, q.req)
+	fs.end(err)
 	cancel()
 	if err != nil {
 		ce := contract.AsError(err)
@@ -66,9 +68,9 @@ func (r *Resolver) store(q query, e rediscache.Entry, held *rediscache.Lease) fu
 	r.mem.Set(q.key, e)
 	switch {
 	case held != nil:
-		return func() { held.Store(r.life, e) }
+		return func() { held.Store(q.traced(r.life), e) }
 	case r.shared != nil:
-		return func() { r.shared.Set(r.life, q.key, e) }
+		return func() { r.shared.Set(q.traced(r.life), q.key, e) }
 	}
 	return func() {}
 }
@@ -81,8 +83,10 @@ func (r *Resolver) negativeHit(e rediscache.Entry) error {
 
 // acquireSlot takes a fetch slot for q's registry, waiting for one until
 // ctx ends.
-func (r *Resolver) acquireSlot(ctx context.Context, q query) error {
-	b := r.slots.acquire(ctx, q.registry)
+func (r *Resolver) acquireSlot(ctx context.Context, q query) (err error) {
+	sctx, ss := r.startStep(ctx, "slot wait")
+	defer func() { ss.end(err) }()
+	b := r.slots.acquire(sctx, q.registry)
 	switch {
 	case b == nil:
 		return nil

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/regcap/regcap/internal/handlers"
@@ -28,6 +29,7 @@ type options struct {
 	memoryBytes  uint64
 	cache        *rediscache.Cache // nil without Redis
 	log          *zap.Logger
+	tracer       trace.Tracer // nil: not traced
 	onRefresh    func()
 	onNegative   func()
 	now          func() time.Time

@@ -22,6 +22,7 @@ import (
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/handlers"
 	"github.com/regcap/regcap/internal/rediscache"
+	"github.com/regcap/regcap/internal/telemetry"
 )
 
 // Request is a capability request as a front received it.
@@ -233,7 +234,7 @@ func (r *Resolver) Lookup(req Request) (Answer, *Miss, error) {
 func (r *Resolver) Resolve(ctx context.Context, m *Miss) (Answer, error) {
 	a, err := r.join(ctx, m.q)
 	if err != nil {
-		return Answer{}, r.failed(m.Request.Function, err)
+		return Answer{}, r.failed(m.Request.Function, err, telemetry.LogFields(ctx)...)
 	}
 	return a, nil
 }
@@ -256,9 +257,11 @@ func (r *Resolver) join(ctx context.Context, q query) (Answer, error) {
 		} else {
 			// On the resolver's context rather than the caller's, so that
 			// no caller's deadline fails the others.
+			q = r.startResolution(ctx, q)
 			go func() {
 				defer r.work.Done()
 				res, err := r.resolve(f, q)
+				q.endResolution(res, err)
 				if err != nil {
 					// Errors are not cached: nobody joins this one
 					// once it is answered.
@@ -341,7 +344,7 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		r.refreshIfDue(q, e)
 		return resolved{body: e.Body, outcome: o}, nil
 	}
-	wait, cancel := context.WithTimeout(f.ctx, r.lockWait)
+	wait, cancel := context.WithTimeout(q.traced(f.ctx), r.lockWait)
 	defer cancel()
 	// The resolution that just finished may have filled the memory tier.
 	// An entry past its TTL is no hit, but may answer a failed fetch.
@@ -360,7 +363,7 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		// holds it, in one round trip. The slot is taken first so that
 		// the lock is still held only while fetching.
 		r.flights.fetching(f)
-		c = r.shared.GetOrLock(r.life, q.key, r.fetchTimeout+lockMargin)
+		c = r.shared.GetOrLock(q.traced(r.life), q.key, r.fetchTimeout+lockMargin)
 		if c.Stale != nil {
 			r.mem.Set(q.key, *c.Stale)
 			if !c.Stale.Negative && (stale == nil || c.Stale.Fetched.After(stale.Fetched)) {
@@ -397,7 +400,9 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 	case c.Waiter != nil:
 		// Waiting is not fetching: give the slot to others meanwhile.
 		r.releaseSlot(q)
-		v := c.Waiter.Wait(wait, r.lockWait)
+		lctx, ls := r.startStep(wait, "lock wait")
+		v := c.Waiter.Wait(lctx, r.lockWait)
+		ls.end(nil)
 		if v != nil {
 			if v.Failure != nil {
 				return r.orStale(v.Failure, stale)
@@ -459,7 +464,7 @@ func (r *Resolver) lockAfterSlot(f *flight, wait context.Context, q query, stale
 	// the end of the wait must still take the lock (bounded by the
 	// Redis command timeout), or the fleet would fetch twice when it
 	// is busiest.
-	return r.shared.Lock(r.life, q.key, r.fetchTimeout+lockMargin, time.Time{}), nil, nil
+	return r.shared.Lock(q.traced(r.life), q.key, r.fetchTimeout+lockMargin, time.Time{}), nil, nil
 }
 
 // errBackingOff: the key's fetch is backing off, answer it stale.

@@ -67,7 +67,8 @@ func (w *Worker) serveAPI() error {
 	w.api = &http.Server{
 		Handler: httpfront.New(w.res, httpfront.WithTimeout(cfg.HTTPTimeout), httpfront.WithMaxKeys(cfg.HTTPMaxKeys),
 			httpfront.WithMaxInFlight(cfg.HTTPMaxInFlight), httpfront.WithBatchConcurrency(cfg.HTTPBatchConcurrency),
-			httpfront.WithMaxReplyBytes(cfg.HTTPMaxReplyBytes), httpfront.WithObserver(w.metrics)),
+			httpfront.WithMaxReplyBytes(cfg.HTTPMaxReplyBytes), httpfront.WithObserver(w.metrics),
+			httpfront.WithTracerProvider(w.tracing.TracerProvider())),
 		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
 		ReadTimeout:       cfg.HTTPReadTimeout,
 		IdleTimeout:       cfg.HTTPIdleTimeout,

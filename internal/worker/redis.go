@@ -32,7 +32,8 @@ func (w *Worker) connectRedis(ctx context.Context) (err error) {
 		rediscache.WithErrorHook(w.metrics.RedisError),
 		rediscache.WithRejectHook(w.metrics.RedisRejected),
 		rediscache.WithRefusedHook(w.metrics.RedisRefused),
-		rediscache.WithLogger(w.log.Named("rediscache")))
+		rediscache.WithLogger(w.log.Named("rediscache")),
+		rediscache.WithTracerProvider(w.tracing.TracerProvider()))
 	if err != nil {
 		return fmt.Errorf("--redis-url %q: want redis://[user:password@]host:port[/db] or rediss://…: %w", redactURL(cfg.RedisURL), err)
 	}

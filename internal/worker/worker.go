@@ -23,6 +23,7 @@ import (
 	"github.com/regcap/regcap/internal/queue"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/resolve"
+	"github.com/regcap/regcap/internal/telemetry"
 )
 
 // Worker is a running worker. Stop it with Shutdown.
@@ -42,6 +43,7 @@ type Worker struct {
 	natsURL  string
 	api      *http.Server // nil without --http-addr
 	apiAddr  string
+	tracing  *telemetry.Provider // off unless OTEL_* configures it
 
 	// serving is set once the NATS front has subscribed: a flush before
 	// that would confirm a connection without our subscriptions.
@@ -78,6 +80,9 @@ func New(ctx context.Context, cfg Config) (_ *Worker, err error) {
 			w.close()
 		}
 	}()
+	if err := w.setupTracing(ctx); err != nil {
+		return nil, err
+	}
 	if err := w.startNATS(); err != nil {
 		return nil, err
 	}
@@ -116,7 +121,7 @@ func (w *Worker) newResolver() error {
 	if err != nil {
 		return err
 	}
-	fetcher := handlers.NewFetcher(acc.puller(cfg, w.metrics.WrapBase), handlers.WithLogger(w.log.Named("fetch")))
+	fetcher := handlers.NewFetcher(acc.puller(cfg, w.wrapBase), handlers.WithLogger(w.log.Named("fetch")))
 	opts := []resolve.Option{
 		resolve.WithPlatform(cfg.Platform),
 		resolve.WithFetchTimeout(cfg.FetchTimeout),
@@ -131,6 +136,7 @@ func (w *Worker) newResolver() error {
 		resolve.WithMaxPending(cfg.MaxPending),
 		resolve.WithMemory(cfg.MemorySize),
 		resolve.WithLogger(w.log.Named("resolve")),
+		resolve.WithTracerProvider(w.tracing.TracerProvider()),
 	}
 	if w.cache != nil {
 		// One fetch per key across the fleet, not one per worker.
@@ -166,7 +172,8 @@ func (w *Worker) serveNATS() (err error) {
 		queue.WithSubjectPrefix(cfg.SubjectPrefix),
 		queue.WithQueueGroup(cfg.QueueGroup),
 		queue.WithLogger(w.log.Named("nats")),
-		queue.WithObserver(observers{w.metrics, w.disc}))
+		queue.WithObserver(observers{w.metrics, w.disc}),
+		queue.WithTracerProvider(w.tracing.TracerProvider()))
 	if err := w.front.Start(); err != nil {
 		return err
 	}
@@ -311,6 +318,7 @@ func (w *Worker) close() {
 	if w.embedded != nil {
 		w.embedded.Shutdown()
 	}
+	w.stopTracing()
 }
 
 // Resolver is the worker's resolver.
