@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/regcap/regcap/internal/mirrors"
 	"github.com/regcap/regcap/internal/registry"
 )
 
@@ -17,6 +18,7 @@ type access struct {
 	sources    *registry.Sources
 	guard      *registry.Guard
 	transports *registry.Transports
+	mirrors    *mirrors.Resolver // nil: no mirror configured
 }
 
 // newAccess loads the files the configuration names; any problem with
@@ -53,18 +55,35 @@ func newAccess(cfg *Config, log *zap.Logger) (*access, error) {
 	if cfg.Lookup != nil {
 		topts = append(topts, registry.WithLookup(cfg.Lookup))
 	}
-	return &access{keychain: kc, sources: src, guard: guard, transports: registry.NewTransports(topts...)}, nil
+	a := &access{keychain: kc, sources: src, guard: guard, transports: registry.NewTransports(topts...)}
+	if cfg.HostsDir != "" || cfg.RegistriesConf != "" || cfg.MirrorsOnly {
+		a.mirrors = mirrors.New(mirrors.WithHostsDir(cfg.HostsDir), mirrors.WithRegistriesConf(cfg.RegistriesConf),
+			mirrors.WithMirrorsOnly(cfg.MirrorsOnly),
+			mirrors.WithErrorHandler(func(path string, err error) {
+				log.Warn("re-reading a mirror configuration file failed; keeping its previous version", zap.String("path", path), zap.Error(err))
+			}))
+		if err := a.mirrors.Check(); err != nil {
+			return nil, fmt.Errorf("--hosts-dir/--registries-conf: %w", err)
+		}
+		log.Info("registry mirrors configured, files re-read when they change",
+			zap.String("hosts_dir", cfg.HostsDir), zap.String("registries_conf", cfg.RegistriesConf), zap.Bool("mirrors_only", cfg.MirrorsOnly))
+	}
+	return a, nil
 }
 
 // puller is the registry client for this access; wrap counts and times
 // every HTTP request it makes.
-func (a *access) puller(cfg *Config, wrap func(func(string) http.RoundTripper) func(string) http.RoundTripper) *registry.Puller {
-	return registry.New(
+func (a *access) puller(cfg *Config, wrap func(func(string) http.RoundTripper) func(string) http.RoundTripper, observe func(registry.Fetch)) *registry.Puller {
+	opts := []registry.Option{registry.WithFetchObserver(observe)}
+	if a.mirrors != nil {
+		opts = append(opts, registry.WithEndpoints(a.mirrors))
+	}
+	return registry.New(append(opts,
 		registry.WithKeychain(a.keychain),
 		registry.WithInsecure(a.sources.Insecure),
 		registry.WithRegistryCheck(a.guard.CheckRegistry),
 		registry.WithUserAgent("regcap/"+cfg.Version),
 		registry.WithLimits(cfg.ManifestLimit, cfg.BlobLimit),
 		registry.WithBaseTransport(wrap(a.transports.For)),
-	)
+	)...)
 }

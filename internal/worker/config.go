@@ -80,8 +80,13 @@ type Config struct {
 	ManifestLimit int64
 	BlobLimit     int64
 
-	DockerConfig    string
-	Sources         string
+	DockerConfig string
+	Sources      string
+	// HostsDir, RegistriesConf and MirrorsOnly configure mirrors
+	// (internal/mirrors).
+	HostsDir        string
+	RegistriesConf  string
+	MirrorsOnly     bool
 	DenyCIDRs       []string
 	AllowRegistries []string
 
@@ -201,6 +206,9 @@ func FlagSet(f *Flags, output io.Writer) *flag.FlagSet {
 	fs.Int64Var(&c.BlobLimit, "max-config-size", c.BlobLimit, "largest config blob accepted, in bytes; larger is 413")
 	fs.StringVar(&c.DockerConfig, "docker-config", c.DockerConfig, "Docker config with registry credentials: a config.json, a .dockerconfigjson pull secret, or the folder holding one; re-read when it changes (default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json)")
 	fs.StringVar(&c.Sources, "sources", c.Sources, "Kubewarden sources.yaml (or JSON): insecure_sources and source_authorities")
+	fs.StringVar(&c.HostsDir, "hosts-dir", c.HostsDir, "containerd hosts directory (its config_path, e.g. /etc/containerd/certs.d): a folder per registry whose hosts.toml lists mirrors, tried in file order before the registry; re-read when it changes")
+	fs.StringVar(&c.RegistriesConf, "registries-conf", c.RegistriesConf, "CRI-O/Podman registries.conf (v2), with the registries.conf.d/ beside it: mirrors, location rewriting, blocked prefixes; re-read when they change; wins over --hosts-dir for the registries it names")
+	fs.BoolVar(&c.MirrorsOnly, "mirrors-only", c.MirrorsOnly, "air-gapped: never contact a registry itself, only the mirrors --hosts-dir or --registries-conf give it (403 for a registry without one)")
 	fs.Var((*listValue)(&c.DenyCIDRs), "deny-cidrs", "networks never connected to, checked on the resolved address at dial time; replaces the default list (empty: deny nothing)")
 	fs.Var((*listValue)(&c.AllowRegistries), "allow-registries", "comma-separated globs of the only registries that may be asked (e.g. ghcr.io,*.example.com,registry.local:5000); empty allows all")
 	fs.Usage = flagenv.Usage(fs, "Usage: worker [flags]\n\nAnswers kubewarden/oci registry capabilities over NATS for a fleet of policy hosts.", "REGCAP_", envOverrides)

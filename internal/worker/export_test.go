@@ -30,5 +30,5 @@ func AccessFrom(args []string, log *zap.Logger) (*Access, error) {
 		return nil, err
 	}
 	same := func(f func(string) http.RoundTripper) func(string) http.RoundTripper { return f }
-	return &Access{Keychain: a.keychain, Sources: a.sources, Guard: a.guard, Puller: a.puller(&f.Config, same)}, nil
+	return &Access{Keychain: a.keychain, Sources: a.sources, Guard: a.guard, Puller: a.puller(&f.Config, same, nil)}, nil
 }

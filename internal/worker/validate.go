@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/regcap/regcap/internal/mirrors"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/registry"
 )
@@ -352,7 +353,21 @@ func (c *Config) checkRegistryAccess(p *problems) {
 // checkHostsFiles is where the mirror configuration (--hosts-dir,
 // --registries-conf, issue 21) is checked once the worker has those
 // flags: read and parsed here, each problem added under its flag.
-func (c *Config) checkHostsFiles(p *problems) {}
+func (c *Config) checkHostsFiles(p *problems) {
+	if c.MirrorsOnly && c.HostsDir == "" && c.RegistriesConf == "" {
+		p.add("--mirrors-only", "needs --hosts-dir or --registries-conf: with no mirror configured, no registry could be asked")
+	}
+	if c.HostsDir != "" {
+		if err := mirrors.New(mirrors.WithHostsDir(c.HostsDir)).Check(); err != nil {
+			p.wrap("--hosts-dir", err)
+		}
+	}
+	if c.RegistriesConf != "" {
+		if err := mirrors.New(mirrors.WithRegistriesConf(c.RegistriesConf)).Check(); err != nil {
+			p.wrap("--registries-conf", err)
+		}
+	}
+}
 
 // PortsTakenError says which of the worker's listen addresses another
 // process holds: all of them, so that a second worker on a host is told

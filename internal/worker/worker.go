@@ -121,7 +121,7 @@ func (w *Worker) newResolver() error {
 	if err != nil {
 		return err
 	}
-	fetcher := handlers.NewFetcher(acc.puller(cfg, w.wrapBase), handlers.WithLogger(w.log.Named("fetch")))
+	fetcher := handlers.NewFetcher(acc.puller(cfg, w.wrapBase, w.fetchObserver()), handlers.WithLogger(w.log.Named("fetch")))
 	opts := []resolve.Option{
 		resolve.WithPlatform(cfg.Platform),
 		resolve.WithFetchTimeout(cfg.FetchTimeout),
