@@ -35,6 +35,9 @@ test: test-deps vet
 	# module of its own (test/gatekeeper), so that its dependencies stay
 	# out of the worker's go.mod.
 	cd test/gatekeeper && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
+	# A Kubewarden policy written with policy-sdk-go, built for wasip1 in
+	# the test and run in client/wasihost and through requester run.
+	cd test/kubewarden && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
 	# The Helm chart, rendered and linted with Helm's Go packages and
 	# decoded into k8s.io/api types: a module of its own for the same reason.
 	cd deploy/helm && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
