@@ -24,6 +24,9 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+
 command -v redis-cli >/dev/null 2>&1 || [ -x /usr/bin/redis-cli ] || need+=(redis-tools)
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# zsh and fish check the requester's completion scripts (zsh -n, fish -n).
+command -v zsh >/dev/null 2>&1 || need+=(zsh)
+command -v fish >/dev/null 2>&1 || need+=(fish)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing test dependencies: ${need[*]}" >&2

@@ -105,14 +105,14 @@ func TestBenchCLI(t *testing.T) {
 			want int
 		}{
 			{"missing image", []string{"bench", reg.Ref("bench/none", "v1"), "--requests", "5", "--nats-url", url}, exitFailed},
-			{"no images", []string{"bench", "--nats-url", url}, exitUnreachable},
-			{"cold without a count", []string{"bench", a, "--cold", "--nats-url", url}, exitUnreachable},
-			{"bad concurrency", []string{"bench", a, "--concurrency", "0", "--nats-url", url}, exitUnreachable},
-			{"bad function", []string{"bench", a, "--function", "size", "--nats-url", url}, exitUnreachable},
-			{"negative requests", []string{"bench", a, "--requests", "-1", "--nats-url", url}, exitUnreachable},
-			{"zero duration", []string{"bench", a, "--duration", "0s", "--nats-url", url}, exitUnreachable},
-			{"negative duration", []string{"bench", a, "--duration", "-1s", "--nats-url", url}, exitUnreachable},
-			{"negative concurrency", []string{"bench", a, "--concurrency", "1,-2", "--nats-url", url}, exitUnreachable},
+			{"no images", []string{"bench", "--nats-url", url}, exitUsage},
+			{"cold without a count", []string{"bench", a, "--cold", "--nats-url", url}, exitUsage},
+			{"bad concurrency", []string{"bench", a, "--concurrency", "0", "--nats-url", url}, exitUsage},
+			{"bad function", []string{"bench", a, "--function", "size", "--nats-url", url}, exitUsage},
+			{"negative requests", []string{"bench", a, "--requests", "-1", "--nats-url", url}, exitUsage},
+			{"zero duration", []string{"bench", a, "--duration", "0s", "--nats-url", url}, exitUsage},
+			{"negative duration", []string{"bench", a, "--duration", "-1s", "--nats-url", url}, exitUsage},
+			{"negative concurrency", []string{"bench", a, "--concurrency", "1,-2", "--nats-url", url}, exitUsage},
 			{"no duration needed with a count", []string{"bench", a, "--requests", "5", "--duration", "0s", "--warmup", "0s", "--no-echo", "--nats-url", url}, exitOK},
 		}
 		for _, tc := range cases {
@@ -127,7 +127,7 @@ func TestBenchCLIUnreachable(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	code, _, errs := cli(t, "", "bench", "busybox", "--requests", "5", "--timeout", "2s", "--nats-url", ns.ClientURL())
 	if code != exitUnreachable {
-		t.Fatalf("exit %d, want 2; stderr:\n%s", code, errs)
+		t.Fatalf("exit %d, want 3; stderr:\n%s", code, errs)
 	}
 	if !strings.Contains(errs, "unreachable") {
 		t.Fatalf("stderr does not say why:\n%s", errs)
@@ -135,7 +135,7 @@ func TestBenchCLIUnreachable(t *testing.T) {
 }
 
 // TestBenchLostConnection: when the NATS server goes away mid-run, bench
-// says so once, after the figures it has, and exits 2.
+// says so once, after the figures it has, and exits 3.
 func TestBenchLostConnection(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
@@ -159,7 +159,7 @@ func TestBenchLostConnection(t *testing.T) {
 		t.Fatal("bench went on after the NATS server stopped")
 	}
 	if r.code != exitUnreachable || strings.Count(r.err, "lost the connection") != 1 || strings.Count(r.err, "\n") != 1 {
-		t.Fatalf("exit %d, stderr:\n%s\nwant 2 and one line saying the connection was lost", r.code, r.err)
+		t.Fatalf("exit %d, stderr:\n%s\nwant 3 and one line saying the connection was lost", r.code, r.err)
 	}
 	if !strings.Contains(r.out, "regcap") {
 		t.Errorf("no figures before the loss:\n%s", r.out)

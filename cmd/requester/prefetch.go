@@ -22,7 +22,10 @@ func prefetchCommand() *command {
 		interval                                 time.Duration
 	)
 	return &command{
-		summary: "[-f FILE|-] [--from-k8s-yaml FILE|-] [IMAGE...] [flags]\n\nWarms the fleet's cache for a list of images before an admission spike.",
+		summary: "[-f FILE|-] [--from-k8s-yaml FILE|-] [IMAGE...] [flags]\n\nWarms the fleet's cache for a list of images before an admission spike.\nReferences the fleet would refuse are reported as its 400, without being sent.",
+		examples: "  requester prefetch busybox:1.36 ghcr.io/kubewarden/policy-server:v1.9.0\n" +
+			"  requester prefetch -f images.txt --functions digest,config -o json\n" +
+			"  kubectl get deploy,sts,ds,cronjob -A -o yaml | requester prefetch --from-k8s-yaml -",
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&file, "f", "", "file of image references, one per line, # comments; - for stdin")
 			fs.StringVar(&k8s, "from-k8s-yaml", "", "Kubernetes YAML stream (e.g. kubectl get deploy -A -o yaml) whose "+joinAnd(prefetch.Kinds())+" images to prefetch, also inside Lists; - for stdin")
@@ -37,35 +40,28 @@ func prefetchCommand() *command {
 			switch progress {
 			case "auto", "bar", "lines", "none":
 			default:
-				fmt.Fprintf(env.stderr, "requester prefetch: --progress %q: want auto, bar, lines or none\n", progress)
-				return exitUnreachable
+				return env.usageError("requester prefetch", fmt.Errorf("--progress: want auto, bar, lines or none, got %q", progress))
 			}
 			if interval <= 0 {
-				fmt.Fprintf(env.stderr, "requester prefetch: --progress-interval %s: want a positive duration such as 5s\n", interval)
-				return exitUnreachable
+				return env.usageError("requester prefetch", fmt.Errorf("--progress-interval: want a positive duration such as 5s, got %s", interval))
 			}
 			if concurrency < 1 {
-				fmt.Fprintf(env.stderr, "requester prefetch: --concurrency %d: want at least 1\n", concurrency)
-				return exitUnreachable
+				return env.usageError("requester prefetch", fmt.Errorf("--concurrency: want at least 1, got %d", concurrency))
 			}
 			fns, err := parseFunctions(functions)
 			if err != nil {
-				fmt.Fprintln(env.stderr, "requester prefetch:", err)
-				return exitUnreachable
+				return env.usageError("requester prefetch", err)
 			}
 			images, err := prefetchInput(env.stdin, file, k8s, args)
 			if err != nil {
-				fmt.Fprintln(env.stderr, "requester prefetch:", err)
-				return exitUnreachable
+				return env.usageError("requester prefetch", err)
 			}
 			if len(images) == 0 {
-				fmt.Fprintln(env.stderr, "requester prefetch: no images: give -f, --from-k8s-yaml or IMAGE arguments")
-				return exitUnreachable
+				return env.usageError("requester prefetch", errors.New("no images: give -f, --from-k8s-yaml or IMAGE arguments"))
 			}
 			nc, err := env.connect()
 			if err != nil {
-				fmt.Fprintln(env.stderr, "requester:", err)
-				return exitUnreachable
+				return env.unreachable("requester", err)
 			}
 			defer nc.Close()
 
@@ -83,7 +79,10 @@ func prefetchCommand() *command {
 			case "lines":
 				pg = prefetch.NewLines(env.stderr, total, interval)
 			}
-			opts := prefetch.Options{Functions: fns, Platform: platform, Concurrency: concurrency, Retries: retries}
+			opts := prefetch.Options{Functions: fns, Platform: platform, Concurrency: concurrency, Retries: retries,
+				// A reference the fleet would refuse fails here, unsent,
+				// with the 400 the fleet would answer.
+				Check: func(image string, fn contract.Function) error { return checkReference(fn, image, platform) }}
 			if pg != nil {
 				opts.OnResult = pg.Add
 			}

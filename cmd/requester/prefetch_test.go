@@ -154,14 +154,14 @@ func TestPrefetchCLI(t *testing.T) {
 			{"prefetch", "--progress", "sometimes", "--nats-url", url, web},
 			{"prefetch", "--concurrency", "0", "--nats-url", url, web},
 		} {
-			if code, _, _ := cli(t, "", args...); code != exitUnreachable {
+			if code, _, _ := cli(t, "", args...); code != exitUsage {
 				t.Errorf("%q: exit %d, want 2", args, code)
 			}
 		}
 		// A ticker of no interval panicked.
 		for _, iv := range []string{"0", "0s", "-1s"} {
 			code, _, errs := cli(t, "", "prefetch", "--progress", "lines", "--progress-interval", iv, "--nats-url", url, web)
-			if code != exitUnreachable || !strings.Contains(errs, "--progress-interval") || !strings.Contains(errs, "positive") {
+			if code != exitUsage || !strings.Contains(errs, "--progress-interval") || !strings.Contains(errs, "positive") {
 				t.Errorf("--progress-interval %s: exit %d, want 2 with a usage error; stderr:\n%s", iv, code, errs)
 			}
 		}
@@ -173,7 +173,7 @@ func TestPrefetchCLI(t *testing.T) {
 		if code != exitOK || stderr != "" {
 			t.Fatalf("exit %d, stderr %q", code, stderr)
 		}
-		for _, want := range []string{"\n  -f string\n", "\n  -o string\n", "\n  --from-k8s-yaml string\n", "\n  --progress-interval duration\n"} {
+		for _, want := range []string{"\n  -f string\n", "\n  -o FORMAT\n", "\n  --output FORMAT\n", "\n  --from-k8s-yaml string\n", "\n  --progress-interval duration\n"} {
 			if !strings.Contains(usage, want) {
 				t.Errorf("help lacks %q:\n%s", want, usage)
 			}
@@ -196,12 +196,12 @@ func TestPrefetchCLI(t *testing.T) {
 }
 
 // TestPrefetchCLIUnreachable: a NATS server without workers, and no NATS
-// server at all, both exit 2.
+// server at all, both exit 3.
 func TestPrefetchCLIUnreachable(t *testing.T) {
 	ns := testenv.StartNATS(t, testenv.MaxPayload(1<<20)) // nats-server's default
 	code, out, errs := cli(t, "", "prefetch", "--nats-url", ns.ClientURL(), "--retries", "1", "--timeout", "2s", "-o", "json", "busybox", "nginx")
 	if code != exitUnreachable {
-		t.Fatalf("no workers: exit %d, want 2; stderr:\n%s", code, errs)
+		t.Fatalf("no workers: exit %d, want 3; stderr:\n%s", code, errs)
 	}
 	var r prefetchJSON
 	decodeOne(t, out, &r)
@@ -258,7 +258,7 @@ func TestPrefetchCLIHeld(t *testing.T) {
 		if c := <-code; c != exitOK {
 			t.Fatalf("exit %d, stderr:\n%s", c, errs.String())
 		}
-		if !strings.Contains(out.String(), "1 images × 1 functions = 1 requests") || !strings.Contains(out.String(), "ok       1 ") {
+		if !strings.Contains(out.String(), "1 image × 1 function = 1 request") || !strings.Contains(out.String(), "ok       1 ") {
 			t.Fatalf("summary:\n%s", out.String())
 		}
 	})
@@ -275,7 +275,7 @@ func TestPrefetchCLIHeld(t *testing.T) {
 		if c := <-code; c != exitFailed {
 			t.Fatalf("exit %d, want 1; stderr:\n%s", c, errs.String())
 		}
-		for _, want := range []string{"1 images × 1 functions = 1 requests", "interrupted: 0 done, 1 skipped", "failed   0"} {
+		for _, want := range []string{"1 image × 1 function = 1 request", "interrupted: 0 done, 1 skipped", "failed   0"} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("summary lacks %q:\n%s", want, out.String())
 			}

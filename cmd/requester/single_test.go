@@ -12,7 +12,7 @@ import (
 // TestSingleRequests runs `requester digest|manifest|config` against a
 // real worker: the reply body and a newline on stdout and exit 0; an
 // error reply as "error <code>: <message>" on stderr and exit 1; no
-// responders exit 2.
+// responders exit 3.
 func TestSingleRequests(t *testing.T) {
 	ns := testenv.StartNATS(t)
 	reg := testenv.StartRegistry(t)
@@ -35,10 +35,10 @@ func TestSingleRequests(t *testing.T) {
 		{"unknown tag", []string{"digest", reg.Ref("app", "nope"), "--nats-url", url}, 1, "", "error 404: " + reg.Ref("app", "nope")},
 		{"bad reference", []string{"manifest", "Not Valid", "--nats-url", url}, 1, "", "error 400: invalid image reference"},
 		{"no platform match", []string{"config", image, "--platform", "windows/amd64", "--nats-url", url}, 1, "", "error 404: " + image + ": index has no manifest for windows/amd64"},
-		{"no responders", []string{"digest", image, "--nats-url", url, "--subject-prefix", "nobody"}, 2, "", "no worker subscribed to nobody.oci.v1.manifest_digest"},
+		{"no responders", []string{"digest", image, "--nats-url", url, "--subject-prefix", "nobody"}, 3, "", "no worker subscribed to nobody.oci.v1.manifest_digest"},
 		{"no image", []string{"digest", "--nats-url", url}, 2, "", "want exactly one IMAGE"},
 		{"unknown command", []string{"pull", image}, 2, "", `unknown command "pull" (see requester --help)`},
-		{"unknown flag", []string{"digest", image, "--nope"}, 2, "", "flag provided but not defined: -nope (see requester digest --help)"},
+		{"unknown flag", []string{"digest", image, "--nope"}, 2, "", "requester digest: --nope: unknown flag (see requester digest --help)"},
 		{"help", []string{"digest", "--help"}, 0, "", ""},
 	}
 	for _, tc := range cases {
@@ -90,7 +90,7 @@ func TestSingleRequests(t *testing.T) {
 
 	// NATS not reachable at all.
 	code, _, stderr := cli(t, "", "digest", image, "--nats-url", "nats://127.0.0.1:1", "--timeout", "1s")
-	if code != 2 || !strings.Contains(stderr, "connecting to NATS") {
+	if code != 3 || !strings.Contains(stderr, "connecting to NATS") {
 		t.Fatalf("unreachable NATS: exit %d, %s", code, stderr)
 	}
 }

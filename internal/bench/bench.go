@@ -58,6 +58,25 @@ type Options struct {
 	// miss and a registry fetch. Requests must be set; the echo is then
 	// measured for Duration.
 	Fresh func(ctx context.Context, n int) ([]string, error)
+	// OnStage, if set, is told when each measurement starts, and once
+	// with Done when the run ends: for progress on a terminal.
+	OnStage func(Stage)
+}
+
+// Stage is the measurement starting: Target ("regcap", "echo" or "raw
+// HEAD") at Concurrency, level Level of Levels and run Run of Runs
+// (counted from 1).
+type Stage struct {
+	Target                   string
+	Concurrency              int
+	Level, Levels, Run, Runs int
+	Done                     bool
+}
+
+func (o *Options) stage(s Stage) {
+	if o.OnStage != nil {
+		o.OnStage(s)
+	}
 }
 
 // Level is the result at one concurrency.
@@ -145,10 +164,12 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	if len(levels) == 0 {
 		levels = []int{1}
 	}
-	for _, c := range levels {
+	defer opts.stage(Stage{Done: true})
+	for li, c := range levels {
 		load := Load{Concurrency: c, Duration: opts.Duration, Requests: opts.Requests, Warmup: opts.Warmup}
 		var regs, echos, heads []Stats
-		for range runs {
+		for run := range runs {
+			at := Stage{Concurrency: c, Level: li + 1, Levels: len(levels), Run: run + 1, Runs: runs}
 			if ctx.Err() != nil {
 				break
 			}
@@ -165,8 +186,12 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 				regLoad.Warmup = 0
 				echoLoad = Load{Concurrency: c, Duration: max(opts.Duration, time.Second), Warmup: time.Second}
 			}
+			at.Target = "regcap"
+			opts.stage(at)
 			regs = append(regs, Measure(ctx, call, regLoad))
 			if echoCall != nil && ctx.Err() == nil {
+				at.Target = "echo"
+				opts.stage(at)
 				echos = append(echos, Measure(ctx, echoCall, echoLoad))
 			}
 			if opts.Fresh != nil && opts.Function == contract.ManifestDigest && ctx.Err() == nil {
@@ -180,6 +205,8 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 				if err != nil {
 					return nil, err
 				}
+				at.Target = "raw HEAD"
+				opts.stage(at)
 				heads = append(heads, Measure(ctx, head, regLoad))
 			}
 		}

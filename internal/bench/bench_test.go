@@ -68,7 +68,7 @@ func TestRunWarmAndCold(t *testing.T) {
 		reg.ResetCounts()
 		rep, err := bench.Run(context.Background(), cli, nil, bench.Options{
 			Function: contract.ManifestDigest, Images: []string{ref},
-			Concurrency: []int{2}, Requests: 20, Fresh: bench.FreshTags([]string{ref}),
+			Concurrency: []int{2}, Requests: 20, Fresh: bench.FreshTags([]string{ref}).Tags,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -93,7 +93,7 @@ func TestRunWarmAndCold(t *testing.T) {
 
 	t.Run("cold needs a request count", func(t *testing.T) {
 		_, err := bench.Run(context.Background(), cli, nil, bench.Options{
-			Function: contract.ManifestDigest, Images: []string{ref}, Duration: time.Second, Fresh: bench.FreshTags([]string{ref}),
+			Function: contract.ManifestDigest, Images: []string{ref}, Duration: time.Second, Fresh: bench.FreshTags([]string{ref}).Tags,
 		})
 		if err == nil {
 			t.Fatal("want an error")

@@ -18,7 +18,14 @@ func WriteText(w io.Writer, rep *Report) {
 	if rep.Requests > 0 {
 		how = fmt.Sprintf("%d requests", rep.Requests)
 	}
-	fmt.Fprintf(w, "bench: %s, %d image(s), %s cache, reply %d B, %s per run", rep.Function, rep.Images, rep.Mode, rep.ReplyBytes, how)
+	if rep.Requests == 1 {
+		how = "1 request"
+	}
+	images := "images"
+	if rep.Images == 1 {
+		images = "image"
+	}
+	fmt.Fprintf(w, "bench: %s, %d %s, %s cache, reply %d B, %s per run", rep.Function, rep.Images, images, rep.Mode, rep.ReplyBytes, how)
 	if rep.Warmup > 0 {
 		fmt.Fprintf(w, " after %gs warm-up", rep.Warmup)
 	}

@@ -36,7 +36,7 @@ func Apply(fs *flag.FlagSet, prefix string, overrides map[string]string, lookup 
 		}
 		env := Name(prefix, f, overrides)
 		if v, ok := lookup(env); ok {
-			if serr := fs.Set(f.Name, v); serr != nil {
+			if serr := set(fs, f, v); serr != nil {
 				errs = append(errs, &FlagError{Name: "environment variable " + env, Problem: problem(f, v, serr)})
 			}
 		}

@@ -68,7 +68,7 @@ func Parse(fs *flag.FlagSet, args []string) (positional []string, err error) {
 				continue
 			}
 		}
-		if serr := fs.Set(name, value); serr != nil {
+		if serr := set(fs, f, value); serr != nil {
 			errs = append(errs, &FlagError{Name: written, Problem: problem(f, value, serr)})
 		}
 	}
@@ -136,4 +136,16 @@ func suggest(fs *flag.FlagSet, name string) string {
 func isBool(f *flag.Flag) bool {
 	b, ok := f.Value.(interface{ IsBoolFlag() bool })
 	return ok && b.IsBoolFlag()
+}
+
+// set sets f to value, and leaves it as it was when value is bad: the
+// flag package zeroes a duration or a number it cannot parse, which
+// would make one bad value look like two problems.
+func set(fs *flag.FlagSet, f *flag.Flag, value string) error {
+	old := f.Value.String()
+	err := fs.Set(f.Name, value)
+	if err != nil {
+		_ = f.Value.Set(old)
+	}
+	return err
 }

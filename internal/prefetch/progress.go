@@ -109,8 +109,8 @@ func (l *lines) Stop() {
 // and then each failure (at most maxFailures of them).
 func WriteText(w io.Writer, r *Report, maxFailures int) {
 	done := r.OK + r.Failed
-	fmt.Fprintf(w, "prefetch: %d images × %d functions = %d requests in %s (%.1f/s)\n",
-		r.Images, len(r.Functions), r.Total, r.Elapsed.Round(time.Millisecond), r.Rate)
+	fmt.Fprintf(w, "prefetch: %s × %s = %s in %s (%.1f/s)\n",
+		count(r.Images, "image"), count(len(r.Functions), "function"), count(r.Total, "request"), r.Elapsed.Round(time.Millisecond), r.Rate)
 	if r.Interrupted {
 		fmt.Fprintf(w, "  interrupted: %d done, %d skipped\n", done, r.Skipped)
 	}
@@ -152,4 +152,12 @@ func WriteText(w io.Writer, r *Report, maxFailures int) {
 		msg := strings.TrimPrefix(f.Message, f.Reference+": ")
 		fmt.Fprintf(w, "  %s %s %s: %s\n", code, strings.TrimPrefix(f.Function, "v1/"), f.Reference, msg)
 	}
+}
+
+// count says "1 image", "2 images".
+func count(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }

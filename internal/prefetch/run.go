@@ -36,6 +36,10 @@ type Options struct {
 	// OnResult, if set, is called once per finished request, never
 	// concurrently.
 	OnResult func(Result)
+	// Check, if set, is asked about each request before it is sent: an
+	// error (a 400 *contract.Error, as the fleet would answer) is the
+	// request's result, and nothing is sent.
+	Check func(image string, fn contract.Function) error
 }
 
 // Result is the outcome of one (image, function) request.
@@ -250,6 +254,11 @@ func call(ctx context.Context, req Requester, image string, fn contract.Function
 		maxBackoff = 10 * time.Second
 	}
 	res := Result{Reference: image, Function: fn}
+	if opts.Check != nil {
+		if res.Err = opts.Check(image, fn); res.Err != nil {
+			return res // Attempts 0: never sent
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		res.Attempts = attempt + 1
 		r, err := req.Image(ctx, fn, image, copts...)
