@@ -212,27 +212,29 @@ func TestPrefetchCLIUnreachable(t *testing.T) {
 		t.Fatalf("stderr does not say why:\n%s", errs)
 	}
 
-	// A request that could not be sent at all is a failure, not a sign
-	// that the fleet is down: exit 1, with the error's message.
-	huge := strings.Repeat("a", 2<<20) // over NATS's 1 MiB max_payload
+	// A request the fleet would refuse (a reference over the 4 KiB
+	// payload limit, and over NATS's max_payload) is a failure, not a sign
+	// that the fleet is down: refused before sending with the fleet's 400,
+	// exit 1.
+	huge := strings.Repeat("a", 2<<20)
 	code, out, errs = cli(t, "", "prefetch", "--nats-url", ns.ClientURL(), "--retries", "0", "--functions", "digest", "-o", "json", "busybox", huge)
 	if code != exitFailed || strings.Contains(errs, "no worker answered") {
 		t.Fatalf("unsendable request: exit %d, want 1; stderr:\n%s", code, errs)
 	}
 	r = prefetchJSON{}
 	decodeOne(t, out, &r)
-	if r.Failed != 2 || r.ByCode["unreachable"] != 1 || r.ByCode["error"] != 1 {
+	if r.Failed != 2 || r.ByCode["unreachable"] != 1 || r.ByCode["400"] != 1 {
 		t.Fatalf("report: %+v", r)
 	}
 	for _, f := range r.Failures {
-		if f.Reference == huge && (f.Code != 0 || !strings.Contains(f.Message, "maximum payload")) {
-			t.Fatalf("failure of the huge reference: code %d message %q", f.Code, f.Message)
+		if f.Reference == huge && (f.Code != 400 || f.Attempts != 0 || !strings.Contains(f.Message, "over the 4096-byte limit")) {
+			t.Fatalf("failure of the huge reference: code %d, %d attempts, message %q", f.Code, f.Attempts, f.Message)
 		}
 	}
 
 	port := testenv.FreePort(t)
 	if code, _, errs := cli(t, "", "prefetch", "--nats-url", "nats://127.0.0.1:"+strconv.Itoa(port), "--timeout", "1s", "busybox"); code != exitUnreachable {
-		t.Fatalf("no NATS: exit %d, want 2; stderr:\n%s", code, errs)
+		t.Fatalf("no NATS: exit %d, want 3; stderr:\n%s", code, errs)
 	}
 }
 
