@@ -39,6 +39,11 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 	}
 }
 
+// connSetup are the commands of a new connection's handshake, not of the
+// request: no span of their own (CLIENT SETINFO fails on older servers,
+// by design, and would read as a failure of the request).
+var connSetup = map[string]bool{"hello": true, "auth": true, "client": true, "select": true, "readonly": true}
+
 // tracingHook is a go-redis hook that makes a client span per command,
 // only inside a span.
 type tracingHook struct {
@@ -50,10 +55,10 @@ func (h *tracingHook) DialHook(next redis.DialHook) redis.DialHook { return next
 
 func (h *tracingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if !trace.SpanContextFromContext(ctx).IsValid() {
+		name := strings.ToLower(cmd.Name())
+		if connSetup[name] || !trace.SpanContextFromContext(ctx).IsValid() {
 			return next(ctx, cmd)
 		}
-		name := strings.ToLower(cmd.Name())
 		ctx, span := h.start(ctx, name, name)
 		err := next(ctx, cmd)
 		h.end(span, err)
@@ -67,8 +72,14 @@ func (h *tracingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 			return next(ctx, cmds)
 		}
 		names := make([]string, 0, len(cmds))
+		setup := true
 		for _, c := range cmds {
-			names = append(names, strings.ToLower(c.Name()))
+			n := strings.ToLower(c.Name())
+			names = append(names, n)
+			setup = setup && connSetup[n]
+		}
+		if setup {
+			return next(ctx, cmds)
 		}
 		ctx, span := h.start(ctx, "pipeline", strings.Join(names, " "))
 		span.SetAttributes(semconv.DBOperationBatchSize(len(cmds)))

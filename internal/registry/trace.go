@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -89,9 +90,14 @@ func errorType(err error) string {
 	var ne net.Error
 	var oe *net.OpError
 	var de *net.DNSError
+	var re tls.RecordHeaderError
+	var ve *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &de):
 		return "dns"
+	case errors.As(err, &re), errors.As(err, &ve):
+		// An insecure source is tried over HTTPS first, then plain HTTP.
+		return "tls"
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.As(err, &oe):

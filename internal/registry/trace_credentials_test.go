@@ -18,8 +18,7 @@ import (
 // query. Outside a span no span is made.
 func TestTracedTransportKeepsCredentialsOut(t *testing.T) {
 	secrets := []string{"s3cr3t-pass", "AKIAEXAMPLECRED", "sig-0123456789abcdef", "Bearer tok-123", "account=robot"}
-	var storage *httptest.Server
-	storage = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("blob")) }))
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("blob")) }))
 	defer storage.Close()
 	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -71,7 +70,7 @@ func TestTracedTransportKeepsCredentialsOut(t *testing.T) {
 	for _, s := range spans {
 		text := s.Name() + " " + s.Status().Description
 		for _, a := range s.Attributes() {
-			text += " " + string(a.Key) + "=" + a.Value.Emit()
+			text += " " + string(a.Key) + "=" + a.Value.String()
 			if a.Key == "http.response.status_code" {
 				statuses[a.Value.AsInt64()]++
 			}
@@ -79,7 +78,7 @@ func TestTracedTransportKeepsCredentialsOut(t *testing.T) {
 		for _, e := range s.Events() {
 			text += " " + e.Name
 			for _, a := range e.Attributes {
-				text += " " + a.Value.Emit()
+				text += " " + a.Value.String()
 			}
 		}
 		for _, sec := range secrets {
