@@ -316,14 +316,19 @@ type validationResponse struct {
 	Message       *string         `json:"message,omitempty"`
 	Code          *uint16         `json:"code,omitempty"`
 	MutatedObject json.RawMessage `json:"mutated_object,omitempty"`
+	// Newer policies may also set these; passed on as they are.
+	AuditAnnotations json.RawMessage `json:"audit_annotations,omitempty"`
+	Warnings         json.RawMessage `json:"warnings,omitempty"`
 }
 
 func (r *validationResponse) print(w io.Writer, output string) {
-	if len(r.MutatedObject) > 0 && string(r.MutatedObject) == "null" {
-		r.MutatedObject = nil
+	for _, raw := range []*json.RawMessage{&r.MutatedObject, &r.AuditAnnotations, &r.Warnings} {
+		if string(*raw) == "null" {
+			*raw = nil
+		}
 	}
 	if output == "json" {
-		writeJSON(w, r)
+		writeResponse(w, r)
 		return
 	}
 	line := "rejected"
@@ -350,7 +355,7 @@ type settingsResponse struct {
 
 func (r *settingsResponse) print(w io.Writer, output string) {
 	if output == "json" {
-		writeJSON(w, r)
+		writeResponse(w, r)
 		return
 	}
 	line := "invalid"
@@ -361,6 +366,15 @@ func (r *settingsResponse) print(w io.Writer, output string) {
 		line += ": " + *r.Message
 	}
 	fmt.Fprintln(w, line)
+}
+
+// writeResponse writes v as indented JSON, leaving <, > and & as the
+// policy wrote them.
+func writeResponse(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
 // snippet shortens a policy's output for an error message.

@@ -96,6 +96,8 @@ func TestRunPolicy(t *testing.T) {
 		{"text", "", []string{"run", guest, "--request-path", bare, "-o", "text", "--nats-url", url}, 0, "accepted: validate\n", ""},
 		{"host call answered by the fleet", "", digestCall("kubewarden"), 0, "{\n  \"valid\": true,\n  \"message\": \"checked\"\n}\n", ""},
 		{"host call unanswered", "", digestCall("nobody"), 3, "{\n  \"valid\": true,\n  \"message\": \"checked\"\n}\n", "the policy decided without the fleet: kubewarden/oci/v1/manifest_digest: "},
+		{"message as written", "", []string{"run", guest, "--validate-settings", "--settings-json", `{"raw":"{\"valid\":false,\"message\":\"<b> & c\"}"}`, "--nats-url", url}, 0, "{\n  \"valid\": false,\n  \"message\": \"<b> & c\"\n}\n", ""},
+		{"invalid, as text", "", []string{"run", guest, "--validate-settings", "--settings-json", `{"raw":"{\"valid\":false,\"message\":\"no\"}"}`, "-o", "text", "--nats-url", url}, 0, "invalid: no\n", ""},
 		{"not a settings response", "", []string{"run", guest, "--validate-settings", "--nats-url", url}, 4, "", `validate-settings: "{\"accepted\":true`},
 		{"valid of the wrong type", "", []string{"run", guest, "--validate-settings", "--settings-json", `{"raw":"{\"valid\":\"yes\"}"}`, "--nats-url", url}, 4, "", "is not a settings validation response"},
 		{"not JSON", "", []string{"run", guest, "--validate-settings", "--settings-json", `{"raw":"hello"}`, "--nats-url", url}, 4, "", "policy " + guest + " validate-settings: response is not JSON"},
