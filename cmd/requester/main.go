@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/term"
 
 	"github.com/regcap/regcap/client"
@@ -100,12 +101,13 @@ type cmdEnv struct {
 	// retried counts the calls the client sent a second time (a NATS
 	// node failed over, or a reply outlived --attempt-timeout).
 	retried atomic.Int64
+	tp      trace.TracerProvider // nil unless OTEL_* turns tracing on
 }
 
 // client is a fleet client over nc that counts its retries in
 // env.retried.
 func (env *cmdEnv) client(nc *nats.Conn) *client.Client {
-	return env.conn.client(nc, client.WithRetryHook(func(contract.Function, error) { env.retried.Add(1) }))
+	return env.conn.client(nc, client.WithRetryHook(func(contract.Function, error) { env.retried.Add(1) }), client.WithTracerProvider(env.tp))
 }
 
 // reportRetries says on stderr how many calls were sent twice, if any.
@@ -283,6 +285,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err != nil {
 		return env.usageError(name, err)
 	}
+	tp, stopTracing, err := startTracing(ctx, stderr)
+	if err != nil {
+		return env.usageError(name, err)
+	}
+	defer stopTracing()
+	env.tp = tp
 	env.connect = env.conn.dial
 	return cmd.run(ctx, env, pos)
 }
