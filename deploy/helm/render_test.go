@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/chart/common/util"
 	"helm.sh/helm/v4/pkg/chart/v2/lint"
@@ -37,6 +38,7 @@ type rendered struct {
 	PDB            *policyv1.PodDisruptionBudget
 	HPA            *autoscalingv2.HorizontalPodAutoscaler
 	ServiceMonitor *serviceMonitor
+	PrometheusRule *monitoringv1.PrometheusRule
 }
 
 // serviceMonitor is the part of prometheus-operator's ServiceMonitor the
@@ -130,6 +132,9 @@ func (r *rendered) decode(doc []byte) error {
 	case "monitoring.coreos.com/v1 ServiceMonitor":
 		r.ServiceMonitor = &serviceMonitor{}
 		into = r.ServiceMonitor
+	case "monitoring.coreos.com/v1 PrometheusRule":
+		r.PrometheusRule = &monitoringv1.PrometheusRule{}
+		into = r.PrometheusRule
 	default:
 		return fmt.Errorf("unknown kind %s %s", tm.APIVersion, tm.Kind)
 	}
@@ -163,7 +168,10 @@ sources:
   insecure_sources: [registry.local:5000]
 config: {platform: linux/arm64}
 httpFront: {enabled: true, tlsSecret: regcap-tls, clientCASecret: gatekeeper-ca}
-metrics: {serviceMonitor: {enabled: true, labels: {release: prometheus}}}
+metrics:
+  serviceMonitor: {enabled: true, labels: {release: prometheus}}
+  dashboard: {enabled: true, annotations: {grafana_folder: regcap}}
+  prometheusRule: {enabled: true, labels: {release: prometheus}}
 autoscaling: {enabled: true}
 extraArgs: [--negative-ttl=30s]
 extraEnv: [{name: REGCAP_LOCK_WAIT, value: 5s}]
