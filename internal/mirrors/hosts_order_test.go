@@ -314,3 +314,31 @@ func TestHostsTomlReloadsOnChange(t *testing.T) {
 		t.Fatalf("after removal: %s", h)
 	}
 }
+
+// A file replaced by one of the same size and the same (coarse) mtime, as
+// a ConfigMap update can be, is still seen as changed.
+func TestHostsTomlReplacedWithSameSizeAndMtime(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "ghcr.io/hosts.toml")
+	write(t, file, "[host.\"https://one\"]\n")
+	mtime := time.Unix(1700000000, 0)
+	if err := os.Chtimes(file, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	r := New(WithHostsDir(dir), WithCheckInterval(0))
+	q := Request{Registry: "ghcr.io", Repository: "a", Tag: "1"}
+	if eps, _ := r.Endpoints(q); eps[0].Host != "one" {
+		t.Fatalf("first = %s", eps[0].Host)
+	}
+	tmp := file + ".new"
+	write(t, tmp, "[host.\"https://two\"]\n")
+	if err := os.Chtimes(tmp, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+	if eps, _ := r.Endpoints(q); eps[0].Host != "two" {
+		t.Fatalf("after a same-size, same-mtime replacement: %s", eps[0].Host)
+	}
+}

@@ -63,10 +63,21 @@ type Resolver struct {
 	conf  *confState
 }
 
+// fileSig tells a file's versions apart: a ConfigMap update replaces the
+// file (another inode), an edit changes its size or mtime. mtimes are
+// coarse (a kernel tick), so the inode matters.
 type fileSig struct {
 	path string
 	size int64
 	mod  time.Time
+	fi   os.FileInfo
+}
+
+func (a fileSig) same(b fileSig) bool {
+	if a.path != b.path || a.size != b.size || !a.mod.Equal(b.mod) || (a.fi == nil) != (b.fi == nil) {
+		return false
+	}
+	return a.fi == nil || os.SameFile(a.fi, b.fi)
 }
 
 type hostsState struct {
@@ -339,7 +350,7 @@ func (r *Resolver) loadConf() *confState {
 				err = serr
 				break
 			}
-			sigs = append(sigs, fileSig{path: p, size: fi.Size(), mod: fi.ModTime()})
+			sigs = append(sigs, fileSig{path: p, size: fi.Size(), mod: fi.ModTime(), fi: fi})
 		}
 	}
 	if err == nil && r.conf != nil && r.conf.err == nil && sameSigs(sigs, r.conf.sigs) {
@@ -407,7 +418,7 @@ func sameSigs(a, b []fileSig) bool {
 		return false
 	}
 	for i := range a {
-		if a[i].path != b[i].path || a[i].size != b[i].size || !a[i].mod.Equal(b[i].mod) {
+		if !a[i].same(b[i]) {
 			return false
 		}
 	}
@@ -429,7 +440,7 @@ func (r *Resolver) loadHosts(reg string) *hostsState {
 		prev.checked, prev.sig = now, st.sig
 		return prev
 	}
-	if prev != nil && st.err == nil && prev.err == nil && prev.sig == st.sig {
+	if prev != nil && st.err == nil && prev.err == nil && prev.sig.same(st.sig) {
 		prev.checked = now
 		return prev
 	}
@@ -459,14 +470,14 @@ func (r *Resolver) readHosts(reg string) *hostsState {
 		if errors.Is(err, fs.ErrNotExist) {
 			// A folder without hosts.toml: certificates only, for the
 			// registry itself, as containerd reads them.
-			st := &hostsState{sig: fileSig{path: dir, mod: fi.ModTime()}}
+			st := &hostsState{sig: fileSig{path: dir, mod: fi.ModTime(), fi: fi}}
 			st.entries, st.err = certFiles(dir)
 			return st
 		}
 		if err != nil {
 			return &hostsState{err: &ConfigError{Path: file, Err: err}}
 		}
-		st := &hostsState{sig: fileSig{path: file, size: ffi.Size(), mod: ffi.ModTime()}}
+		st := &hostsState{sig: fileSig{path: file, size: ffi.Size(), mod: ffi.ModTime(), fi: ffi}}
 		b, err := readBounded(file)
 		if err == nil {
 			st.entries, err = parseHostsFile(dir, b)
