@@ -73,6 +73,7 @@ func TestHangingRegistriesLeaveHealthyMisses(t *testing.T) {
 	if _, err := other.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("ok/shared", "v1"))); err != nil {
 		t.Fatal(err)
 	}
+	settled(t, other) // its store in Redis, after the reply
 
 	wait := sickLoad(t, r, sick, 100, 100)
 	if n := r.Resolutions(); n > maxPending {

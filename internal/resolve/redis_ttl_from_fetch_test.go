@@ -19,6 +19,7 @@ func TestRedisTTLCountsFromTheFetch(t *testing.T) {
 	r := f.res[0]
 	img := f.reg.PushImage(t, "ttl", "v1", testenv.OCIManifest, "linux/amd64")
 	mustAnswer(t, r, request(contract.ManifestDigest, f.reg.Ref("ttl", "v1")))
+	settled(t, r) // the store in Redis, after the reply
 
 	rdb := f.redis.Client(t)
 	key := "regcap:v2:manifest_digest:" + f.reg.Ref("ttl", "v1")
