@@ -20,7 +20,7 @@ import (
 // the TTL has passed, one more evaluation fetches each once again.
 func TestOneFetchPerImagePerTTL(t *testing.T) {
 	testenv.Long(t, "builds a WASI policy and waits out a TTL")
-	const ttl = 20 * time.Second
+	const ttl = 30 * time.Second
 	f := startFleet(t, worker.Config{CacheTTL: ttl, NegativeTTL: ttl})
 	im := f.pushImages(t)
 	req := validationRequest(pod(nil, im.NonRoot.Ref, im.Root.Ref, im.Index.Ref, im.Missing), nil)
@@ -102,6 +102,7 @@ func TestOneFetchPerImagePerTTL(t *testing.T) {
 		t.Errorf("warm evaluations reached the registry: %v, after the first round %v", got, first)
 	}
 	if since := time.Since(start); since > ttl*8/10 {
+		// Only a machine too busy to evaluate a dozen times in 24 s.
 		t.Fatalf("the evaluations took %v, too close to the TTL %v to tell a fetch per TTL", since, ttl)
 	}
 
