@@ -61,6 +61,7 @@ type Resolver struct {
 	mu    sync.Mutex
 	hosts map[string]*hostsState
 	conf  *confState
+	tls   map[string]hostTLS // by endpoint host, for ApplyTLS
 }
 
 // fileSig tells a file's versions apart: a ConfigMap update replaces the
@@ -125,7 +126,7 @@ func WithErrorHandler(f func(path string, err error)) Option {
 // New returns a Resolver. With neither a hosts directory nor a
 // registries.conf, every registry is its own only endpoint.
 func New(opts ...Option) *Resolver {
-	r := &Resolver{interval: DefaultCheckInterval, now: time.Now, onError: func(string, error) {}, hosts: map[string]*hostsState{}}
+	r := &Resolver{interval: DefaultCheckInterval, now: time.Now, onError: func(string, error) {}, hosts: map[string]*hostsState{}, tls: map[string]hostTLS{}}
 	for _, o := range opts {
 		o(r)
 	}
@@ -226,6 +227,7 @@ func (r *Resolver) Endpoints(q Request) ([]Endpoint, error) {
 				if e.Mirror {
 					e.Namespace = reg
 				}
+				r.rememberTLS(e)
 				eps = append(eps, e)
 			}
 			if len(eps) == 0 {

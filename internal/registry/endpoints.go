@@ -199,7 +199,15 @@ func moveOn(err error) bool {
 	var (
 		se *StatusError
 		te *transport.Error
+		ae *AccessError
+		su *setupError
 	)
+	if errors.As(err, &su) && !errors.As(err, &ae) {
+		// The ping failed: nothing there speaks the registry API as
+		// configured (TLS refused, plain HTTP to an HTTPS port).
+		var pe *transport.Error
+		return !errors.As(err, &pe) || (pe.StatusCode != http.StatusUnauthorized && pe.StatusCode != http.StatusForbidden)
+	}
 	switch {
 	case errors.As(err, &se):
 		status = se.StatusCode
@@ -212,6 +220,15 @@ func moveOn(err error) bool {
 	}
 	return status == http.StatusNotFound || status == http.StatusTooManyRequests || status >= 500
 }
+
+// setupError is a failure to set up an endpoint's connection (ping, first
+// token exchange), not an answer to the request itself.
+type setupError struct{ err error }
+
+func (e *setupError) Error() string { return e.err.Error() }
+
+// Unwrap returns the cause.
+func (e *setupError) Unwrap() error { return e.err }
 
 // observeResponse tells the observer what an endpoint answered.
 func (c *Puller) observeResponse(t target, resp *http.Response, err error) {

@@ -41,7 +41,7 @@ func (c *Puller) do(ctx context.Context, t target, method, url string, accept st
 	defer func() { c.observeResponse(t, resp, err) }()
 	rt, err := c.transport(ctx, repo, t.insecure)
 	if err != nil {
-		return nil, err
+		return nil, &setupError{err}
 	}
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {

@@ -32,6 +32,7 @@ type Transports struct {
 	guard   *Guard
 	lookup  func(ctx context.Context, host string) ([]string, error)
 	proxy   func(*http.Request) (*url.URL, error)
+	tlsHook func(host string, c *tls.Config) error
 
 	maxHosts int
 	hosts    *otter.Cache[string, *http.Transport]
@@ -59,6 +60,13 @@ func WithLookup(f func(ctx context.Context, host string) ([]string, error)) Tran
 // once per process, so tests use this to set a proxy.
 func WithProxy(f func(*http.Request) (*url.URL, error)) TransportsOption {
 	return func(t *Transports) { t.proxy = f }
+}
+
+// WithTLSHook lets hook adjust a host's TLS settings when its transport is
+// built (hosts.toml's ca, client and skip_verify: mirrors.Resolver.ApplyTLS).
+// An error fails that host's connections with it.
+func WithTLSHook(hook func(host string, c *tls.Config) error) TransportsOption {
+	return func(t *Transports) { t.tlsHook = hook }
 }
 
 // NewTransports returns Transports.
@@ -110,6 +118,11 @@ func (t *Transports) newTransport(host string) *http.Transport {
 		// insecure_sources: HTTPS without verification is tried before
 		// plain HTTP, as in Kubewarden.
 		InsecureSkipVerify: t.sources.Insecure(host), //nolint:gosec // operator's explicit choice
+	}
+	if t.tlsHook != nil {
+		if err := t.tlsHook(host, h.TLSClientConfig); err != nil {
+			h.DialContext = func(context.Context, string, string) (net.Conn, error) { return nil, err }
+		}
 	}
 	return h
 }

@@ -55,7 +55,7 @@ func newAccess(cfg *Config, log *zap.Logger) (*access, error) {
 	if cfg.Lookup != nil {
 		topts = append(topts, registry.WithLookup(cfg.Lookup))
 	}
-	a := &access{keychain: kc, sources: src, guard: guard, transports: registry.NewTransports(topts...)}
+	a := &access{keychain: kc, sources: src, guard: guard}
 	if cfg.HostsDir != "" || cfg.RegistriesConf != "" || cfg.MirrorsOnly {
 		a.mirrors = mirrors.New(mirrors.WithHostsDir(cfg.HostsDir), mirrors.WithRegistriesConf(cfg.RegistriesConf),
 			mirrors.WithMirrorsOnly(cfg.MirrorsOnly),
@@ -67,7 +67,9 @@ func newAccess(cfg *Config, log *zap.Logger) (*access, error) {
 		}
 		log.Info("registry mirrors configured, files re-read when they change",
 			zap.String("hosts_dir", cfg.HostsDir), zap.String("registries_conf", cfg.RegistriesConf), zap.Bool("mirrors_only", cfg.MirrorsOnly))
+		topts = append(topts, registry.WithTLSHook(a.mirrors.ApplyTLS))
 	}
+	a.transports = registry.NewTransports(topts...)
 	return a, nil
 }
 
