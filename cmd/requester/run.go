@@ -81,7 +81,7 @@ func runCommand() *command {
 			// for text: its output is the policy's response, a document.
 			output := "json"
 			fs.Visit(func(f *flag.Flag) {
-				if f.Name == "o" {
+				if f.Name == "o" || f.Name == "output" {
 					output = env.conn.output
 				}
 			})

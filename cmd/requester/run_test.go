@@ -94,6 +94,7 @@ func TestRunPolicy(t *testing.T) {
 		{"admission review", "", []string{"run", guest, "--request-path", review, "--nats-url", url}, 0, "{\n  \"accepted\": true,\n  \"message\": \"validate\"\n}\n", ""},
 		{"bare request on stdin", request, []string{"run", "--request-path", "-", guest, "--nats-url", url}, 0, "{\n  \"accepted\": true,\n  \"message\": \"validate\"\n}\n", ""},
 		{"text", "", []string{"run", guest, "--request-path", bare, "-o", "text", "--nats-url", url}, 0, "accepted: validate\n", ""},
+		{"text, long flag", "", []string{"run", guest, "--request-path", bare, "--output=text", "--nats-url", url}, 0, "accepted: validate\n", ""},
 		{"host call answered by the fleet", "", digestCall("kubewarden"), 0, "{\n  \"valid\": true,\n  \"message\": \"checked\"\n}\n", ""},
 		{"host call unanswered", "", digestCall("nobody"), 3, "{\n  \"valid\": true,\n  \"message\": \"checked\"\n}\n", "the policy decided without the fleet: kubewarden/oci/v1/manifest_digest: "},
 		{"message as written", "", []string{"run", guest, "--validate-settings", "--settings-json", `{"raw":"{\"valid\":false,\"message\":\"<b> & c\"}"}`, "--nats-url", url}, 0, "{\n  \"valid\": false,\n  \"message\": \"<b> & c\"\n}\n", ""},
