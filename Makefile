@@ -51,7 +51,8 @@ test-deps:
 	./scripts/install-test-deps.sh
 
 vet:
-	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt needed on the files above" >&2; exit 1)
+	@# Not `tee /dev/stderr`: reopening it truncates a log file stderr goes to.
+	@unformatted="$$(gofmt -l .)"; test -z "$$unformatted" || { echo "$$unformatted" >&2; echo "gofmt needed on the files above" >&2; exit 1; }
 	$(GO) vet ./...
 	@$(STATICCHECK) -version 2>/dev/null | grep -q '$(STATICCHECK_VERSION:v%=%)' || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(STATICCHECK) ./...

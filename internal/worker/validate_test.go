@@ -70,7 +70,9 @@ func TestValidate(t *testing.T) {
 		{"http without TLS", func(c *worker.Config) { c.HTTPAddr = ":8443" }, []string{"--http-addr: needs --tls-cert and --tls-key (or --http-plain on a loopback address)"}},
 		{"http plain on all addresses", func(c *worker.Config) { c.HTTPAddr, c.HTTPPlain = ":8080", true }, []string{"--http-plain: serves plain HTTP on a loopback --http-addr only"}},
 		{"http plain on loopback", func(c *worker.Config) { c.HTTPAddr, c.HTTPPlain = "127.0.0.1:8080", true }, nil},
-		{"http plain and TLS", func(c *worker.Config) { c.HTTPAddr, c.HTTPPlain, c.TLSCert, c.TLSKey = "127.0.0.1:8080", true, cert, key }, []string{"--http-plain: and --tls-cert/--tls-key both given: choose one"}},
+		{"http plain and TLS", func(c *worker.Config) {
+			c.HTTPAddr, c.HTTPPlain, c.TLSCert, c.TLSKey = "127.0.0.1:8080", true, cert, key
+		}, []string{"--http-plain: and --tls-cert/--tls-key both given: choose one"}},
 		{"http plain and client CA", func(c *worker.Config) { c.HTTPAddr, c.HTTPPlain, c.ClientCA = "127.0.0.1:8080", true, caFile }, []string{"--client-ca: client certificates need TLS"}},
 		{"cert without key", func(c *worker.Config) { c.HTTPAddr, c.TLSCert = ":8443", cert }, []string{"--tls-key: missing: --tls-cert needs the private key"}},
 		{"key without cert", func(c *worker.Config) { c.HTTPAddr, c.TLSKey = ":8443", key }, []string{"--tls-cert: missing: --tls-key needs the certificate"}},
