@@ -167,6 +167,7 @@ registryCredentials: {existingSecret: regcap-pull-secret}
 sources:
   insecure_sources: [registry.local:5000]
 config: {platform: linux/arm64}
+mirrors: {hostsDir: /etc/containerd/certs.d, registriesConf: /etc/containers/registries.conf, mirrorsOnly: true}
 httpFront: {enabled: true, tlsSecret: regcap-tls, clientCASecret: gatekeeper-ca}
 metrics:
   serviceMonitor: {enabled: true, labels: {release: prometheus}}
@@ -235,6 +236,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"not a duration", `config: {cacheTTL: soon}`, "cacheTTL"},
 		{"argument without dashes", `extraArgs: [cache-ttl=1m]`, "extraArgs"},
 		{"a string for a number", `replicaCount: "3"`, "replicaCount"},
+		{"air-gapped without mirrors", `mirrors: {mirrorsOnly: true}`, "mirrors.mirrorsOnly needs"},
+		{"relative hosts dir", `mirrors: {hostsDir: etc/certs.d}`, "hostsDir"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

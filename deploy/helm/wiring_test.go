@@ -72,8 +72,18 @@ func TestChartWiring(t *testing.T) {
 							t.Errorf("volume %s: ConfigMap %s has no key %s", v.Name, cm.Name, it.Key)
 						}
 					}
+				case v.HostPath != nil:
+					// A node's folder (mirrors): a flag names the folder
+					// or a file directly in it.
+					if !consumedFolder(m.MountPath, paths) {
+						t.Errorf("volume %s: %s is read by no flag (flags name %v)", v.Name, m.MountPath, paths)
+					}
+					if !m.ReadOnly {
+						t.Errorf("volume %s is mounted read-write", v.Name)
+					}
+					continue
 				default:
-					t.Errorf("volume %s: neither a Secret nor a ConfigMap", v.Name)
+					t.Errorf("volume %s: neither a Secret, a ConfigMap nor a node's folder", v.Name)
 				}
 				if len(items) == 0 {
 					t.Errorf("volume %s mounts every key: list the ones the worker reads", v.Name)
@@ -168,6 +178,17 @@ var folderFiles = map[string][]string{
 func consumed(file, dir string, paths map[string]string) bool {
 	for flag, p := range paths {
 		if p == file || p == dir && slices.Contains(folderFiles[flag], path.Base(file)) {
+			return true
+		}
+	}
+	return false
+}
+
+// consumedFolder reports whether a flag names dir or a file directly in
+// it.
+func consumedFolder(dir string, paths map[string]string) bool {
+	for _, p := range paths {
+		if p == dir || path.Dir(p) == dir {
 			return true
 		}
 	}
