@@ -10,6 +10,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +45,7 @@ type fixture struct {
 	tokens    *testenv.TokenRegistry
 	ref       string
 	stderr    *testenv.SyncBuffer
+	metrics   string // the worker's /metrics URL
 }
 
 func start(t *testing.T) *fixture {
@@ -59,8 +62,10 @@ func start(t *testing.T) *fixture {
 	f.ns = ns.ClientURL()
 	rd := testenv.StartRedis(t)
 	f.requester = testenv.BuildCommand(t, "requester")
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	f.metrics = "http://" + metricsAddr + "/metrics"
 	cmd := exec.Command(testenv.BuildCommand(t, "worker"), "--nats-url", f.ns, "--redis-url", rd.URL(),
-		"--docker-config", dir, "--deny-cidrs", "", "--metrics-addr", "", "--log-format", "json", "--log-level", "debug")
+		"--docker-config", dir, "--deny-cidrs", "", "--metrics-addr", metricsAddr, "--log-format", "json", "--log-level", "debug")
 	cmd.Env = otelEnv(f.rc, "regcap-worker")
 	cmd.Stderr = f.stderr
 	testenv.Must(t, cmd.Start(), "starting worker")
@@ -77,6 +82,32 @@ func start(t *testing.T) *fixture {
 		return contract.AsError(err).Code == 400
 	})
 	return f
+}
+
+// exemplarTraces scrapes the worker's /metrics as Prometheus does when it
+// wants exemplars, and returns the trace IDs the request latency
+// histogram's exemplars name.
+func (f *fixture) exemplarTraces(t *testing.T) map[string]bool {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, f.metrics, nil)
+	testenv.Must(t, err, "metrics request")
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+	resp, err := http.DefaultClient.Do(req)
+	testenv.Must(t, err, "scraping /metrics")
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	testenv.Must(t, err, "reading /metrics")
+	ids := map[string]bool{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "regcap_request_duration_seconds_bucket{") {
+			continue
+		}
+		if _, ex, ok := strings.Cut(line, ` # {trace_id="`); ok {
+			id, _, _ := strings.Cut(ex, `"`)
+			ids[id] = true
+		}
+	}
+	return ids
 }
 
 // request runs `requester digest IMAGE` with tracing on and returns the
@@ -184,7 +215,7 @@ func checkTree(t *testing.T, name string, spans []span, cache string, registrySt
 func TestOneTraceFromRequesterToRegistry(t *testing.T) {
 	f := start(t)
 
-	_, miss := f.request(t, f.ref, 0)
+	missID, miss := f.request(t, f.ref, 0)
 	checkTree(t, "miss", miss, "miss", "200")
 	for _, step := range []string{"resolve", "fetch"} {
 		if len(find(miss, func(s span) bool { return s.Name == step && s.Service == "regcap-worker" })) != 1 {
@@ -196,7 +227,7 @@ func TestOneTraceFromRequesterToRegistry(t *testing.T) {
 	}
 	t.Logf("the trace of a miss:\n%s", tree(miss))
 
-	_, hit := f.request(t, f.ref, 0)
+	hitID, hit := f.request(t, f.ref, 0)
 	checkTree(t, "hit", hit, "hit", "")
 	t.Logf("the trace of a hit:\n%s", tree(hit))
 
@@ -206,6 +237,13 @@ func TestOneTraceFromRequesterToRegistry(t *testing.T) {
 		t.Errorf("error: front span regcap.error.code=%q, want 404", front.Attrs["regcap.error.code"])
 	}
 	t.Logf("the trace of an error:\n%s", tree(failed))
+
+	// The latency histogram's exemplars name these traces (each bucket
+	// keeps its latest), in the OpenMetrics exposition Prometheus asks for.
+	exemplars := f.exemplarTraces(t)
+	if !exemplars[missID] && !exemplars[hitID] && !exemplars[front.TraceID] {
+		t.Errorf("no exemplar of regcap_request_duration_seconds names trace %s, %s or %s; exemplars: %v", missID, hitID, front.TraceID, exemplars)
+	}
 
 	// Logs name the trace of a failed request.
 	if !strings.Contains(f.stderr.String(), `"trace_id":"`+front.TraceID+`"`) {
