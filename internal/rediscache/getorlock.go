@@ -76,7 +76,7 @@ func (c *Cache) GetOrLock(ctx context.Context, key string, hold time.Duration) C
 
 func (l *fleetLock) getOrLock(ctx context.Context, key string, hold time.Duration) Claim {
 	c := l.c
-	if len(key) > MaxKeyLen || c.health.skip() {
+	if len(key) > MaxKeyLen || c.health.skip(ctx, key) {
 		return Claim{}
 	}
 	l.startListener()
@@ -95,10 +95,10 @@ func (l *fleetLock) getOrLock(ctx context.Context, key string, hold time.Duratio
 		l.unregister(wt)
 		// An error reply to the whole script (BUSY, NOPERM on EVAL) is a
 		// refusal, not an outage.
-		c.settle(ctx, "lock", err)
+		c.settle(ctx, key, "lock", err)
 		return Claim{}
 	}
-	c.health.ok()
+	c.health.ok(ctx, key)
 	value, pttl, state, wrong, refusal := scriptResult(res)
 	var e Entry
 	var found bool
@@ -135,7 +135,7 @@ func (l *fleetLock) getOrLock(ctx context.Context, key string, hold time.Duratio
 		// holds it, so nobody would answer a waiter. Fetch here; the
 		// value read still answers if stale is all there is.
 		l.unregister(wt)
-		c.settle(ctx, "lock", scriptRefusal(refusal))
+		c.settle(ctx, key, "lock", scriptRefusal(refusal))
 		return Claim{Stale: stale}
 	}
 }

@@ -2,28 +2,63 @@ package rediscache
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
 // health tracks Redis outages for the tier and the fleet lock: one log
 // line per outage, a counter per failed command, and during an outage one
 // probe a second instead of a command timeout on every request.
+//
+// In a Redis Cluster an outage is a shard's, not the whole of Redis's:
+// health is kept per master address, the one serving the command's key,
+// so that a dead master stops only the keys in its slots; the others are
+// still read and shared through the fleet lock. Once the cluster has
+// failed over, the slots' keys go to the promoted replica, a shard that
+// is up, and the dead address is forgotten (see sweep).
 type health struct {
 	log       *zap.Logger
 	onError   func(op string)
 	opTimeout time.Duration
 	now       func() time.Time
 
+	// cluster is set for a Redis Cluster: health per shard.
+	cluster *redis.ClusterClient
+	// all is the whole of Redis outside a Cluster; in one, the commands
+	// whose master cannot be named (the cluster's slot map cannot be
+	// read): while it is down, every key waits for its probe.
+	all shard
+	// down counts the shards down, all included: 0, the usual case,
+	// costs a command one atomic load and no slot lookup.
+	down      atomic.Int32
+	lastSweep atomic.Int64 // unix nanoseconds of the last sweep
+
+	mu     sync.Mutex
+	shards map[string]*shard // by master address, at most maxShards
+}
+
+// shard is one outage state: the whole of Redis, or one Cluster master.
+type shard struct {
+	addr      string // the master's address; "" for the whole of Redis
 	down      atomic.Bool
 	lastProbe atomic.Int64 // unix nanoseconds of the last command tried during an outage
+	// sample is a key that failed on the shard (under health.mu): when
+	// its slot is served by another address, the shard has failed over.
+	sample string
 }
 
 // probeInterval is how often, during an outage, one command is let
 // through to see whether Redis is back.
 const probeInterval = time.Second
+
+// maxShards bounds the shards tracked: Redis Cluster is meant for at most
+// 1,000 nodes. Beyond it, a failing master is counted as the whole of
+// Redis.
+const maxShards = 1024
 
 // op bounds one Redis command, so that a sick Redis costs a request at
 // most opTimeout before it is served upstream.
@@ -31,45 +66,185 @@ func (h *health) op(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, h.opTimeout)
 }
 
-// available reports whether Redis answered its last command.
-func (h *health) available() bool { return !h.down.Load() }
-
-// skip reports whether to leave Redis alone. During an outage only one
-// command a second goes to it, as a probe: a Redis that drops packets
-// would otherwise cost every request its command timeouts.
-func (h *health) skip() bool {
-	if !h.down.Load() {
-		return false
-	}
-	now := h.now().UnixNano()
-	last := h.lastProbe.Load()
-	if now-last < int64(probeInterval) {
+// available reports whether Redis answered its last command; in a
+// Cluster, whether any shard the worker used since an outage began is up.
+func (h *health) available() bool {
+	if h.down.Load() == 0 {
 		return true
 	}
-	return !h.lastProbe.CompareAndSwap(last, now)
+	if h.all.down.Load() {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.shards {
+		if !s.down.Load() {
+			return true
+		}
+	}
+	return false
 }
 
-// failed records a failed command. A command cut short by its caller's
-// context (a request given up, a worker stopping) says nothing about
-// Redis and is not counted as an outage.
-func (h *health) failed(caller context.Context, op string, err error) {
+// skip reports whether to leave Redis alone for key. During an outage
+// only one command a second goes to it (to key's shard in a Cluster), as
+// a probe: a Redis that drops packets would otherwise cost every request
+// its command timeouts.
+func (h *health) skip(ctx context.Context, key string) bool {
+	if h.down.Load() == 0 {
+		return false
+	}
+	if h.all.down.Load() {
+		return h.all.skip(h.now())
+	}
+	s := h.shardOf(ctx, key, true)
+	return s != nil && s.skip(h.now())
+}
+
+func (s *shard) skip(now time.Time) bool {
+	if !s.down.Load() {
+		return false
+	}
+	last := s.lastProbe.Load()
+	if now.UnixNano()-last < int64(probeInterval) {
+		return true
+	}
+	return !s.lastProbe.CompareAndSwap(last, now.UnixNano())
+}
+
+// shardOf is the outage state of key's master: all outside a Cluster or
+// when the master cannot be named; nil for a master not tracked, unless
+// add, which tracks it (up).
+func (h *health) shardOf(ctx context.Context, key string, add bool) *shard {
+	if h.cluster == nil {
+		return &h.all
+	}
+	// The slot map is read from go-redis's copy; only a client that
+	// never read it asks the cluster, bounded.
+	ctx, cancel := h.op(context.WithoutCancel(ctx))
+	defer cancel()
+	node, err := h.cluster.MasterForKey(ctx, key)
+	if err != nil {
+		return &h.all
+	}
+	addr := node.Options().Addr
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.shards[addr]; s != nil || !add {
+		return s
+	}
+	if h.shards == nil {
+		h.shards = map[string]*shard{}
+	}
+	if len(h.shards) >= maxShards {
+		for a, s := range h.shards {
+			if !s.down.Load() {
+				delete(h.shards, a)
+				break
+			}
+		}
+		if len(h.shards) >= maxShards {
+			return &h.all
+		}
+	}
+	s := &shard{addr: addr}
+	h.shards[addr] = s
+	return s
+}
+
+// failed records a failed command on key. A command cut short by its
+// caller's context (a request given up, a worker stopping) says nothing
+// about Redis and is not counted as an outage.
+func (h *health) failed(caller context.Context, key, op string, err error) {
 	if caller.Err() != nil {
 		return
 	}
 	h.onError(op)
+	s := h.shardOf(caller, key, true)
+	if s != &h.all {
+		h.mu.Lock()
+		s.sample = key
+		h.mu.Unlock()
+	}
 	// The next probe is a second after this failure, not after the start
 	// of the command that failed: a Redis that never answers takes longer
 	// than that to time out, and would otherwise be probed by every
 	// command.
-	h.lastProbe.Store(h.now().UnixNano())
-	if h.down.CompareAndSwap(false, true) {
+	s.lastProbe.Store(h.now().UnixNano())
+	if !s.down.CompareAndSwap(false, true) {
+		return
+	}
+	h.down.Add(1)
+	if s.addr == "" {
 		h.log.Warn("redis unavailable: answering from memory and registries until it is back",
 			zap.String("op", op), zap.Error(err))
+		return
+	}
+	h.log.Warn("redis unavailable on one cluster shard: its keys are answered from memory and registries until it is back or failed over; the other shards are still shared",
+		zap.String("shard", s.addr), zap.String("op", op), zap.Error(err))
+}
+
+// ok records a command on key that Redis answered.
+func (h *health) ok(ctx context.Context, key string) {
+	if h.down.Load() == 0 {
+		return
+	}
+	if h.cluster == nil {
+		h.up(&h.all, "")
+		return
+	}
+	h.up(&h.all, "") // the cluster answered: its slot map can be read
+	if s := h.shardOf(ctx, key, true); s != nil {
+		h.up(s, "")
+	}
+	h.sweep(ctx)
+}
+
+// up ends s's outage; to is the address its slots moved to, if they did.
+func (h *health) up(s *shard, to string) {
+	if !s.down.CompareAndSwap(true, false) {
+		return
+	}
+	h.down.Add(-1)
+	switch {
+	case s.addr == "":
+		h.log.Info("redis available again: sharing the cache with the fleet")
+	case to != "":
+		h.log.Info("redis available again on the cluster shard: its slots failed over, sharing its keys with the fleet",
+			zap.String("shard", s.addr), zap.String("now", to))
+	default:
+		h.log.Info("redis available again on the cluster shard: sharing its keys with the fleet",
+			zap.String("shard", s.addr))
 	}
 }
 
-func (h *health) ok() {
-	if h.down.CompareAndSwap(true, false) {
-		h.log.Info("redis available again: sharing the cache with the fleet")
+// sweep, once a probe interval while a shard is down, ends the outage of
+// shards whose slots another master now serves: no key is sent to the
+// dead address any more, so no probe would ever end it.
+func (h *health) sweep(ctx context.Context) {
+	now, last := h.now().UnixNano(), h.lastSweep.Load()
+	if now-last < int64(probeInterval) || !h.lastSweep.CompareAndSwap(last, now) {
+		return
+	}
+	type downShard struct {
+		s      *shard
+		sample string
+	}
+	var downs []downShard
+	h.mu.Lock()
+	for _, s := range h.shards {
+		if s.down.Load() && s.sample != "" {
+			downs = append(downs, downShard{s, s.sample})
+		}
+	}
+	h.mu.Unlock()
+	for _, d := range downs {
+		if node, err := h.cluster.MasterForKey(ctx, d.sample); err == nil && node.Options().Addr != d.s.addr {
+			h.up(d.s, node.Options().Addr)
+			h.mu.Lock()
+			if h.shards[d.s.addr] == d.s {
+				delete(h.shards, d.s.addr)
+			}
+			h.mu.Unlock()
+		}
 	}
 }

@@ -38,7 +38,8 @@ func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
 	defer ps.Close()
 	rctx, cancel := l.c.health.op(ctx)
 	if _, err := ps.Receive(rctx); err != nil {
-		l.c.health.failed(ctx, "subscribe", err)
+		// In a Cluster, the pattern's slot names the node subscribed to.
+		l.c.health.failed(ctx, donePrefix+"*", "subscribe", err)
 	}
 	cancel()
 	close(ready)

@@ -144,7 +144,7 @@ func (c *Cache) Waiters(key string) int {
 
 // Lock is Cache.Lock.
 func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) Claim {
-	if len(key) > MaxKeyLen || l.c.health.skip() {
+	if len(key) > MaxKeyLen || l.c.health.skip(ctx, key) {
 		return Claim{}
 	}
 	l.startListener()
@@ -169,10 +169,10 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, ne
 	})
 	if err != nil && !isReply(err) {
 		l.unregister(wt)
-		l.c.health.failed(ctx, "lock", err)
+		l.c.health.failed(ctx, key, "lock", err)
 		return Claim{}
 	}
-	l.c.health.ok()
+	l.c.health.ok(ctx, key)
 	// A stale value (kept for --stale-if-error) is no answer here: the
 	// lock is for fetching a fresh one.
 	e, found := l.c.decode(key, get, ttl)
@@ -182,7 +182,7 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, ne
 		// Redis refused the lock (out of memory, read-only): nobody
 		// holds it, so nobody would answer a waiter. Fetch here.
 		l.unregister(wt)
-		l.c.settle(ctx, "lock", set.Err())
+		l.c.settle(ctx, key, "lock", set.Err())
 		if found {
 			return Claim{Found: &e}
 		}
@@ -239,16 +239,16 @@ func (ls *Lease) finish(ctx context.Context, n notice, store *Entry) {
 		return nil
 	})
 	if err != nil && !isReply(err) {
-		l.c.health.failed(context.Background(), "unlock", err)
+		l.c.health.failed(context.Background(), ls.key, "unlock", err)
 		return
 	}
 	// Each command on its own: a refused SET (out of memory) leaves the
 	// release to go through, and the waiters, told "ok", find no fresh
 	// value and fetch themselves.
 	if set != nil {
-		l.c.settle(context.Background(), "set", set.Err())
+		l.c.settle(context.Background(), ls.key, "set", set.Err())
 	}
-	l.c.settle(context.Background(), "unlock", release.Err())
+	l.c.settle(context.Background(), ls.key, "unlock", release.Err())
 }
 
 func newToken() string {

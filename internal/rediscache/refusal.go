@@ -50,18 +50,19 @@ func refusalReason(err error) (string, bool) {
 
 // settle records how Redis took the command op: done, refused (it
 // answered with an error: counted and logged, Redis stays available), or
-// not answered (an outage). A nil reply (redis.Nil) is an answer.
-func (c *Cache) settle(ctx context.Context, op string, err error) {
+// not answered (an outage of key's shard). A nil reply (redis.Nil) is an
+// answer.
+func (c *Cache) settle(ctx context.Context, key, op string, err error) {
 	if err == nil || errors.Is(err, redis.Nil) {
-		c.health.ok()
+		c.health.ok(ctx, key)
 		return
 	}
 	if reason, ok := refusalReason(err); ok {
-		c.health.ok() // it answered
+		c.health.ok(ctx, key) // it answered
 		c.refused(op, reason, err)
 		return
 	}
-	c.health.failed(ctx, op, err)
+	c.health.failed(ctx, key, op, err)
 }
 
 // refused reports a write Redis refused: counted every time, logged once

@@ -89,12 +89,17 @@ func New(rdb redis.UniversalClient, opts ...Option) *Cache {
 		o(c)
 	}
 	c.health.log, c.health.now = c.log, c.now
+	// A Cluster's outages are its shards': one dead master must not
+	// stop the keys the others serve.
+	c.health.cluster, _ = rdb.(*redis.ClusterClient)
 	c.rejects, c.logs = newRejectLog(c.now), &logLimiter{now: c.now}
 	c.lock = &fleetLock{c: c}
 	return c
 }
 
-// Available reports whether Redis answered its last command.
+// Available reports whether Redis answered its last command; in a
+// Cluster, whether any shard used since an outage began answers (a dead
+// master stops only the keys in its slots).
 func (c *Cache) Available() bool { return c.health.available() }
 
 // Close stops the fleet lock's listener. Waiters still waiting run out
@@ -111,7 +116,7 @@ func (c *Cache) Close() {
 // worker that fetched it still stops serving it at fetch time + TTL; with
 // WithMaxTTL, no later than the signed fetch time allows either.
 func (c *Cache) Get(ctx context.Context, key string) (Entry, bool) {
-	if len(key) > MaxKeyLen || c.health.skip() {
+	if len(key) > MaxKeyLen || c.health.skip(ctx, key) {
 		return Entry{}, false
 	}
 	op, cancel := c.health.op(ctx)
@@ -123,10 +128,10 @@ func (c *Cache) Get(ctx context.Context, key string) (Entry, bool) {
 		return nil
 	})
 	if err != nil && !isReply(err) {
-		c.health.failed(ctx, "get", err)
+		c.health.failed(ctx, key, "get", err)
 		return Entry{}, false
 	}
-	c.health.ok()
+	c.health.ok(ctx, key)
 	return c.decode(key, get, ttl)
 }
 
@@ -216,12 +221,12 @@ func (c *Cache) rejected(key string, why *rejection) {
 // Set stores e until it expires. A key over MaxKeyLen is not stored.
 func (c *Cache) Set(ctx context.Context, key string, e Entry) {
 	left := e.Expires.Sub(c.now())
-	if left < time.Millisecond || len(key) > MaxKeyLen || c.health.skip() {
+	if left < time.Millisecond || len(key) > MaxKeyLen || c.health.skip(ctx, key) {
 		return
 	}
 	op, cancel := c.health.op(ctx)
 	defer cancel()
-	c.settle(ctx, "set", c.rdb.Set(op, key, sealEntry(key, e, c.macKey), left).Err())
+	c.settle(ctx, key, "set", c.rdb.Set(op, key, sealEntry(key, e, c.macKey), left).Err())
 }
 
 // backoffPrefix marks keys whose fetch failed and that the fleet answers
@@ -230,49 +235,64 @@ const backoffPrefix = "regcap:backoff:"
 
 // SetBackoff marks key as backing off for d, fleet-wide.
 func (c *Cache) SetBackoff(ctx context.Context, key string, d time.Duration) {
-	if d < time.Millisecond || len(key) > MaxKeyLen || c.health.skip() {
+	if d < time.Millisecond || len(key) > MaxKeyLen || c.health.skip(ctx, backoffPrefix+key) {
 		return
 	}
 	op, cancel := c.health.op(ctx)
 	defer cancel()
-	c.settle(ctx, "backoff", c.rdb.Set(op, backoffPrefix+key, "1", d).Err())
+	c.settle(ctx, backoffPrefix+key, "backoff", c.rdb.Set(op, backoffPrefix+key, "1", d).Err())
 }
 
 // ClearBackoff ends key's back-off for the whole fleet: the registry
 // answers again.
 func (c *Cache) ClearBackoff(ctx context.Context, key string) {
-	if len(key) > MaxKeyLen || c.health.skip() {
+	if len(key) > MaxKeyLen || c.health.skip(ctx, backoffPrefix+key) {
 		return
 	}
 	op, cancel := c.health.op(ctx)
 	defer cancel()
-	c.settle(ctx, "backoff", c.rdb.Del(op, backoffPrefix+key).Err())
+	c.settle(ctx, backoffPrefix+key, "backoff", c.rdb.Del(op, backoffPrefix+key).Err())
 }
 
 // BackingOff reports whether some worker marked any of keys as backing
 // off, in one round trip (one EXISTS per key, so that each is a
-// single-key command).
+// single-key command). In a Cluster, a key whose shard is down is left
+// out, and each key's failure is its shard's.
 func (c *Cache) BackingOff(ctx context.Context, keys ...string) bool {
-	if c.health.skip() {
+	ask := keys
+	if c.health.down.Load() != 0 {
+		ask = make([]string, 0, len(keys))
+		for _, k := range keys {
+			if !c.health.skip(ctx, backoffPrefix+k) {
+				ask = append(ask, k)
+			}
+		}
+	}
+	if len(ask) == 0 {
 		return false
 	}
 	op, cancel := c.health.op(ctx)
 	defer cancel()
 	cmds, err := c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
-		for _, k := range keys {
+		for _, k := range ask {
 			p.Exists(op, backoffPrefix+k)
 		}
 		return nil
 	})
-	if err != nil && !isReply(err) {
-		c.health.failed(ctx, "backoff", err)
+	if err != nil && !isReply(err) && c.health.cluster == nil {
+		c.health.failed(ctx, "", "backoff", err)
 		return false
 	}
-	c.health.ok()
-	for _, cmd := range cmds {
+	found := false
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !isReply(err) {
+			c.health.failed(ctx, backoffPrefix+ask[i], "backoff", err)
+			continue
+		}
+		c.health.ok(ctx, backoffPrefix+ask[i])
 		if cmd.(*redis.IntCmd).Val() > 0 { // 0 when it had an error reply
-			return true
+			found = true
 		}
 	}
-	return false
+	return found
 }

@@ -90,10 +90,10 @@ func (l *fleetLock) peek(ctx context.Context, key string) (e Entry, found, held 
 		return nil
 	})
 	if err != nil && !isReply(err) {
-		l.c.health.failed(ctx, "lock_check", err)
+		l.c.health.failed(ctx, key, "lock_check", err)
 		return Entry{}, false, false, err
 	}
-	l.c.health.ok()
+	l.c.health.ok(ctx, key)
 	e, found = l.c.decode(key, get, ttl)
 	return e, found && e.IsFresh(l.c.now()), lock.Val() > 0, nil
 }
