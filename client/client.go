@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,8 +43,14 @@ type Client struct {
 	prefix         string
 	timeout        time.Duration
 	attemptTimeout time.Duration
-	onRetry        func(contract.Function, error)
-	conn           *connWatch
+	ackTimeout     time.Duration
+	// ackless: the last worker that answered a miss of this client did
+	// not acknowledge it (a fleet older than acknowledgements), so an
+	// attempt waits the attempt timeout, not the ack timeout, for it.
+	ackless atomic.Bool
+	mux     *replyMux
+	onRetry func(contract.Function, error)
+	conn    *connWatch
 	// tracer and prop are nil unless WithTracerProvider.
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
@@ -61,20 +68,48 @@ func WithSubjectPrefix(p string) Option { return func(c *Client) { c.prefix = p 
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
 // DefaultAttemptTimeout is how long one attempt of a call waits for its
-// reply before it is sent again (see WithAttemptTimeout).
-const DefaultAttemptTimeout = 5 * time.Second
+// answer once a worker has acknowledged it, before it is sent again (see
+// WithAttemptTimeout): longer, with a margin, than a worker's default
+// --fetch-timeout (10s), so that a slow registry is asked once.
+const DefaultAttemptTimeout = 15 * time.Second
 
-// WithAttemptTimeout sets how long one attempt waits for a reply before
-// the call sends the request again, once, within what is left of its
-// budget (default DefaultAttemptTimeout). A request lost on a NATS node
-// that died between this client and the worker is answered by nobody:
-// this bounds that silence. A request legitimately slower than d (a cold
-// fetch from a slow registry) is sent again too, and the retry joins the
-// fetch in progress (the fleet's through Redis, or the same worker's).
-// A call whose remaining budget is not longer than d gets one attempt
-// with all of it. Zero or negative: no attempt timeout.
+// DefaultAckTimeout is how long an attempt waits for a worker's
+// acknowledgement (or its answer) before it is sent again (see
+// WithAckTimeout).
+const DefaultAckTimeout = time.Second
+
+// WithAttemptTimeout sets how long one attempt waits for its answer
+// after a worker acknowledged it, before the call sends the request
+// again, once, within what is left of its budget (default
+// DefaultAttemptTimeout). Keep it above the fleet's --fetch-timeout: a
+// request slower than d is sent again (the retry joins the fetch in
+// progress, and the answer to either attempt is the call's). It is also
+// how long an attempt waits for a fleet that does not acknowledge
+// requests (see WithAckTimeout). A call whose remaining budget is not
+// longer than the wait gets one attempt with all of it. Zero or
+// negative: no attempt timeout and no early retry.
 func WithAttemptTimeout(d time.Duration) Option {
 	return func(c *Client) { c.attemptTimeout = d }
+}
+
+// WithAckTimeout sets how long an attempt waits for the worker's
+// acknowledgement (docs/contract.md, "Acknowledgement") or its answer
+// before the call sends the request again, once (default
+// DefaultAckTimeout; never longer than the attempt timeout). A request
+// lost on a NATS node that died between this client and the worker is
+// acknowledged by nobody: this bounds that silence. A worker
+// acknowledges a request it cannot answer at once, at once, so a slow
+// registry is not a reason to retry; the call then waits up to the
+// attempt timeout.
+//
+// A fleet too old to acknowledge: the first slow answer of such a fleet
+// is asked for twice (after d, and the answer to either attempt is the
+// call's); once the client has seen a miss answered without an
+// acknowledgement, its attempts wait the attempt timeout instead, until
+// a worker acknowledges again. Zero or negative: no acknowledgement is
+// asked for, and every attempt waits the attempt timeout.
+func WithAckTimeout(d time.Duration) Option {
+	return func(c *Client) { c.ackTimeout = d }
 }
 
 // WithRetryHook calls f before each retry, with the function called and
@@ -88,10 +123,11 @@ func WithRetryHook(f func(fn contract.Function, err error)) Option {
 // retry at once a call that was in flight when the connection was lost;
 // the watch ends when nc is closed.
 func New(nc *nats.Conn, opts ...Option) *Client {
-	c := &Client{nc: nc, prefix: contract.DefaultSubjectPrefix, timeout: 30 * time.Second, attemptTimeout: DefaultAttemptTimeout}
+	c := &Client{nc: nc, prefix: contract.DefaultSubjectPrefix, timeout: 30 * time.Second, attemptTimeout: DefaultAttemptTimeout, ackTimeout: DefaultAckTimeout}
 	for _, o := range opts {
 		o(c)
 	}
+	c.mux = &replyMux{nc: nc}
 	c.conn = watchConn(nc)
 	return c
 }
@@ -114,8 +150,11 @@ func WithPlatform(p string) CallOption {
 //
 // A call is retried once, never more, when its request may have been
 // lost with a NATS node: the client's connection was lost while it
-// waited (retried as soon as the connection is back), or no reply came
-// within the attempt timeout (WithAttemptTimeout). When no worker was
+// waited (retried as soon as the connection is back), or no worker
+// acknowledged it within the ack timeout (WithAckTimeout), or no answer
+// came within the attempt timeout after an acknowledgement
+// (WithAttemptTimeout). The answer to any attempt of a call is its
+// answer, even after a retry was sent. When no worker was
 // subscribed, the request reached nobody, so sending it again is no
 // duplicate and does not use up that retry: it is sent again every
 // 250 ms for up to NoRespondersWait, the time a worker whose node died
@@ -135,6 +174,15 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 	}
 	ctx, span := c.startSpan(ctx, fn, m)
 	defer func() { span.end(reply, failed) }()
+	p, err := c.mux.register()
+	if err != nil {
+		return nil, failure(err, nil, false, m.Subject)
+	}
+	defer c.mux.unregister(p)
+	m.Reply = p.reply
+	if c.ackTimeout > 0 {
+		m.Header.Set(contract.HeaderAck, p.ack)
+	}
 	ep := c.conn.current()
 	if ep.isLost() {
 		// Sent now, the request would wait in nats.go's buffer anyway;
@@ -143,12 +191,11 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 	}
 	var (
 		resp    *nats.Msg
-		err     error
 		retried bool // the one retry of a request that may have been lost
 		waited  time.Duration
 	)
 	for {
-		if resp, err = c.attempt(ctx, m, ep, retried); err == nil {
+		if resp, err = c.attempt(ctx, m, p, ep, retried); err == nil {
 			break
 		}
 		lost := ep.isLost()
@@ -165,6 +212,8 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 			if waited >= NoRespondersWait {
 				return nil, failure(err, ctx.Err(), lost, m.Subject)
 			}
+			// An answer to an earlier attempt that comes meanwhile is
+			// kept in p.ch for the next attempt.
 			t := time.NewTimer(noRespondersPause)
 			select {
 			case <-t.C:
@@ -211,24 +260,103 @@ const noRespondersPause = 250 * time.Millisecond
 // death, short enough that a fleet that is really gone is reported fast.
 const NoRespondersWait = 2 * time.Second
 
-// attempt sends m once and waits for the reply, until ctx ends, ep's
-// connection is lost or, unless it is the last one, the attempt timeout
-// passes. The hit path pays a context and a registration with ep, no
+// attempt sends m once, unless an answer to an earlier attempt of the
+// call is already in, and waits for the call's answer until ctx ends,
+// ep's connection is lost or, unless it is the last one, the ack timeout
+// passes with no acknowledgement, or the attempt timeout after one. The
+// hit path pays a publish, a timer and a registration with the mux, no
 // goroutine.
-func (c *Client) attempt(ctx context.Context, m *nats.Msg, ep *epoch, last bool) (*nats.Msg, error) {
-	var (
-		actx   context.Context
-		cancel context.CancelFunc
-	)
-	if dl, _ := ctx.Deadline(); !last && c.attemptTimeout > 0 && time.Until(dl) > c.attemptTimeout {
-		actx, cancel = context.WithTimeout(ctx, c.attemptTimeout)
-	} else {
-		actx, cancel = context.WithCancel(ctx)
+func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch, last bool) (*nats.Msg, error) {
+	for {
+		select {
+		case r := <-p.ch:
+			if r, done := c.take(p, r); done {
+				return r, nil
+			}
+			continue
+		default:
+		}
+		break
 	}
-	defer cancel()
-	stop := context.AfterFunc(ep.lost, cancel)
-	defer stop()
-	return c.nc.RequestMsgWithContext(actx, m)
+	if err := c.nc.PublishMsg(m); err != nil {
+		return nil, err
+	}
+	wait := c.attemptTimeout
+	if c.ackTimeout > 0 && c.ackTimeout < wait && !p.acked && !c.ackless.Load() {
+		wait = c.ackTimeout
+	}
+	var timer *time.Timer
+	var timeout <-chan time.Time
+	arm := func(d time.Duration) {
+		if timer != nil {
+			timer.Stop()
+			timer, timeout = nil, nil
+		}
+		if dl, _ := ctx.Deadline(); !last && d > 0 && time.Until(dl) > d {
+			timer = time.NewTimer(d)
+			timeout = timer.C
+		}
+	}
+	arm(wait)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		select {
+		case r := <-p.ch:
+			switch {
+			case isNoResponders(r):
+				if p.acked {
+					// A worker took an earlier attempt: its answer is on
+					// its way (a draining worker still answers).
+					continue
+				}
+				return nil, nats.ErrNoResponders
+			case p.isAck(r):
+				if !p.acked {
+					p.acked = true
+					arm(c.attemptTimeout)
+				}
+				c.ackless.Store(false)
+				continue
+			}
+			if r, done := c.take(p, r); done {
+				return r, nil
+			}
+		case <-timeout:
+			return nil, context.DeadlineExceeded
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-ep.lost.Done():
+			if c.nc.IsClosed() {
+				return nil, nats.ErrConnectionClosed
+			}
+			return nil, nats.ErrDisconnected
+		}
+	}
+}
+
+// take looks at a message for call p that arrived before its attempt
+// waited for it: an acknowledgement is noted, a stale no-responders
+// dropped, an answer returned (done). An answer to a miss that no
+// acknowledgement came before says the fleet does not acknowledge.
+func (c *Client) take(p *pending, r *nats.Msg) (answer *nats.Msg, done bool) {
+	switch {
+	case p.isAck(r):
+		p.acked = true
+		c.ackless.Store(false)
+		return nil, false
+	case isNoResponders(r):
+		return nil, false
+	}
+	if !p.acked && c.ackTimeout > 0 {
+		if o := contract.Outcome(r.Header.Get(contract.HeaderCache)); o == contract.Miss || o == contract.Shared {
+			c.ackless.Store(true)
+		}
+	}
+	return r, true
 }
 
 // retryKind is what a failed attempt calls for.

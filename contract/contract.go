@@ -73,6 +73,10 @@ const (
 	HeaderRetryAfter = "Retry-After"
 	// HeaderAge is how many seconds ago a stale answer was fetched.
 	HeaderAge = "Regcap-Age"
+	// HeaderAck, on a request, names a subject the worker publishes an
+	// empty message to when it takes a request it cannot answer at once
+	// (docs/contract.md, "Acknowledgement").
+	HeaderAck = "Regcap-Ack"
 )
 
 // Outcome says where a successful answer came from. It is sent in the

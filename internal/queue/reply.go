@@ -40,6 +40,11 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 			s.reply(m, fn, a, err, start, sp)
 			return
 		}
+		// Taken, and not answered at once: a caller that asked is told
+		// now, so it does not mistake a slow answer for a lost request.
+		if ack := m.Header.Get(contract.HeaderAck); ack != "" {
+			s.ack(ack)
+		}
 		s.inflight.Add(1)
 		s.busy.Add(1)
 		go func() {
@@ -49,6 +54,45 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 			s.reply(m, fn, a, err, start, sp)
 		}()
 	}
+}
+
+// maxAckSubject bounds the acknowledgement subject a request may name.
+const maxAckSubject = 256
+
+// ack publishes the empty acknowledgement of a request to the subject
+// its HeaderAck names. A subject that is not one a publish may name (a
+// wildcard, a space, an empty token, over maxAckSubject bytes) gets no
+// acknowledgement: the request is still answered.
+func (s *Server) ack(subject string) {
+	if !validAckSubject(subject) {
+		return
+	}
+	if err := s.nc.Publish(subject, nil); err != nil {
+		s.log.Debug("acknowledgement not sent", zap.Error(err))
+	}
+}
+
+func validAckSubject(subject string) bool {
+	if len(subject) == 0 || len(subject) > maxAckSubject {
+		return false
+	}
+	tokenStart := true
+	for i := 0; i < len(subject); i++ {
+		switch c := subject[i]; {
+		case c == '.':
+			if tokenStart {
+				return false // empty token
+			}
+			tokenStart = true
+			continue
+		case c <= ' ' || c == 0x7f:
+			return false
+		case (c == '*' || c == '>') && tokenStart && (i+1 == len(subject) || subject[i+1] == '.'):
+			return false // a wildcard token
+		}
+		tokenStart = false
+	}
+	return !tokenStart
 }
 
 // reply sends an answer, or an error in the NATS service-framework
