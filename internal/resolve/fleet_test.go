@@ -307,6 +307,69 @@ func TestFleetDeadHolder(t *testing.T) {
 	}
 }
 
+// TestFleetDeadHolderTakeoverWaitsForASlot: when the wait for a dead
+// holder ends while the registry's one slot is busy, the takeover waits
+// for the slot as a new miss would, instead of failing its callers with
+// a 503 at once (what kill -9 under load showed).
+func TestFleetDeadHolderTakeoverWaitsForASlot(t *testing.T) {
+	f := startFleet(t, 1, 300*time.Millisecond, WithConcurrency(8, 1))
+	r := f.res[0]
+	img := f.reg.PushImage(t, "fleet/dead", "v1", testenv.OCIManifest, "linux/amd64")
+	f.reg.PushImage(t, "fleet/busy", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("fleet/dead", "v1")
+	k := key(t, contract.ManifestDigest, ref)
+	rdb := f.redis.Client(t)
+	testenv.Must(t, rdb.Set(context.Background(), rediscache.LockKey(k), "dead-worker", time.Minute).Err(), "planting a dead lock")
+
+	dead := make(chan reply, 1)
+	go func() {
+		a, err := r.Answer(context.Background(), request(contract.ManifestDigest, ref))
+		dead <- reply{a: a, err: err}
+	}()
+	testenv.Eventually(t, "the request to wait on the dead holder", func() bool { return f.waiting(k) == 1 })
+
+	// Another image of the registry takes its one slot and keeps it past
+	// the end of the wait.
+	gate := f.reg.Hold("/fleet/busy/manifests/")
+	busy := make(chan error, 1)
+	go func() {
+		_, err := r.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("fleet/busy", "v1")))
+		busy <- err
+	}()
+	<-gate.Arrived()
+
+	slotUsers := func() int {
+		r.slots.mu.Lock()
+		defer r.slots.mu.Unlock()
+		if rs := r.slots.byRe[f.reg.Host]; rs != nil {
+			return rs.users
+		}
+		return 0
+	}
+	var early *reply
+	testenv.Eventually(t, "the takeover to wait for the busy slot", func() bool {
+		select {
+		case d := <-dead:
+			early = &d
+			return true
+		default:
+			return slotUsers() == 2
+		}
+	})
+	if early != nil {
+		gate.Release()
+		t.Fatalf("the takeover answered (%s, %v) while the slot was busy: want it to wait for the slot", early.a.Body, early.err)
+	}
+	gate.Release()
+	d := <-dead
+	if want := `{"digest":"` + img.Digest + `"}`; d.err != nil || string(d.a.Body) != want {
+		t.Fatalf("takeover: %s %v, want %s", d.a.Body, d.err, want)
+	}
+	if err := <-busy; err != nil {
+		t.Fatalf("the busy image: %v", err)
+	}
+}
+
 // TestFleetHolderStops: a holder closed mid-fetch answers 503 and abandons
 // its lock, and the waiting resolver fetches at once, not after its (here
 // one-minute) wait.

@@ -410,9 +410,15 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 			r.mem.Set(q.key, v.Found)
 			return hit(v.Found, contract.Shared)
 		}
-		// No answer in time, or the holder gave up or died: fetch here,
-		// if a slot is free now (the wait is spent).
-		if err := r.acquireSlot(wait, q); err != nil {
+		// No answer in time, or the holder gave up or died: fetch here.
+		// For the fleet this is a new miss, and it waits for a slot as
+		// long as a new miss would: callers who waited for a dead holder
+		// are not failed because every slot was busy at the instant
+		// their wait ended.
+		sctx, scancel := context.WithTimeout(q.traced(f.ctx), r.lockWait)
+		err := r.acquireSlot(sctx, q)
+		scancel()
+		if err != nil {
 			return r.orStale(err, stale)
 		}
 	}
