@@ -100,6 +100,7 @@ type Resolver struct {
 	slots       *slots                          // fetch slots
 	flights     *flights                        // resolutions beyond the memory tier
 	callers     atomic.Int64                    // requests waiting on them
+	lockWaits   atomic.Int64                    // resolutions waiting on another worker's fetch
 
 	life context.Context // ends at Close: fetches and waits are cancelled
 	stop context.CancelFunc
@@ -163,6 +164,11 @@ func (r *Resolver) RedisAvailable() bool { return r.shared == nil || r.shared.Av
 // Redis, a fetch slot, or a fetch. Requests for one key wait on one
 // resolution (see Resolutions).
 func (r *Resolver) Pending() int { return int(r.callers.Load()) }
+
+// LockWaits is the number of resolutions waiting now on another
+// worker's fetch of their key (the fleet lock's holder), its answer to
+// come through Redis.
+func (r *Resolver) LockWaits() int { return int(r.lockWaits.Load()) }
 
 // Resolutions is the number of resolutions beyond the memory tier, one
 // per distinct key however many requests wait on it: what --max-pending
@@ -401,7 +407,9 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		// Waiting is not fetching: give the slot to others meanwhile.
 		r.releaseSlot(q)
 		lctx, ls := r.startStep(wait, "lock wait")
+		r.lockWaits.Add(1)
 		v := c.Waiter.Wait(lctx, r.lockWait)
+		r.lockWaits.Add(-1)
 		ls.end(nil)
 		if v != nil {
 			if v.Failure != nil {

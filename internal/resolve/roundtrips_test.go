@@ -129,7 +129,7 @@ func testRoundTrips(t *testing.T, f *fleet) {
 	f.res = []*Resolver{a, b}
 	shared := make(chan int64, 1)
 	go func() { shared <- answer(b, &cb, contract.Shared) }()
-	testenv.Eventually(t, "b waiting on a's fetch", func() bool { return f.waiting(k) == 1 })
+	testenv.Eventually(t, "b waiting on a's fetch", func() bool { return f.lockWaits() == 1 })
 	gate.Release()
 	testenv.Must(t, <-held, "holder")
 	if n := <-shared; n != 2 {
