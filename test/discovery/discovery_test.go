@@ -98,7 +98,8 @@ func makeCommand(t *testing.T, stamp, dir string) string {
 	out := run(t, cmd, "make -n build")
 	var lines []string
 	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, " go build ") {
+		// The command itself, not a line that only names it (an echo).
+		if strings.HasPrefix(withoutAssignments(l), "go build ") {
 			lines = append(lines, l)
 		}
 	}
@@ -106,6 +107,19 @@ func makeCommand(t *testing.T, stamp, dir string) string {
 		t.Fatalf("make -n build: want one go build line writing to -o bin/, got:\n%s", out)
 	}
 	return strings.Replace(lines[0], " -o bin/ ", " -o "+shellQuote(dir+"/")+" ", 1)
+}
+
+// withoutAssignments is shell command line l without its leading
+// VAR=value words.
+func withoutAssignments(l string) string {
+	l = strings.TrimSpace(l)
+	for {
+		word, rest, _ := strings.Cut(l, " ")
+		if !regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*=`).MatchString(word) {
+			return l
+		}
+		l = strings.TrimLeft(rest, " ")
+	}
 }
 
 // dockerfileBuild runs the Dockerfile's go build step as its RUN would
@@ -123,7 +137,14 @@ func dockerfileBuild(t *testing.T, stamp, dir string) {
 	var runs []string
 	for _, l := range strings.Split(text, "\n") {
 		if strings.HasPrefix(l, "RUN ") && strings.Contains(l, "go build") {
-			runs = append(runs, strings.TrimPrefix(l, "RUN "))
+			// RUN's own flags (--mount=type=cache,…) are BuildKit's,
+			// not the shell's.
+			cmd := strings.TrimPrefix(l, "RUN ")
+			for strings.HasPrefix(cmd, "--") {
+				_, cmd, _ = strings.Cut(cmd, " ")
+				cmd = strings.TrimLeft(cmd, " ")
+			}
+			runs = append(runs, cmd)
 		}
 	}
 	if len(runs) != 1 || strings.Count(runs[0], " -o /out/ ") != 1 {

@@ -51,8 +51,10 @@ func TestTwoWorkersDifferentMirrorsOneCacheKey(t *testing.T) {
 	if err != nil || string(r.Body) != `{"digest":"`+img.Digest+`"}` {
 		t.Fatalf("worker B: %v %s", err, r)
 	}
-	if r.Cache != contract.Hit {
-		t.Errorf("worker B answered %s, want a hit on worker A's entry", r.Cache)
+	// A hit on A's entry, or shared when B asked while A was still
+	// storing it (A replies before it stores): either way A's fetch.
+	if r.Cache != contract.Hit && r.Cache != contract.Shared {
+		t.Errorf("worker B answered %s, want a hit on (or a share of) worker A's entry", r.Cache)
 	}
 	if n := other.Count("HEAD", "manifest") + other.Count("GET", "manifest"); n != 0 {
 		t.Errorf("worker B's mirror was asked %d times for an entry the fleet had", n)
