@@ -149,8 +149,9 @@ func TestAckedCallOutlivesNoResponders(t *testing.T) {
 }
 
 // TestAcklessFleet: a fleet too old to acknowledge. Its first slow
-// answer is asked for twice (after the ack timeout), and the answer to
-// the first attempt is the call's; once the client has seen a miss
+// answer is asked for three times (the retry after the ack timeout, and
+// once more as nobody acknowledged that either), and the answer to the
+// first attempt is the call's; once the client has seen a miss
 // answered without an acknowledgement, it waits the attempt timeout and
 // a slow answer is asked for once.
 func TestAcklessFleet(t *testing.T) {
@@ -167,17 +168,17 @@ func TestAcklessFleet(t *testing.T) {
 	if _, err := digest(t, c, 20*time.Second); err != nil {
 		t.Fatalf("first call: %v", err)
 	}
-	if n, got := w.seen.Load(), len(r.list()); n != 2 || got != 1 {
-		t.Errorf("first call: %d requests and %d retries, want 2 and 1", n, got)
+	if n, got := w.seen.Load(), len(r.list()); n != 3 || got != 2 {
+		t.Errorf("first call: %d requests and %d retries, want 3 and 2", n, got)
 	}
 	if _, err := digest(t, c, 20*time.Second); err != nil {
 		t.Fatalf("second call: %v", err)
 	}
-	if n, got := w.seen.Load(), len(r.list()); n != 3 || got != 1 {
-		t.Errorf("after the second call: %d requests and %d retries, want 3 and 1", n, got)
+	if n, got := w.seen.Load(), len(r.list()); n != 4 || got != 2 {
+		t.Errorf("after the second call: %d requests and %d retries, want 4 and 2", n, got)
 	}
-	if a := w.asked.Load(); a != 3 {
-		t.Errorf("%d requests asked for an acknowledgement, want all 3 (a fleet upgraded later is noticed)", a)
+	if a := w.asked.Load(); a != 4 {
+		t.Errorf("%d requests asked for an acknowledgement, want all 4 (a fleet upgraded later is noticed)", a)
 	}
 }
 
@@ -193,5 +194,34 @@ func TestNoAckTimeoutAsksForNone(t *testing.T) {
 	}
 	if n, a := w.seen.Load(), w.asked.Load(); n != 1 || a != 0 {
 		t.Errorf("%d requests, %d asking for an acknowledgement: want 1 and 0", n, a)
+	}
+}
+
+// TestUnackedRetrySentOnceMore: the first request and its retry are
+// both lost (nobody acknowledges either: a resend that raced the
+// cluster's interest in the reply subject looks like that); the retry
+// is sent once more after the ack timeout, and that send is answered,
+// well before the attempt timeout.
+func TestUnackedRetrySentOnceMore(t *testing.T) {
+	ns := testenv.StartNATS(t)
+	var w ackResponder
+	startAckResponder(t, ns.ClientURL(), &w, func(n int64) (bool, time.Duration) {
+		if n <= 2 {
+			return false, -1 // lost
+		}
+		return true, 0
+	})
+	var r retries
+	const attempt = 20 * time.Second
+	c := client.New(testenv.Connect(t, ns.ClientURL()), client.WithAckTimeout(200*time.Millisecond), client.WithAttemptTimeout(attempt), client.WithRetryHook(r.hook))
+	el, err := digest(t, c, 2*attempt)
+	if err != nil {
+		t.Fatalf("Digest: %v", err)
+	}
+	if n, got := w.seen.Load(), len(r.list()); n != 3 || got != 2 {
+		t.Errorf("%d requests and %d retries, want 3 and 2", n, got)
+	}
+	if el > attempt/2 {
+		t.Errorf("answered after %v: a resend waited for the attempt timeout (%v)", el, attempt)
 	}
 }

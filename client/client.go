@@ -102,8 +102,9 @@ func WithAttemptTimeout(d time.Duration) Option {
 // registry is not a reason to retry; the call then waits up to the
 // attempt timeout.
 //
+// A retry that nobody acknowledges within d either is sent once more.
 // A fleet too old to acknowledge: the first slow answer of such a fleet
-// is asked for twice (after d, and the answer to either attempt is the
+// is asked for up to three times (the answer to any attempt is the
 // call's); once the client has seen a miss answered without an
 // acknowledgement, its attempts wait the attempt timeout instead, until
 // a worker acknowledges again. Zero or negative: no acknowledgement is
@@ -148,13 +149,14 @@ func WithPlatform(p string) CallOption {
 // Call sends a raw waPC payload (a JSON string) for fn. An error reply
 // is a *contract.Error.
 //
-// A call is retried once, never more, when its request may have been
+// A call is retried once when its request may have been
 // lost with a NATS node: the client's connection was lost while it
 // waited (retried as soon as the connection is back), or no worker
 // acknowledged it within the ack timeout (WithAckTimeout), or no answer
 // came within the attempt timeout after an acknowledgement
-// (WithAttemptTimeout). The answer to any attempt of a call is its
-// answer, even after a retry was sent. When no worker was
+// (WithAttemptTimeout); a retry that no worker acknowledged either is
+// sent once more. The answer to any attempt of a call is its answer,
+// even after a retry was sent. When no worker was
 // subscribed, the request reached nobody, so sending it again is no
 // duplicate and does not use up that retry: it is sent again every
 // 250 ms for up to NoRespondersWait, the time a worker whose node died
@@ -192,10 +194,20 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 	var (
 		resp    *nats.Msg
 		retried bool // the one retry of a request that may have been lost
+		// unacked: the retry was sent again because no worker
+		// acknowledged it either (see attempt's mode).
+		unacked bool
 		waited  time.Duration
 	)
 	for {
-		if resp, err = c.attempt(ctx, m, p, ep, retried); err == nil {
+		mode := timed
+		switch {
+		case unacked:
+			mode = untimed
+		case retried:
+			mode = ackOnly
+		}
+		if resp, err = c.attempt(ctx, m, p, ep, mode); err == nil {
 			break
 		}
 		lost := ep.isLost()
@@ -225,7 +237,10 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 			ep = c.conn.current()
 		case retryNow:
 			if retried {
-				return nil, failure(err, ctx.Err(), lost, m.Subject)
+				if unacked || !errors.Is(err, errNoAck) {
+					return nil, failure(err, ctx.Err(), lost, m.Subject)
+				}
+				unacked = true
 			}
 			retried = true
 			ep = c.conn.current()
@@ -260,13 +275,32 @@ const noRespondersPause = 250 * time.Millisecond
 // death, short enough that a fleet that is really gone is reported fast.
 const NoRespondersWait = 2 * time.Second
 
+// attemptMode is which timeouts bound an attempt.
+type attemptMode int
+
+const (
+	// timed: the first attempt; the ack timeout, then the attempt
+	// timeout once acknowledged.
+	timed attemptMode = iota
+	// ackOnly: the retry; the ack timeout only. A retry that nobody
+	// acknowledges either (a resend after a reconnect that raced the
+	// cluster's interest in the reply subject) is sent once more.
+	ackOnly
+	// untimed: the last attempt waits for what is left of the call.
+	untimed
+)
+
+// errNoAck is an attempt's failure when no worker acknowledged it
+// within the ack timeout.
+var errNoAck = fmt.Errorf("no acknowledgement: %w", context.DeadlineExceeded)
+
 // attempt sends m once, unless an answer to an earlier attempt of the
 // call is already in, and waits for the call's answer until ctx ends,
-// ep's connection is lost or, unless it is the last one, the ack timeout
-// passes with no acknowledgement, or the attempt timeout after one. The
+// ep's connection is lost or, as mode says, the ack timeout passes with
+// no acknowledgement (errNoAck), or the attempt timeout after one. The
 // hit path pays a publish, a timer and a registration with the mux, no
 // goroutine.
-func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch, last bool) (*nats.Msg, error) {
+func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch, mode attemptMode) (*nats.Msg, error) {
 	for {
 		select {
 		case r := <-p.ch:
@@ -281,9 +315,13 @@ func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch
 	if err := c.nc.PublishMsg(m); err != nil {
 		return nil, err
 	}
-	wait := c.attemptTimeout
-	if c.ackTimeout > 0 && c.ackTimeout < wait && !p.acked && !c.ackless.Load() {
+	wait, waitAck := c.attemptTimeout, c.ackTimeout > 0 && !p.acked && !c.ackless.Load()
+	if waitAck && c.ackTimeout < wait {
 		wait = c.ackTimeout
+	}
+	switch {
+	case mode == untimed, mode == ackOnly && !waitAck:
+		wait = 0
 	}
 	var timer *time.Timer
 	var timeout <-chan time.Time
@@ -292,7 +330,7 @@ func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch
 			timer.Stop()
 			timer, timeout = nil, nil
 		}
-		if dl, _ := ctx.Deadline(); !last && d > 0 && time.Until(dl) > d {
+		if dl, _ := ctx.Deadline(); d > 0 && time.Until(dl) > d {
 			timer = time.NewTimer(d)
 			timeout = timer.C
 		}
@@ -317,7 +355,11 @@ func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch
 			case p.isAck(r):
 				if !p.acked {
 					p.acked = true
-					arm(c.attemptTimeout)
+					if mode == timed {
+						arm(c.attemptTimeout)
+					} else {
+						arm(0)
+					}
 				}
 				c.ackless.Store(false)
 				continue
@@ -326,6 +368,9 @@ func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch
 				return r, nil
 			}
 		case <-timeout:
+			if !p.acked && waitAck {
+				return nil, errNoAck
+			}
 			return nil, context.DeadlineExceeded
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -82,6 +82,7 @@ type load struct {
 	wg     sync.WaitGroup
 
 	requests, failed atomic.Int64
+	slowest          atomic.Int64 // the longest a request took, in ns
 	mu               sync.Mutex
 	failures         []string
 	// asked is when each key was first asked for.
@@ -133,7 +134,13 @@ func (l *load) ask(c *client.Client, k int) {
 	// a failure to the user even if it comes.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	_, err := c.Image(ctx, contract.OCIManifest, l.f.images[k])
+	for took := int64(time.Since(start)); ; {
+		if s := l.slowest.Load(); took <= s || l.slowest.CompareAndSwap(s, took) {
+			break
+		}
+	}
 	if err != nil {
 		l.failed.Add(1)
 		var ce *contract.Error
@@ -230,8 +237,8 @@ func perKey(fetches, keys int) float64 {
 func (l *load) report(t *testing.T, what string, w window, retries int64) {
 	t.Helper()
 	fs := l.fetches(w)
-	t.Logf("%s: %d requests, %d failed, %d client retries; failover took %v as the workers saw it; fetches per key %.2f before (%d keys) and %.2f after (%d keys); %d fetches inside the window, %d refetches after it",
-		what, l.requests.Load(), l.failed.Load(), retries, w.recovered.Sub(w.killed).Round(time.Millisecond),
+	t.Logf("%s: %d requests, %d failed, %d client retries, slowest request %v; failover took %v as the workers saw it; fetches per key %.2f before (%d keys) and %.2f after (%d keys); %d fetches inside the window, %d refetches after it",
+		what, l.requests.Load(), l.failed.Load(), retries, time.Duration(l.slowest.Load()).Round(time.Millisecond), w.recovered.Sub(w.killed).Round(time.Millisecond),
 		perKey(fs.fetchesBefore, fs.keysBefore), fs.keysBefore, perKey(fs.fetchesAfter, fs.keysAfter), fs.keysAfter, fs.during, fs.refetched)
 	if n := l.failed.Load(); n != 0 {
 		t.Errorf("%d of %d requests failed:\n%s", n, l.requests.Load(), strings.Join(l.failures, "\n"))

@@ -172,7 +172,7 @@ func TestNATSReadiness(t *testing.T) {
 func retryCause(err error) string {
 	for _, c := range []struct{ in, cause string }{
 		{"connection to NATS lost", "connection lost"},
-		{"no reply", "attempt timeout"},
+		{"no reply", "no ack or answer in time"},
 		{"no worker subscribed", "no responders"},
 	} {
 		if strings.Contains(err.Error(), c.in) {
