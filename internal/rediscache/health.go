@@ -115,20 +115,36 @@ func (s *shard) skip(now time.Time) bool {
 // when the master cannot be named; nil for a master not tracked, unless
 // add, which tracks it (up).
 func (h *health) shardOf(ctx context.Context, key string, add bool) *shard {
-	if h.cluster == nil {
+	addr, ok := h.masterOf(ctx, key)
+	if !ok {
 		return &h.all
 	}
-	// The slot map is read from go-redis's copy; only a client that
-	// never read it asks the cluster, bounded.
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.tracked(addr, add)
+}
+
+// masterOf is the address of the master serving key's slot, as
+// go-redis's copy of the slot map has it; false outside a Cluster, or
+// when the map cannot be read.
+func (h *health) masterOf(ctx context.Context, key string) (string, bool) {
+	if h.cluster == nil {
+		return "", false
+	}
+	// Only a client that never read the slot map asks the cluster,
+	// bounded.
 	ctx, cancel := h.op(context.WithoutCancel(ctx))
 	defer cancel()
 	node, err := h.cluster.MasterForKey(ctx, key)
 	if err != nil {
-		return &h.all
+		return "", false
 	}
-	addr := node.Options().Addr
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	return node.Options().Addr, true
+}
+
+// tracked is addr's shard, under h.mu: nil when it is not tracked,
+// unless add; &h.all when maxShards are, all down.
+func (h *health) tracked(addr string, add bool) *shard {
 	if s := h.shards[addr]; s != nil || !add {
 		return s
 	}
@@ -159,21 +175,30 @@ func (h *health) failed(caller context.Context, key, op string, err error) {
 		return
 	}
 	h.onError(op)
-	s := h.shardOf(caller, key, true)
-	if s != &h.all {
-		h.mu.Lock()
-		s.sample = key
-		h.mu.Unlock()
+	s := &h.all
+	addr, routed := h.masterOf(caller, key)
+	// A shard is marked down under h.mu, while it is in h.shards: the
+	// sweep and the end of an outage forget only shards that are up.
+	h.mu.Lock()
+	if routed {
+		s = h.tracked(addr, true)
+		if s != &h.all {
+			s.sample = key
+		}
 	}
 	// The next probe is a second after this failure, not after the start
 	// of the command that failed: a Redis that never answers takes longer
 	// than that to time out, and would otherwise be probed by every
 	// command.
 	s.lastProbe.Store(h.now().UnixNano())
-	if !s.down.CompareAndSwap(false, true) {
+	began := s.down.CompareAndSwap(false, true)
+	if began {
+		h.down.Add(1)
+	}
+	h.mu.Unlock()
+	if !began {
 		return
 	}
-	h.down.Add(1)
 	if s.addr == "" {
 		h.log.Warn("redis unavailable: answering from memory and registries until it is back",
 			zap.String("op", op), zap.Error(err))
@@ -204,7 +229,17 @@ func (h *health) up(s *shard, to string) {
 	if !s.down.CompareAndSwap(true, false) {
 		return
 	}
-	h.down.Add(-1)
+	if h.down.Add(-1) == 0 && h.cluster != nil {
+		// The outage is over: forget the shards seen during it, so
+		// that the next one's Available counts only shards used since.
+		h.mu.Lock()
+		for a, s := range h.shards {
+			if !s.down.Load() {
+				delete(h.shards, a)
+			}
+		}
+		h.mu.Unlock()
+	}
 	switch {
 	case s.addr == "":
 		h.log.Info("redis available again: sharing the cache with the fleet")
@@ -241,7 +276,7 @@ func (h *health) sweep(ctx context.Context) {
 		if node, err := h.cluster.MasterForKey(ctx, d.sample); err == nil && node.Options().Addr != d.s.addr {
 			h.up(d.s, node.Options().Addr)
 			h.mu.Lock()
-			if h.shards[d.s.addr] == d.s {
+			if h.shards[d.s.addr] == d.s && !d.s.down.Load() {
 				delete(h.shards, d.s.addr)
 			}
 			h.mu.Unlock()
