@@ -128,6 +128,7 @@ type connFlags struct {
 	url, prefix     string
 	timeout         time.Duration
 	attemptTimeout  time.Duration
+	ackTimeout      time.Duration
 	creds, nkey     string
 	tlsCA           string
 	tlsCert, tlsKey string
@@ -142,7 +143,8 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "nats-url", def, "NATS server URL(s), comma-separated (env NATS_URL)")
 	fs.StringVar(&c.prefix, "subject-prefix", "kubewarden", "subject prefix of the fleet")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for one reply (a worker answers within --lock-wait + --fetch-timeout, 20s by default)")
-	fs.DurationVar(&c.attemptTimeout, "attempt-timeout", client.DefaultAttemptTimeout, "how long one attempt waits for its reply before the request is sent again, once, within --timeout (0: never)")
+	fs.DurationVar(&c.attemptTimeout, "attempt-timeout", client.DefaultAttemptTimeout, "how long an acknowledged attempt waits for its reply before the request is sent again, within --timeout (0: never)")
+	fs.DurationVar(&c.ackTimeout, "ack-timeout", client.DefaultAckTimeout, "how long an attempt waits for a worker to acknowledge it (or answer) before the request is sent again: a request lost with a NATS node (0: ask for no acknowledgement)")
 	fs.StringVar(&c.creds, "creds", "", "NATS user credentials file")
 	fs.StringVar(&c.nkey, "nkey", "", "NATS NKey seed file")
 	fs.StringVar(&c.tlsCA, "tlsca", "", "CA certificate to verify the NATS server")
@@ -157,6 +159,9 @@ func (c *connFlags) check() error {
 	var errs []error
 	if c.timeout <= 0 {
 		errs = append(errs, &flagenv.FlagError{Name: "--timeout", Problem: fmt.Sprintf("want a positive duration such as 30s, got %s", c.timeout)})
+	}
+	if c.ackTimeout < 0 {
+		errs = append(errs, &flagenv.FlagError{Name: "--ack-timeout", Problem: fmt.Sprintf("want a duration of 0 (ask for no acknowledgement) or more, got %s", c.ackTimeout)})
 	}
 	if c.attemptTimeout < 0 {
 		errs = append(errs, &flagenv.FlagError{Name: "--attempt-timeout", Problem: fmt.Sprintf("want a duration of 0 (never retry) or more, got %s", c.attemptTimeout)})
@@ -211,7 +216,7 @@ func (c *connFlags) dial() (*nats.Conn, error) {
 }
 
 func (c *connFlags) client(nc *nats.Conn, opts ...client.Option) *client.Client {
-	return client.New(nc, append([]client.Option{client.WithSubjectPrefix(c.prefix), client.WithTimeout(c.timeout), client.WithAttemptTimeout(c.attemptTimeout)}, opts...)...)
+	return client.New(nc, append([]client.Option{client.WithSubjectPrefix(c.prefix), client.WithTimeout(c.timeout), client.WithAttemptTimeout(c.attemptTimeout), client.WithAckTimeout(c.ackTimeout)}, opts...)...)
 }
 
 // version is set at link time (-ldflags "-X main.version=…").
