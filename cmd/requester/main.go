@@ -247,7 +247,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		env.conn.output = "json"
 	}
 	switch {
-	case versionAsked(args):
+	case flagenv.VersionAsked(args):
 		fmt.Fprintln(stdout, "requester", version)
 		return exitOK
 	case len(args) == 0:
@@ -298,23 +298,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	env.tp = tp
 	env.connect = env.conn.dial
 	return cmd.run(ctx, env, pos)
-}
-
-// versionAsked reports whether --version is anywhere on the command line
-// (before a "--"), or the command is version.
-func versionAsked(args []string) bool {
-	if len(args) > 0 && args[0] == "version" {
-		return true
-	}
-	for _, a := range args {
-		switch a {
-		case "--":
-			return false
-		case "--version", "-version":
-			return true
-		}
-	}
-	return false
 }
 
 // jsonAsked reports whether the command line asks for -o json, read

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/regcap/regcap/internal/flagenv"
 	"github.com/regcap/regcap/internal/worker"
 )
 
@@ -41,7 +42,7 @@ const (
 // run parses the flags and runs one worker until ctx ends, and returns
 // its exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if versionAsked(args) {
+	if flagenv.VersionAsked(args) {
 		// Not a flag: REGCAP_<FLAG> would make it one more variable that
 		// stops a worker from starting.
 		fmt.Fprintln(stdout, "worker", version)
@@ -98,23 +99,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
-}
-
-// versionAsked reports whether --version (or the version command) is
-// anywhere on the command line, before a "--".
-func versionAsked(args []string) bool {
-	if len(args) > 0 && args[0] == "version" {
-		return true
-	}
-	for _, a := range args {
-		switch a {
-		case "--":
-			return false
-		case "--version", "-version":
-			return true
-		}
-	}
-	return false
 }
 
 // lines splits joined errors into one line each.

@@ -72,3 +72,20 @@ func Usage(fs *flag.FlagSet, summary, prefix string, overrides map[string]string
 		})
 	}
 }
+
+// VersionAsked reports whether a command line asks for the version:
+// --version anywhere before a "--", or the version command first.
+func VersionAsked(args []string) bool {
+	if len(args) > 0 && args[0] == "version" {
+		return true
+	}
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--version", "-version":
+			return true
+		}
+	}
+	return false
+}

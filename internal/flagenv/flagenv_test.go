@@ -62,3 +62,22 @@ func TestApply(t *testing.T) {
 		t.Fatalf("bad value: err %v, want one naming the variable", err)
 	}
 }
+
+func TestVersionAsked(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"version"}, true},
+		{[]string{"digest", "busybox", "--version"}, true},
+		{[]string{"-version"}, true},
+		{[]string{"--nats-url", "x", "--", "--version"}, false},
+		{[]string{"digest", "version"}, false},
+		{[]string{"--versions"}, false},
+	} {
+		if got := flagenv.VersionAsked(tc.args); got != tc.want {
+			t.Errorf("VersionAsked(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}

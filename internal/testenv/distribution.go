@@ -103,6 +103,9 @@ type DistributionConfig struct {
 	// Users, when set, turns on htpasswd (Basic) auth with these
 	// user → password pairs.
 	Users map[string]string
+	// ProxyRemoteURL, when set, makes the registry a pull-through cache
+	// of that registry (distribution's proxy.remoteurl).
+	ProxyRemoteURL string
 }
 
 // Distribution is a CNCF distribution registry process (the Debian
@@ -150,6 +153,9 @@ func StartDistribution(t testing.TB, cfg DistributionConfig) *Distribution {
 		}
 		write(t, filepath.Join(dir, "htpasswd"), []byte(htpasswd.String()))
 		fmt.Fprintf(&conf, "auth:\n  htpasswd:\n    realm: regcap-test\n    path: %s\n", filepath.Join(dir, "htpasswd"))
+	}
+	if cfg.ProxyRemoteURL != "" {
+		fmt.Fprintf(&conf, "proxy:\n  remoteurl: %s\n", cfg.ProxyRemoteURL)
 	}
 	write(t, filepath.Join(dir, "config.yml"), []byte(conf.String()))
 
