@@ -6,13 +6,9 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go"
-)
 
-// ackSuffix ends a call's acknowledgement subject: <inbox>.<call>.ack,
-// beside its reply subject <inbox>.<call>. The acknowledgement is never
-// sent on the reply subject, so a plain request-reply caller, which
-// takes the first message there as the answer, never sees one.
-const ackSuffix = ".ack"
+	"github.com/regcap/regcap/contract"
+)
 
 // callBuffer bounds what one call keeps of the messages sent to it: the
 // acknowledgements and answers of its (at most a few) attempts. Anything
@@ -58,7 +54,7 @@ func (x *replyMux) register() (*pending, error) {
 	}
 	x.next++
 	tok := strconv.FormatUint(x.next, 36)
-	p := &pending{token: tok, reply: x.base + tok, ack: x.base + tok + ackSuffix, ch: make(chan *nats.Msg, callBuffer)}
+	p := &pending{token: tok, reply: x.base + tok, ack: x.base + tok + contract.AckSuffix, ch: make(chan *nats.Msg, callBuffer)}
 	x.calls[tok] = p
 	return p, nil
 }

@@ -79,6 +79,13 @@ const (
 	HeaderAck = "Regcap-Ack"
 )
 
+// AckSuffix ends the only acknowledgement subject a worker publishes to:
+// the request's reply subject followed by it (HeaderAck names it). So a
+// caller can make a worker publish nowhere it could not already have it
+// reply to, and not to another service's subject with the worker's
+// permissions.
+const AckSuffix = ".ack"
+
 // Outcome says where a successful answer came from. It is sent in the
 // HeaderCache header.
 type Outcome string

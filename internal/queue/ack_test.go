@@ -78,7 +78,10 @@ func TestNoAckUnlessAsked(t *testing.T) {
 	all, err := f.nc.SubscribeSync(">")
 	testenv.Must(t, err, "subscribing to >")
 	testenv.Must(t, f.nc.Flush(), "flush")
-	for _, ack := range []string{"", "x.*", "x.>", ">", "*", "x..y", ".x", "x.", "x y", "x\ty", strings.Repeat("a", 257)} {
+	for _, ack := range []string{"", "x.*", "x.>", ">", "*", "x..y", ".x", "x.", "x y", "x\ty", strings.Repeat("a", 257),
+		// Valid subjects, but not the reply subject's acknowledgement:
+		// another service's, or the request subject itself.
+		"other.service.subject", contract.ManifestDigest.Subject(contract.DefaultSubjectPrefix)} {
 		t.Run(ack, func(t *testing.T) {
 			inbox := nats.NewInbox()
 			m := nats.NewMsg(contract.ManifestDigest.Subject(contract.DefaultSubjectPrefix))

@@ -43,7 +43,7 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 		// Taken, and not answered at once: a caller that asked is told
 		// now, so it does not mistake a slow answer for a lost request.
 		if ack := m.Header.Get(contract.HeaderAck); ack != "" {
-			s.ack(ack)
+			s.ack(m.Reply, ack)
 		}
 		s.inflight.Add(1)
 		s.busy.Add(1)
@@ -59,12 +59,13 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 // maxAckSubject bounds the acknowledgement subject a request may name.
 const maxAckSubject = 256
 
-// ack publishes the empty acknowledgement of a request to the subject
-// its HeaderAck names. A subject that is not one a publish may name (a
-// wildcard, a space, an empty token, over maxAckSubject bytes) gets no
-// acknowledgement: the request is still answered.
-func (s *Server) ack(subject string) {
-	if !validAckSubject(subject) {
+// ack publishes the empty acknowledgement of a request with reply
+// subject reply to the subject its HeaderAck names. A subject other than
+// reply+contract.AckSuffix, or one a publish may not name (a wildcard, a space,
+// an empty token, over maxAckSubject bytes), gets no acknowledgement:
+// the request is still answered.
+func (s *Server) ack(reply, subject string) {
+	if reply == "" || subject != reply+contract.AckSuffix || !validAckSubject(subject) {
 		return
 	}
 	if err := s.nc.Publish(subject, nil); err != nil {
