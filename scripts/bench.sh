@@ -12,6 +12,9 @@
 #   RUNS=5 DURATION=5s scripts/bench.sh
 #   PATHS=cold-digest LEVELS=32 scripts/bench.sh   # the cold path against its raw HEAD floor
 #   WORKER_BIN=/path/to/other/worker scripts/bench.sh  # another build of the worker, same requester
+#   CACHE=memory PATHS=cold-digest LEVELS=32 scripts/bench.sh  # the in-process cache only, no Redis
+#   PERF_OUT=/tmp/worker.perf PATHS=cold-digest LEVELS=32 scripts/bench.sh  # perf record the worker
+#                                    # (then: perf report -i /tmp/worker.perf --no-children)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,6 +32,9 @@ REG_PORT=${REG_PORT:-15000}
 REG=127.0.0.1:$REG_PORT
 PATHS=${PATHS:-warm-digest warm-config cold-digest cold-config}
 WORKER_BIN=${WORKER_BIN:-}
+CACHE=${CACHE:-redis}       # redis: the worker shares a Redis; memory: its in-process cache only
+PERF_OUT=${PERF_OUT:-}      # a file: perf record -g the worker while the bench runs
+case $CACHE in redis | memory) ;; *) echo "CACHE=$CACHE: want redis or memory" >&2; exit 2 ;; esac
 
 mkdir -p "$OUT"
 work=$(mktemp -d)
@@ -71,6 +77,8 @@ storage:
     rootdirectory: $work/registry
   cache:
     blobdescriptor: inmemory
+  delete:
+    enabled: true
 http:
   addr: $REG
 EOF
@@ -114,19 +122,27 @@ for i in $(seq 0 $((IMAGES - 1))); do
 	echo "$REG/bench/app$i:v1" >>"$OUT/images.txt"
 done
 
-echo "starting the worker (embedded NATS on 127.0.0.1:$NATS_PORT, Redis)" >&2
+echo "starting the worker (embedded NATS on 127.0.0.1:$NATS_PORT, cache: $CACHE)" >&2
+redis_flags=()
+if [ "$CACHE" = redis ]; then redis_flags=(--redis-url "redis://127.0.0.1:$REDIS_PORT"); fi
 # A TTL longer than the whole run, so that the warm figures are all hits
 # (the cache column of the tables shows it).
-"$worker" --embedded-nats-addr "127.0.0.1:$NATS_PORT" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+"$worker" --embedded-nats-addr "127.0.0.1:$NATS_PORT" "${redis_flags[@]}" \
 	--metrics-addr "" --cache-ttl 30m --log-level warn >"$work/worker.log" 2>&1 &
-pids+=($!)
+worker_pid=$!
+pids+=($worker_pid)
 wait_port "127.0.0.1:$NATS_PORT"
+if [ -n "$PERF_OUT" ]; then
+	perf record -F 499 -g -o "$PERF_OUT" -p "$worker_pid" >"$work/perf.log" 2>&1 &
+	perf_pid=$!
+fi
 export NATS_URL=nats://127.0.0.1:$NATS_PORT
 
 {
 	echo "# $(date -u +%FT%TZ), $(nproc) cores, $(git describe --always --dirty 2>/dev/null || echo unknown)"
 	echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 	echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "# cache: $CACHE"
 } >"$OUT/machine.txt"
 
 run() { # NAME ARGS...
@@ -150,6 +166,12 @@ for path in $PATHS; do
 	*) echo "unknown path $path: want warm-digest, warm-config, cold-digest or cold-config" >&2; exit 2 ;;
 	esac
 done
+
+if [ -n "$PERF_OUT" ]; then
+	kill -INT "$perf_pid" 2>/dev/null || true
+	wait "$perf_pid" 2>/dev/null || true
+	echo "worker profile in $PERF_OUT: perf report -i $PERF_OUT --no-children" >&2
+fi
 
 # The markdown table of docs/performance.md, from the JSON reports.
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"

@@ -363,49 +363,69 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 			stale = &e
 		}
 	}
-	var c rediscache.Claim
-	if r.shared != nil && r.trySlot(q) {
-		// A slot is free: read the value, or take the lock, or learn who
-		// holds it, in one round trip. The slot is taken first so that
-		// the lock is still held only while fetching.
+	// A slot free now is taken before the lock, so that the lock is held
+	// only while fetching. Without one the lock is taken all the same,
+	// and held while this worker waits for a slot: either way a miss
+	// makes one round trip before its fetch (the get-or-lock script:
+	// the value, or the lock, or who holds it), and a value another
+	// worker stored is answered without waiting for a slot.
+	busy := r.slots.acquire(r.noWait, q.registry)
+	slot := busy == nil
+	if slot {
 		r.flights.fetching(f)
-		c = r.shared.GetOrLock(q.traced(r.life), q.key, r.fetchTimeout+lockMargin)
+	}
+	var c rediscache.Claim
+	switch {
+	case r.shared != nil && busy != nil && busy.open:
+		// The registry's circuit is open: nothing to lock for, as
+		// nothing will be fetched; a value in Redis still answers.
+		if e, ok := r.shared.Get(wait, q.key); ok {
+			if e.IsFresh(r.now()) {
+				r.mem.Set(q.key, e)
+				return hit(e, contract.Hit)
+			}
+			if !e.Negative && (stale == nil || e.Fetched.After(stale.Fetched)) {
+				stale = &e
+			}
+		}
+	case r.shared != nil:
+		hold := r.fetchTimeout + lockMargin
+		if !slot {
+			hold += r.lockWait
+		}
+		c = r.shared.GetOrLock(q.traced(r.life), q.key, hold)
 		if c.Stale != nil {
 			r.mem.Set(q.key, *c.Stale)
 			if !c.Stale.Negative && (stale == nil || c.Stale.Fetched.After(stale.Fetched)) {
 				stale = c.Stale
 			}
 		}
-		if c.Lease == nil && c.Found == nil && r.staleUsable(stale) && r.backingOff(wait, q) {
+	}
+	// Without a fresh answer or our own lock: while the registry keeps
+	// failing, a key answered stale goes upstream once per TTL for the
+	// fleet, not once per request.
+	if c.Lease == nil && c.Found == nil && r.staleUsable(stale) && r.backingOff(wait, q) {
+		if slot {
 			r.releaseSlot(q)
-			if c.Waiter != nil {
-				c.Waiter.Cancel()
-			}
-			return r.staleAnswer(*stale), nil
 		}
-	} else {
-		var (
-			found *rediscache.Entry
-			err   error
-		)
-		c, found, err = r.lockAfterSlot(f, wait, q, &stale)
-		switch {
-		case found != nil:
-			return hit(*found, contract.Hit)
-		case errors.Is(err, errBackingOff):
-			return r.staleAnswer(*stale), nil
-		case err != nil:
-			return r.orStale(err, stale)
+		if c.Waiter != nil {
+			c.Waiter.Cancel()
 		}
+		return r.staleAnswer(*stale), nil
 	}
 	switch {
 	case c.Found != nil:
-		r.releaseSlot(q)
+		if slot {
+			r.releaseSlot(q)
+		}
 		r.mem.Set(q.key, *c.Found)
 		return hit(*c.Found, contract.Hit)
 	case c.Waiter != nil:
 		// Waiting is not fetching: give the slot to others meanwhile.
-		r.releaseSlot(q)
+		if slot {
+			r.releaseSlot(q)
+			slot = false
+		}
 		lctx, ls := r.startStep(wait, "lock wait")
 		r.lockWaits.Add(1)
 		v := c.Waiter.Wait(lctx, r.lockWait)
@@ -429,13 +449,28 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		if err != nil {
 			return r.orStale(err, stale)
 		}
+		slot = true
+		r.flights.fetching(f)
 	}
 	if c.Lease != nil && r.staleUsable(stale) && r.backingOff(r.life, q) {
 		// The holder before us failed and backed off between our look
 		// and our lock: answer stale, and so do our waiters.
-		r.releaseSlot(q)
+		if slot {
+			r.releaseSlot(q)
+		}
 		c.Lease.Fail(r.life, contract.Errorf(503, "%s: registry failing, backing off", q.image))
 		return r.staleAnswer(*stale), nil
+	}
+	if !slot {
+		if err := r.acquireSlot(wait, q); err != nil {
+			// Our lock's waiters fetch themselves, with their own
+			// workers' slots, rather than wait out our queue.
+			if c.Lease != nil {
+				c.Lease.Abandon(r.life)
+			}
+			return r.orStale(err, stale)
+		}
+		r.flights.fetching(f)
 	}
 	body, after, err := r.fetchAndStore(q, c.Lease)
 	f.after = after
@@ -444,45 +479,3 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 	}
 	return resolved{body: body, outcome: contract.Miss}, nil
 }
-
-// lockAfterSlot is the way to the fleet lock when no fetch slot is free
-// at once (or without Redis): one Redis read before waiting for a slot,
-// so that a value in Redis is not held up by busy slots (found, with no
-// slot held), then the lock once a slot came. A value kept past its
-// freshness is passed back in stale; errBackingOff says to answer it.
-func (r *Resolver) lockAfterSlot(f *flight, wait context.Context, q query, stale **rediscache.Entry) (c rediscache.Claim, found *rediscache.Entry, err error) {
-	if r.shared != nil {
-		if e, ok := r.shared.Get(wait, q.key); ok {
-			r.mem.Set(q.key, e)
-			if e.IsFresh(r.now()) {
-				return c, &e, nil
-			}
-			if !e.Negative && (*stale == nil || e.Fetched.After((*stale).Fetched)) {
-				*stale = &e
-			}
-		}
-	}
-	// While the registry keeps failing, a key answered stale goes
-	// upstream once per TTL for the fleet, not once per request.
-	if r.staleUsable(*stale) && r.backingOff(wait, q) {
-		return c, nil, errBackingOff
-	}
-	if err := r.acquireSlot(wait, q); err != nil {
-		return c, nil, err
-	}
-	r.flights.fetching(f)
-	if r.shared == nil {
-		return c, nil, nil
-	}
-	// On the resolver's context, not the wait's: a slot that came at
-	// the end of the wait must still take the lock (bounded by the
-	// Redis command timeout), or the fleet would fetch twice when it
-	// is busiest.
-	return r.shared.Lock(q.traced(r.life), q.key, r.fetchTimeout+lockMargin, time.Time{}), nil, nil
-}
-
-// errBackingOff: the key's fetch is backing off, answer it stale.
-var errBackingOff = errors.New("backing off")
-
-// trySlot takes a fetch slot for q if one is free now.
-func (r *Resolver) trySlot(q query) bool { return r.slots.acquire(r.noWait, q.registry) == nil }

@@ -43,7 +43,7 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // loaded first (on every master of a Cluster): a node's first EVALSHA
 // otherwise costs one more round trip (NOSCRIPT, then EVAL), once per
 // node and restart.
-func (f *fleet) countedResolver(t testing.TB, c *roundTrips) *Resolver {
+func (f *fleet) countedResolver(t testing.TB, c *roundTrips, opts ...Option) *Resolver {
 	url := f.url
 	if url == "" {
 		url = f.redis.URL()
@@ -55,7 +55,7 @@ func (f *fleet) countedResolver(t testing.TB, c *roundTrips) *Resolver {
 	testenv.Must(t, cache.Ping(context.Background()), "redis ping and script load")
 	rdb.AddHook(c)
 	t.Cleanup(cache.Close)
-	r := New(fetcherOf(), WithPlatform(amd64), WithMemory(0), WithRedis(cache, 0))
+	r := New(fetcherOf(), append([]Option{WithPlatform(amd64), WithMemory(0), WithRedis(cache, 0)}, opts...)...)
 	t.Cleanup(r.Close)
 	return r
 }
@@ -65,7 +65,9 @@ func (f *fleet) countedResolver(t testing.TB, c *roundTrips) *Resolver {
 // before the fetch (the get-or-lock script: the value, or the lock, or
 // who holds it) and one after (store, notice and release); a shared
 // answer one before (the same script, which finds the lock held) and the
-// read of the holder's answer after its notice.
+// read of the holder's answer after its notice. A miss that finds every
+// fetch slot of its registry busy still makes one before its fetch: it
+// takes the lock, then waits for a slot.
 func TestRedisRoundTrips(t *testing.T) {
 	for _, shape := range []struct {
 		name  string
@@ -134,6 +136,40 @@ func testRoundTrips(t *testing.T, f *fleet) {
 	testenv.Must(t, <-held, "holder")
 	if n := <-shared; n != 2 {
 		t.Errorf("shared: %d round trips, want 2", n)
+	}
+
+	// One fetch slot: a miss behind another's fetch waits for it, holding
+	// its key's lock, and then makes no second look before fetching.
+	var cc roundTrips
+	c := f.countedResolver(t, &cc, WithConcurrency(1, 1))
+	_, err = c.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("rtt/app", "warm")))
+	testenv.Must(t, err, "warming up")
+	f.reg.PushImage(t, "rtt/busy", "v1", testenv.OCIManifest, "linux/amd64")
+	f.reg.PushImage(t, "rtt/app", "queued", testenv.OCIManifest, "linux/amd64")
+	busy := f.reg.Hold("rtt/busy/manifests/")
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("rtt/busy", "v1")))
+		first <- err
+	}()
+	<-busy.Arrived()
+	before := cc.n.Load()
+	queued := make(chan error, 1)
+	go func() {
+		_, err := c.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("rtt/app", "queued")))
+		queued <- err
+	}()
+	qk := rediscache.LockKey(key(t, contract.ManifestDigest, f.reg.Ref("rtt/app", "queued")))
+	testenv.Eventually(t, "the queued miss holding its lock while it waits for the slot", func() bool {
+		return admin.Exists(context.Background(), qk).Val() == 1
+	})
+	busy.Release()
+	testenv.Must(t, <-first, "the fetch holding the slot")
+	testenv.Must(t, <-queued, "the miss waiting for the slot")
+	settled(t, c)
+	// The first fetch's store, then the queued miss's two.
+	if n := cc.n.Load() - before - 1; n != 2 {
+		t.Errorf("miss behind a busy slot: %d round trips, want 2", n)
 	}
 }
 
