@@ -122,14 +122,18 @@ func Open(url, mode string, opts ...Option) (*Cache, error) {
 
 // Ping asks Redis once, for a start-up check, and loads the get-or-lock
 // script (on every master of a Cluster), so that the first misses do not
-// pay a NOSCRIPT round trip; the Cache works without it.
+// pay a NOSCRIPT round trip; the Cache works without it. The release
+// script is loaded too, for the same reason.
 func (c *Cache) Ping(ctx context.Context) error {
 	ctx, cancel := c.health.op(ctx)
 	defer cancel()
 	if err := c.rdb.Ping(ctx).Err(); err != nil {
 		return err
 	}
-	return getOrLockScript.Load(ctx, c.rdb).Err()
+	if err := getOrLockScript.Load(ctx, c.rdb).Err(); err != nil {
+		return err
+	}
+	return releaseScript.Load(ctx, c.rdb).Err()
 }
 
 // redisLog sends go-redis's internal log lines to zap at debug level.

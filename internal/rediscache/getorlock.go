@@ -9,8 +9,10 @@ import (
 
 // getOrLockScript reads a key's value and, unless it is fresh, takes the
 // key's fleet lock, in one round trip: what a miss needs before deciding
-// to fetch, wait, or answer. KEYS: the value and its lock (one Cluster
-// slot, see lockKey). ARGV: the GETRANGE end (the largest envelope), the
+// to fetch, wait, or answer. KEYS: the value, its lock and its waiters'
+// mark (one Cluster slot, see lockKey): a caller that finds the lock
+// held marks the key, so that the holder's release publishes its outcome
+// (releaseScript). ARGV: the GETRANGE end (the largest envelope), the
 // lock's token, its hold in milliseconds.
 //
 // It returns {value, pttl, state[, refusal]}: state 0 when the value
@@ -55,6 +57,7 @@ end
 if ok then
 	return {v, ttl, 1, wrong}
 end
+redis.pcall("SET", KEYS[3], "1", "PX", ARGV[3])
 return {v, ttl, 2, wrong}
 `)
 
@@ -89,7 +92,7 @@ func (l *fleetLock) getOrLock(ctx context.Context, key string, hold time.Duratio
 	token := newToken()
 	op, cancel := c.health.op(ctx)
 	defer cancel()
-	res, err := getOrLockScript.Run(op, c.rdb, []string{key, lockKey(key)},
+	res, err := getOrLockScript.Run(op, c.rdb, []string{key, lockKey(key), waitKey(key)},
 		c.maxValue(), token, hold.Milliseconds()).Slice()
 	if err != nil {
 		l.unregister(wt)

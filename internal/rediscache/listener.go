@@ -54,7 +54,7 @@ func (l *fleetLock) listen(ctx context.Context, ready, done chan<- struct{}) {
 			if !ok {
 				return
 			}
-			n, err := openNotice(m.Channel, m.Payload, l.c.macKey, l.c.now())
+			n, err := openNotice(m.Channel, m.Payload, l.c.macKey, l.c.now(), l.c.maxValue())
 			if err != nil {
 				// A waiter that hears nothing goes on waiting, then
 				// fetches itself (see Wait).

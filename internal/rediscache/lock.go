@@ -16,8 +16,12 @@ import (
 // The fleet lock. A worker that misses takes lockPrefix+key with SET NX PX
 // and a random token; the others wait for its answer. The holder stores
 // the value, then, if it still holds the lock, publishes the outcome on
-// donePrefix+key and deletes the lock, both in one script so that no
-// waiter can see the lock gone before the notification is sent. A holder
+// donePrefix+key and deletes the lock, all in one script so that no
+// waiter can see the lock gone before the notification is sent. A worker
+// that finds the lock held marks waitPrefix+key in the same script: the
+// holder publishes only when someone waits (a miss nobody shares costs
+// the fleet's listeners nothing), and its "ok" then carries the value,
+// so that the waiters answer without reading it. A holder
 // whose lock expired says nothing: the waiters are then another holder's,
 // and its outcome (or its failure) is not theirs to act on; they see the
 // value, or the lock gone, at their periodic check.
@@ -36,7 +40,13 @@ import (
 const (
 	lockPrefix = "regcap:lock:"
 	donePrefix = "regcap:done:"
+	waitPrefix = "regcap:wait:"
 )
+
+// maxCarried bounds the value an "ok" notice carries: every worker's
+// listener receives every notice, so a larger value is left for its
+// waiters to read.
+const maxCarried = 64 << 10
 
 // lockKey and doneChannel wrap the value's key in a Redis Cluster hash
 // tag: the lock, the value and the notice then hash to one slot, so that
@@ -50,6 +60,7 @@ func lockKey(key string) string { return lockPrefix + "{" + key + "}" }
 // look into Redis.
 func LockKey(key string) string     { return lockKey(key) }
 func doneChannel(key string) string { return donePrefix + "{" + key + "}" }
+func waitKey(key string) string     { return waitPrefix + "{" + key + "}" }
 
 // keyOfChannel is the value key a notice channel is about.
 func keyOfChannel(ch string) string {
@@ -62,18 +73,44 @@ func keyOfChannel(ch string) string {
 // safety net, not the wake-up path.
 const checkEvery = 250 * time.Millisecond
 
-// release publishes the outcome and deletes the lock, only if the token
-// still owns it. A holder whose lock expired must neither delete another
-// worker's lock nor wake that worker's waiters: a notice of its failure,
-// or of its giving up, would make them fail or fetch while the new
-// holder's fetch is under way.
-const releaseScript = `
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-	redis.call("PUBLISH", KEYS[2], ARGV[2])
-	return redis.call("DEL", KEYS[1])
+// releaseScript stores the value (when there is one), then, only if the
+// token still owns the lock, deletes it and, when a waiter marked the
+// key, publishes the outcome. A holder whose lock expired still stores
+// its fresh value, but must neither delete another worker's lock nor
+// wake that worker's waiters: a notice of its failure, or of its giving
+// up, would make them fail or fetch while the new holder's fetch is
+// under way.
+//
+// KEYS: the lock, the notice channel, the value, the waiters' mark (one
+// Cluster slot, see lockKey). ARGV: the token, the notice, the sealed
+// value ("" for none), its PX, and "1" when the notice may carry it. It
+// returns {stored, released, refusal}: the SET is run with pcall, so that
+// a refused write (out of memory, read-only) still releases the lock, and
+// then the value is not carried: the waiters, told "ok", read and find no
+// fresh value, and fetch themselves.
+var releaseScript = redis.NewScript(`
+local stored, refusal = 0, ""
+if ARGV[3] ~= "" then
+	local ok = redis.pcall("SET", KEYS[3], ARGV[3], "PX", ARGV[4])
+	if type(ok) == "table" and ok.err then
+		refusal = ok.err
+	else
+		stored = 1
+	end
 end
-return 0
-`
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+	return {stored, 0, refusal}
+end
+redis.call("DEL", KEYS[1])
+if redis.call("DEL", KEYS[4]) == 1 then
+	if stored == 1 and ARGV[5] == "1" then
+		redis.call("PUBLISH", KEYS[2], ARGV[2] .. "\n" .. ARGV[3])
+	else
+		redis.call("PUBLISH", KEYS[2], ARGV[2])
+	end
+end
+return {stored, 1, refusal}
+`)
 
 // Verdict is what a waiter learned from the holder: its answer, read from
 // Redis, or its error. Exactly one field is set.
@@ -164,6 +201,9 @@ func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, ne
 	)
 	_, err := l.c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
 		set = p.SetNX(op, lockKey(key), token, hold)
+		// Marked whoever holds the lock, this caller too: a notice
+		// nobody needed costs less than a waiter's periodic check.
+		p.Set(op, waitKey(key), "1", hold)
 		get, ttl = l.c.read(op, p, key)
 		return nil
 	})
@@ -221,34 +261,44 @@ func (ls *Lease) Abandon(ctx context.Context) { ls.finish(ctx, notice{Abandoned:
 func (ls *Lease) finish(ctx context.Context, n notice, store *Entry) {
 	l := ls.l
 	channel := doneChannel(ls.key)
+	var value []byte
+	var px int64
+	if store != nil {
+		if left := store.Expires.Sub(l.c.now()); left >= time.Millisecond {
+			value, px = sealEntry(ls.key, *store, l.c.macKey), left.Milliseconds()
+			n.Fetched, n.Expires = store.Fetched.UnixNano(), store.Expires.UnixNano()
+		}
+	}
+	carry := "0"
+	if len(value) <= maxCarried {
+		carry = "1"
+	}
 	msg := sealNotice(channel, n, l.c.macKey, l.c.now())
 	// A stopping worker still owes its waiters the notice.
 	ctx, cancel := l.c.health.op(context.WithoutCancel(ctx))
 	defer cancel()
-	var (
-		set     *redis.StatusCmd
-		release *redis.Cmd
-	)
-	_, err := l.c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		if store != nil {
-			if left := store.Expires.Sub(l.c.now()); left >= time.Millisecond {
-				set = p.Set(ctx, ls.key, sealEntry(ls.key, *store, l.c.macKey), left)
-			}
+	res, err := releaseScript.Run(ctx, l.c.rdb, []string{lockKey(ls.key), channel, ls.key, waitKey(ls.key)},
+		ls.token, msg, value, px, carry).Slice()
+	if err != nil {
+		if !isReply(err) {
+			l.c.health.failed(context.Background(), ls.key, "unlock", err)
+			return
 		}
-		release = p.Eval(ctx, releaseScript, []string{lockKey(ls.key), channel}, ls.token, msg)
-		return nil
-	})
-	if err != nil && !isReply(err) {
-		l.c.health.failed(context.Background(), ls.key, "unlock", err)
+		l.c.settle(context.Background(), ls.key, "unlock", err)
 		return
 	}
-	// Each command on its own: a refused SET (out of memory) leaves the
-	// release to go through, and the waiters, told "ok", find no fresh
-	// value and fetch themselves.
-	if set != nil {
-		l.c.settle(context.Background(), ls.key, "set", set.Err())
+	l.c.health.ok(ctx, ls.key)
+	// A refused SET (out of memory) is counted apart from the release,
+	// which went through.
+	if value != nil {
+		var setErr error
+		if len(res) > 2 {
+			if r, _ := res[2].(string); r != "" {
+				setErr = scriptRefusal(r)
+			}
+		}
+		l.c.settle(context.Background(), ls.key, "set", setErr)
 	}
-	l.c.settle(context.Background(), ls.key, "unlock", release.Err())
 }
 
 func newToken() string {

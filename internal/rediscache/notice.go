@@ -20,9 +20,14 @@ import (
 //	without --cache-key:  <JSON>                   (as before)
 //	with --cache-key:     s1:<HMAC, 64 hex>:<JSON>
 //
-// JSON is {"ok":true}, {"abandoned":true} or {"failure":{"code":…,
-// "message":…[,"retry_after":…]}}; a signed one also has "at", the
-// sender's clock in Unix nanoseconds. The HMAC-SHA256, keyed with
+// JSON is {"ok":true[,"fetched":…,"expires":…]}, {"abandoned":true} or
+// {"failure":{"code":…,"message":…[,"retry_after":…]}}; a signed one
+// also has "at", the sender's clock in Unix nanoseconds. An "ok" notice
+// may carry the stored value after a newline (which JSON never holds
+// raw), so that its waiters need not read it: the value is an envelope,
+// checked as one read from Redis (with --cache-key its own MAC covers
+// the key), and "fetched" (its fetch time, Unix nanoseconds) binds it to
+// the signed notice; "expires" is when its key expires, for freshness. The HMAC-SHA256, keyed with
 // --cache-key, covers the channel, one zero byte and JSON: the channel so
 // that a notice about one key cannot be replayed on another's, "at" so
 // that an old one cannot be replayed on the same channel later (a 404
@@ -57,6 +62,12 @@ type notice struct {
 	// At is when the notice was sent, Unix nanoseconds: signed notices
 	// only.
 	At int64 `json:"at,omitempty"`
+	// Fetched and Expires describe the value an "ok" stored: its fetch
+	// time and its key's expiry, Unix nanoseconds.
+	Fetched int64 `json:"fetched,omitempty"`
+	Expires int64 `json:"expires,omitempty"`
+	// value is the stored envelope, when the notice carries it.
+	value string
 }
 
 // Reasons a notice is ignored, as the reject hook and the log name them.
@@ -106,11 +117,15 @@ func noticeMAC(macKey []byte, channel string, msg []byte) []byte {
 // openNotice checks payload, received on channel, and returns the notice
 // it holds. With macKey only a notice signed with it for channel, dated
 // within noticeSkew of now, is accepted. Refusals are *rejection.
-func openNotice(channel, payload string, macKey []byte, now time.Time) (notice, error) {
-	if len(payload) > maxNotice {
-		return notice{}, &rejection{noticeTooLarge, fmt.Sprintf("%d bytes, over %d", len(payload), maxNotice)}
+func openNotice(channel, payload string, macKey []byte, now time.Time, maxValue int) (notice, error) {
+	head, value, carries := strings.Cut(payload, "\n")
+	switch {
+	case len(head) > maxNotice:
+		return notice{}, &rejection{noticeTooLarge, fmt.Sprintf("%d bytes, over %d", len(head), maxNotice)}
+	case len(value) > maxValue:
+		return notice{}, &rejection{noticeTooLarge, fmt.Sprintf("a value of %d bytes, over %d", len(value), maxValue)}
 	}
-	msg, sum, signed := splitNotice(payload)
+	msg, sum, signed := splitNotice(head)
 	switch {
 	case macKey != nil && !signed:
 		return notice{}, &rejection{noticeUnsigned, "not signed, and this worker has a cache key"}
@@ -137,6 +152,10 @@ func openNotice(channel, payload string, macKey []byte, now time.Time) (notice, 
 		n.Failure.Message = contract.Bound(n.Failure.Message)
 		n.Failure.RetryAfter = boundRetryAfter(n.Failure.RetryAfter)
 	}
+	if carries && (!n.OK || n.Fetched == 0 || n.Expires == 0) {
+		return notice{}, &rejection{noticeMalformed, "a value after a notice that does not describe one"}
+	}
+	n.value = value
 	if macKey != nil {
 		if d := now.Sub(time.Unix(0, n.At)); d > noticeSkew || d < -noticeSkew {
 			return notice{}, &rejection{noticeDate, fmt.Sprintf("sent %v from this worker's clock, beyond ±%v", d.Round(time.Millisecond), noticeSkew)}

@@ -23,7 +23,7 @@ func TestNoticeRoundTrip(t *testing.T) {
 			if signed := strings.HasPrefix(string(p), noticeSigned); signed != (macKey != nil) {
 				t.Fatalf("key %q: payload %s, signed %v", macKey, p, signed)
 			}
-			got, err := openNotice(ch, string(p), macKey, now.Add(time.Second))
+			got, err := openNotice(ch, string(p), macKey, now.Add(time.Second), 1<<20)
 			if err != nil || got.OK != n.OK || got.Abandoned != n.Abandoned || (got.Failure == nil) != (n.Failure == nil) ||
 				n.Failure != nil && *got.Failure != *n.Failure {
 				t.Fatalf("key %q: %s opened as %+v, %v", macKey, p, got, err)
@@ -59,9 +59,12 @@ func TestNoticeRefusals(t *testing.T) {
 		{"code outside the table", `{"failure":{"code":200,"message":"fine"}}`, nil, noticeCode},
 		{"code outside HTTP", `{"failure":{"code":-1,"message":"crash"}}`, nil, noticeCode},
 		{"too large", `{"failure":{"code":404,"message":"` + strings.Repeat("x", maxNotice) + `"}}`, nil, noticeTooLarge},
+		{"a value over the largest", `{"ok":true,"fetched":1,"expires":2}` + "\n" + strings.Repeat("x", 1<<20+1), nil, noticeTooLarge},
+		{"a value after a failure", `{"failure":{"code":404}}` + "\nrc", nil, noticeMalformed},
+		{"a value the notice does not describe", `{"ok":true}` + "\nrc", nil, noticeMalformed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := openNotice(ch, c.payload, c.macKey, now)
+			_, err := openNotice(ch, c.payload, c.macKey, now, 1<<20)
 			var r *rejection
 			if !errors.As(err, &r) || r.reason != c.reason {
 				t.Fatalf("got %v, want a %s rejection", err, c.reason)
@@ -70,7 +73,7 @@ func TestNoticeRefusals(t *testing.T) {
 	}
 	// Without a key, both forms are read, as before signing existed.
 	for _, p := range []string{unsigned, signed} {
-		if n, err := openNotice(ch, p, nil, now.Add(time.Hour)); err != nil || n.Failure == nil || n.Failure.Message != "r/a:v1: forged" {
+		if n, err := openNotice(ch, p, nil, now.Add(time.Hour), 1<<20); err != nil || n.Failure == nil || n.Failure.Message != "r/a:v1: forged" {
 			t.Fatalf("worker without a key, %s: %+v %v", p, n, err)
 		}
 	}
@@ -82,7 +85,7 @@ func TestNoticeRefusals(t *testing.T) {
 func TestNoticeFailureBounded(t *testing.T) {
 	ch := doneChannel("k")
 	p := `{"failure":{"code":429,"message":"line one\r\nInjected: header` + strings.Repeat("é", 2000) + `","retry_after":"` + strings.Repeat("9", 100) + `"}}`
-	n, err := openNotice(ch, p, nil, time.Now())
+	n, err := openNotice(ch, p, nil, time.Now(), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +98,7 @@ func TestNoticeFailureBounded(t *testing.T) {
 	// A worker sends what its peers accept: bounded before signing.
 	long := &contract.Error{Code: 502, Message: strings.Repeat("x", 3*contract.MaxMessage), RetryAfter: strings.Repeat("1", 100)}
 	now := time.Now()
-	if n, err := openNotice(ch, string(sealNotice(ch, notice{Failure: long}, []byte("k"), now)), []byte("k"), now); err != nil ||
+	if n, err := openNotice(ch, string(sealNotice(ch, notice{Failure: long}, []byte("k"), now)), []byte("k"), now, 1<<20); err != nil ||
 		len(n.Failure.Message) > contract.MaxMessage || n.Failure.RetryAfter != "" {
 		t.Fatalf("a long failure, sealed and opened: %+v %v", n, err)
 	}
@@ -108,6 +111,10 @@ func FuzzOpenNotice(f *testing.F) {
 		f.Add(string(sealNotice(ch, n, nil, now)), false)
 		f.Add(string(sealNotice(ch, n, secret, now)), true)
 	}
+	carrying := notice{OK: true, Fetched: now.UnixNano(), Expires: now.Add(time.Minute).UnixNano()}
+	f.Add(string(sealNotice(ch, carrying, nil, now))+"\nrc\x01value", false)
+	f.Add(string(sealNotice(ch, carrying, secret, now))+"\nrc\x01value", true)
+	f.Add(`{"abandoned":true}`+"\nvalue", false)
 	f.Add("s1:", true)
 	f.Add(`{"failure":{"code":404}}`, false)
 	f.Add(`{"failure":{"code":502,"message":"a\nb\u00e9"}}`, false)
@@ -116,7 +123,7 @@ func FuzzOpenNotice(f *testing.F) {
 		if withKey {
 			k = secret
 		}
-		n, err := openNotice(ch, payload, k, now)
+		n, err := openNotice(ch, payload, k, now, 1<<20)
 		if err != nil {
 			var r *rejection
 			if !errors.As(err, &r) {
@@ -139,9 +146,13 @@ func FuzzOpenNotice(f *testing.F) {
 		}
 		// With a key, what is accepted is exactly what a worker with the
 		// key sends.
+		head, value, carries := strings.Cut(payload, "\n")
+		if carries && (!n.OK || n.value != value) {
+			t.Fatalf("accepted %q with value %q", payload, n.value)
+		}
 		if withKey {
-			if again := sealNotice(ch, n, k, time.Unix(0, n.At)); string(again) != payload {
-				t.Fatalf("accepted %q, a worker sends %q", payload, again)
+			if again := sealNotice(ch, n, k, time.Unix(0, n.At)); string(again) != head {
+				t.Fatalf("accepted %q, a worker sends %q", head, again)
 			}
 		}
 	})

@@ -64,9 +64,19 @@ func (w *Waiter) answer(ctx context.Context, n notice) *Verdict {
 	case n.Failure != nil:
 		return &Verdict{Failure: n.Failure}
 	case n.OK:
+		c := w.l.c
+		if n.value != "" {
+			// The value came with the notice: no read. It is the one the
+			// notice describes, or it is read from Redis after all.
+			now := c.now()
+			if e, ok := c.decodeValue(w.key, n.value, time.Unix(0, n.Expires).Sub(now)); ok &&
+				e.Fetched.UnixNano() == n.Fetched && e.IsFresh(now) {
+				return &Verdict{Found: e}
+			}
+		}
 		// Fresh only: the holder's notice also goes out when its SET did
 		// not land, and the value then is the old, stale one.
-		if e, ok := w.l.c.Get(ctx, w.key); ok && e.IsFresh(w.l.c.now()) {
+		if e, ok := c.Get(ctx, w.key); ok && e.IsFresh(c.now()) {
 			return &Verdict{Found: e}
 		}
 		return nil // stored value lost (Redis hiccup): fetch
