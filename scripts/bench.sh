@@ -63,7 +63,8 @@ wait_port() { # host:port
 echo "starting redis on 127.0.0.1:$REDIS_PORT" >&2
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
 	--dir "$work" --protected-mode no >"$work/redis.log" 2>&1 &
-pids+=($!)
+redis_pid=$!
+pids+=($redis_pid)
 wait_port "127.0.0.1:$REDIS_PORT"
 
 echo "starting docker-registry on $REG" >&2
@@ -83,7 +84,8 @@ http:
   addr: $REG
 EOF
 docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
+registry_pid=$!
+pids+=($registry_pid)
 wait_port "$REG"
 
 # push_blob REPO FILE: monolithic upload, prints the digest.
@@ -145,11 +147,21 @@ export NATS_URL=nats://127.0.0.1:$NATS_PORT
 	echo "# cache: $CACHE"
 } >"$OUT/machine.txt"
 
+cpu() { # PID: user+system CPU seconds so far
+	awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$1/stat"
+}
+
 run() { # NAME ARGS...
-	local name=$1
+	local name=$1 w r g
 	shift
 	echo "requester bench $* -o json > $OUT/$name.json" >&2
+	w=$(cpu "$worker_pid") r=$(cpu "$redis_pid") g=$(cpu "$registry_pid")
 	"$requester" bench "$@" -o json >"$OUT/$name.json"
+	# CPU seconds each process used during this bench (the registry's
+	# include a cold bench's tagging and raw HEADs).
+	awk -v n="$name" -v w="$(cpu "$worker_pid") $w" -v r="$(cpu "$redis_pid") $r" -v g="$(cpu "$registry_pid") $g" '
+		function d(s, a) { split(s, a, " "); return a[1] - a[2] }
+		BEGIN { printf "# %s CPU s: worker %.2f, redis %.2f, registry %.2f\n", n, d(w), d(r), d(g) }' >>"$OUT/machine.txt"
 }
 
 rm -f "$OUT"/warm-*.json "$OUT"/cold-*.json
@@ -160,7 +172,9 @@ for path in $PATHS; do
 		run "$path" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
 			--duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" ;;
 	cold-*) # every request a new tag, so a miss and a registry fetch;
-		# for digest also the raw HEAD floor
+		# for digest also the raw HEAD floor and the NATS relay floor
+		# (a responder that HEADs per request; its NATS traffic goes
+		# through the worker's embedded server, and counts in its CPU)
 		run "$path" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
 			--cold --requests "$COLD_REQUESTS" --runs "$RUNS" ;;
 	*) echo "unknown path $path: want warm-digest, warm-config, cold-digest or cold-config" >&2; exit 2 ;;
@@ -177,8 +191,8 @@ fi
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os
 out = sys.argv[1]
-print("| path | function | c | regcap req/s (runs min–max) | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s | raw HEAD req/s | regcap/HEAD req/s |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+print("| path | function | c | regcap req/s (runs min–max) | p50 | p99 | echo req/s | echo p50 | echo p99 | regcap/echo req/s | raw HEAD req/s | regcap/HEAD req/s | NATS relay req/s | regcap/relay req/s |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 def rate(s):
     runs = s.get("run_throughputs") or [s["throughput_per_second"]]
     return f"{s['throughput_per_second']:.0f} ({min(runs):.0f}–{max(runs):.0f})"
@@ -200,6 +214,8 @@ for mode in ("warm", "cold"):
                 row += ["-"] * 4
             h, hq = l.get("head_floor"), l.get("head_ratio")
             row += [rate(h), f"{hq['throughput']:.2f}"] if h else ["-"] * 2
+            y, yq = l.get("relay_floor"), l.get("relay_ratio")
+            row += [rate(y), f"{yq['throughput']:.2f}"] if y else ["-"] * 2
             print("| " + " | ".join(row) + " |")
 PY
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"

@@ -37,6 +37,11 @@ type benchJSON struct {
 			P50        float64 `json:"p50"`
 			P99        float64 `json:"p99"`
 		} `json:"ratio"`
+		Head       *benchStatsJSON `json:"head_floor"`
+		Relay      *benchStatsJSON `json:"relay_floor"`
+		RelayRatio *struct {
+			Throughput float64 `json:"throughput"`
+		} `json:"relay_ratio"`
 	} `json:"levels"`
 }
 
@@ -95,6 +100,37 @@ func TestBenchCLI(t *testing.T) {
 		}
 		if r.Mode != "cold" || len(r.Levels) != 1 || r.Levels[0].Regcap.Cache[string(contract.Miss)] != 10 || r.Levels[0].Echo != nil {
 			t.Fatalf("report: %+v", r)
+		}
+	})
+
+	// A cold digest run measures regcap, the raw HEAD and the NATS relay
+	// on tags of their own: 10 HEADs each reach the registry.
+	t.Run("cold, with its floors", func(t *testing.T) {
+		before := reg.Count("HEAD", "manifest")
+		code, out, errs := cli(t, "", "bench", a, "--cold", "--requests", "10", "--concurrency", "2", "--nats-url", url, "-o", "json")
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr:\n%s", code, errs)
+		}
+		var r benchJSON
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Levels) != 1 {
+			t.Fatalf("report: %+v", r)
+		}
+		l := r.Levels[0]
+		switch {
+		case l.Regcap.Cache[string(contract.Miss)] != 10:
+			t.Errorf("regcap: %+v, want 10 misses", l.Regcap)
+		case l.Echo != nil:
+			t.Errorf("a cold digest run measured the plain echo: %+v", l.Echo)
+		case l.Head == nil || l.Head.Requests != 10 || l.Head.Errors != 0:
+			t.Errorf("raw HEAD: %+v", l.Head)
+		case l.Relay == nil || l.Relay.Requests != 10 || l.Relay.Errors != 0 || l.RelayRatio == nil || l.RelayRatio.Throughput <= 0:
+			t.Errorf("relay: %+v %+v", l.Relay, l.RelayRatio)
+		}
+		if n := reg.Count("HEAD", "manifest") - before; n != 30 {
+			t.Errorf("%d manifest HEADs reached the registry, want 30 (10 each for regcap, the raw HEAD and the relay)", n)
 		}
 	})
 

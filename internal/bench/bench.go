@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -63,8 +64,8 @@ type Options struct {
 	OnStage func(Stage)
 }
 
-// Stage is the measurement starting: Target ("regcap", "echo" or "raw
-// HEAD") at Concurrency, level Level of Levels and run Run of Runs
+// Stage is the measurement starting: Target ("regcap", "echo", "raw
+// HEAD" or "NATS relay") at Concurrency, level Level of Levels and run Run of Runs
 // (counted from 1).
 type Stage struct {
 	Target                   string
@@ -91,6 +92,11 @@ type Level struct {
 	// compares regcap with it.
 	Head      *Stats `json:"head_floor,omitempty"`
 	HeadRatio *Ratio `json:"head_ratio,omitempty"`
+	// Relay is the cold path's floor over NATS (cold manifest_digest runs
+	// with the echo's connections): a responder that answers each request
+	// with one HEAD and nothing else; RelayRatio compares regcap with it.
+	Relay      *Stats `json:"relay_floor,omitempty"`
+	RelayRatio *Ratio `json:"relay_ratio,omitempty"`
 }
 
 // Report is a whole benchmark.
@@ -150,8 +156,20 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 		rep.Mode, rep.Warmup = "cold", 0
 	}
 
+	// A cold digest run compares with the relay, which does what a miss
+	// must do; the plain echo says nothing about a miss.
+	coldDigest := opts.Fresh != nil && opts.Function == contract.ManifestDigest
 	var echoCall Call
-	if echo != nil {
+	var rl *relay
+	switch {
+	case echo != nil && coldDigest:
+		r, err := startRelay(echo, max(slices.Max(append([]int{1}, opts.Concurrency...)), 1))
+		if err != nil {
+			return nil, err
+		}
+		defer r.stop()
+		rl = r
+	case echo != nil:
 		c, stop, err := startEcho(echo, rep.ReplyBytes)
 		if err != nil {
 			return nil, err
@@ -167,7 +185,7 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 	defer opts.stage(Stage{Done: true})
 	for li, c := range levels {
 		load := Load{Concurrency: c, Duration: opts.Duration, Requests: opts.Requests, Warmup: opts.Warmup}
-		var regs, echos, heads []Stats
+		var regs, echos, heads, relays []Stats
 		for run := range runs {
 			at := Stage{Concurrency: c, Level: li + 1, Levels: len(levels), Run: run + 1, Runs: runs}
 			if ctx.Err() != nil {
@@ -194,7 +212,7 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 				opts.stage(at)
 				echos = append(echos, Measure(ctx, echoCall, echoLoad))
 			}
-			if opts.Fresh != nil && opts.Function == contract.ManifestDigest && ctx.Err() == nil {
+			if coldDigest && ctx.Err() == nil {
 				// The floor gets tags of its own: the registry has not
 				// been asked for them either.
 				refs, err := opts.Fresh(ctx, opts.Requests)
@@ -208,6 +226,15 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 				at.Target = "raw HEAD"
 				opts.stage(at)
 				heads = append(heads, Measure(ctx, head, regLoad))
+			}
+			if rl != nil && ctx.Err() == nil {
+				refs, err := opts.Fresh(ctx, opts.Requests)
+				if err != nil {
+					return nil, fmt.Errorf("making fresh tags for the relay floor: %w", err)
+				}
+				at.Target = "NATS relay"
+				opts.stage(at)
+				relays = append(relays, Measure(ctx, rl.call(refs), regLoad))
 			}
 		}
 		if len(regs) == 0 {
@@ -223,6 +250,11 @@ func Run(ctx context.Context, req Requester, echo *Echo, opts Options) (*Report,
 			h := MedianStats(heads)
 			r := Compare(lv.Regcap, h)
 			lv.Head, lv.HeadRatio = &h, &r
+		}
+		if len(relays) > 0 {
+			h := MedianStats(relays)
+			r := Compare(lv.Regcap, h)
+			lv.Relay, lv.RelayRatio = &h, &r
 		}
 		rep.Levels = append(rep.Levels, lv)
 	}

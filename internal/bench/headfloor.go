@@ -24,31 +24,54 @@ const manifestAccept = "application/vnd.oci.image.index.v1+json, application/vnd
 func HeadFloor(refs []string, conc int) (Call, error) {
 	urls := make([]string, len(refs))
 	for i, r := range refs {
-		ref, err := name.ParseReference(r)
+		u, err := headURL(r)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", r, err)
+			return nil, err
 		}
-		reg := ref.Context().Registry
-		urls[i] = fmt.Sprintf("%s://%s/v2/%s/manifests/%s", reg.Scheme(), reg.RegistryStr(), ref.Context().RepositoryStr(), ref.Identifier())
+		urls[i] = u
 	}
+	h := newHeader(conc)
+	return func(ctx context.Context, seq int) (contract.Outcome, error) {
+		_, err := h.head(ctx, urls[seq%len(urls)])
+		return "", err
+	}, nil
+}
+
+// headURL is the manifest URL of ref.
+func headURL(ref string) (string, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", ref, err)
+	}
+	reg := r.Context().Registry
+	return fmt.Sprintf("%s://%s/v2/%s/manifests/%s", reg.Scheme(), reg.RegistryStr(), r.Context().RepositoryStr(), r.Identifier()), nil
+}
+
+// header sends anonymous manifest HEADs over keep-alive connections.
+type header struct{ hc *http.Client }
+
+func newHeader(conc int) *header {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = max(conc, 2)
-	hc := &http.Client{Transport: tr}
-	return func(ctx context.Context, seq int) (contract.Outcome, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodHead, urls[seq%len(urls)], nil)
-		if err != nil {
-			return "", err
-		}
-		req.Header.Set("Accept", manifestAccept)
-		resp, err := hc.Do(req)
-		if err != nil {
-			return "", err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") == "" {
-			return "", fmt.Errorf("HEAD %s: %s", urls[seq%len(urls)], resp.Status)
-		}
-		return "", nil
-	}, nil
+	return &header{hc: &http.Client{Transport: tr}}
+}
+
+// head returns the digest the registry gives for the manifest at url.
+func (h *header) head(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Accept", manifestAccept)
+	resp, err := h.hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := resp.Header.Get("Docker-Content-Digest")
+	if resp.StatusCode != http.StatusOK || d == "" {
+		return "", fmt.Errorf("HEAD %s: %s", url, resp.Status)
+	}
+	return d, nil
 }

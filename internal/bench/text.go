@@ -51,6 +51,10 @@ func WriteText(w io.Writer, rep *Report) {
 			row(tw, l.Concurrency, "raw HEAD", *l.Head)
 			fmt.Fprintf(tw, "%d\tregcap/HEAD\t%.2f\t%.2fx\t\t%.2fx\t\t\t\t\n", l.Concurrency, l.HeadRatio.Throughput, l.HeadRatio.P50, l.HeadRatio.P99)
 		}
+		if l.Relay != nil {
+			row(tw, l.Concurrency, "NATS relay", *l.Relay)
+			fmt.Fprintf(tw, "%d\tregcap/relay\t%.2f\t%.2fx\t\t%.2fx\t\t\t\t\n", l.Concurrency, l.RelayRatio.Throughput, l.RelayRatio.P50, l.RelayRatio.P99)
+		}
 	}
 	_ = tw.Flush()
 	for _, l := range rep.Levels {
@@ -62,6 +66,9 @@ func WriteText(w io.Writer, rep *Report) {
 		}
 		if l.Head != nil && l.Head.FirstError != "" {
 			fmt.Fprintf(w, "c=%d raw HEAD: first error: %s\n", l.Concurrency, l.Head.FirstError)
+		}
+		if l.Relay != nil && l.Relay.FirstError != "" {
+			fmt.Fprintf(w, "c=%d NATS relay: first error: %s\n", l.Concurrency, l.Relay.FirstError)
 		}
 	}
 }
