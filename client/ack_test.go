@@ -24,13 +24,22 @@ type ackResponder struct {
 	ackless bool         // an old worker: never acknowledges
 }
 
+// askedAck is the acknowledgement subject m asks for, as a worker reads
+// it: its reply subject's last token, or the header.
+func askedAck(m *nats.Msg) string {
+	if strings.HasSuffix(m.Reply, "."+contract.AckReplyToken) {
+		return m.Reply + contract.AckSuffix
+	}
+	return m.Header.Get(contract.HeaderAck)
+}
+
 func startAckResponder(t *testing.T, url string, r *ackResponder, act func(n int64) (ack bool, answer time.Duration)) {
 	t.Helper()
 	nc := testenv.Connect(t, url)
 	_, err := nc.QueueSubscribe(contract.ManifestDigest.Subject(contract.DefaultSubjectPrefix), contract.DefaultQueueGroup, func(m *nats.Msg) {
 		n := r.seen.Add(1)
 		ack, after := act(n)
-		if subj := m.Header.Get(contract.HeaderAck); subj != "" {
+		if subj := askedAck(m); subj != "" {
 			r.asked.Add(1)
 			if ack && !r.ackless {
 				r.acked.Add(1)
@@ -127,7 +136,7 @@ func TestAckedCallOutlivesNoResponders(t *testing.T) {
 	sub, err := nc.Subscribe(contract.ManifestDigest.Subject(contract.DefaultSubjectPrefix), func(m *nats.Msg) {
 		<-ready
 		seen.Add(1)
-		_ = nc.Publish(m.Header.Get(contract.HeaderAck), nil)
+		_ = nc.Publish(askedAck(m), nil)
 		_ = sub.Unsubscribe()
 		// Later than the no-responders resends give up.
 		time.AfterFunc(client.NoRespondersWait+time.Second, func() { _ = m.RespondMsg(digestReply(m)) })

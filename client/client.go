@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,8 +50,13 @@ type Client struct {
 	// attempt waits the attempt timeout, not the ack timeout, for it.
 	ackless atomic.Bool
 	mux     *replyMux
-	onRetry func(contract.Function, error)
-	conn    *connWatch
+	// subjects are the functions' subjects, made once: read-only.
+	subjects map[contract.Function]string
+	// timers are stopped timers for attempts to re-arm (since Go 1.23 a
+	// stopped or reset timer delivers no stale tick).
+	timers sync.Pool
+	onRetry  func(contract.Function, error)
+	conn     *connWatch
 	// tracer and prop are nil unless WithTracerProvider.
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
@@ -129,6 +135,12 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 		o(c)
 	}
 	c.mux = &replyMux{nc: nc}
+	c.timers.New = newStoppedTimer
+	fns := contract.Functions()
+	c.subjects = make(map[contract.Function]string, len(fns))
+	for _, fn := range fns {
+		c.subjects[fn] = fn.Subject(c.prefix)
+	}
 	c.conn = watchConn(nc)
 	return c
 }
@@ -169,7 +181,7 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	m := nats.NewMsg(fn.Subject(c.prefix))
+	m := nats.NewMsg(c.subject(fn))
 	m.Data = payload
 	for _, o := range opts {
 		o(m)
@@ -182,8 +194,8 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 	}
 	defer c.mux.unregister(p)
 	m.Reply = p.reply
-	if c.ackTimeout > 0 {
-		m.Header.Set(contract.HeaderAck, p.ack)
+	if c.ackTimeout <= 0 {
+		m.Reply = p.plainReply()
 	}
 	ep := c.conn.current()
 	if ep.isLost() {
@@ -257,8 +269,10 @@ func (c *Client) Call(ctx context.Context, fn contract.Function, payload []byte,
 		return nil, &contract.Error{Code: n, Message: resp.Header.Get(contract.HeaderError), RetryAfter: resp.Header.Get(contract.HeaderRetryAfter)}
 	}
 	r := &Reply{Body: resp.Data, Cache: contract.Outcome(resp.Header.Get(contract.HeaderCache))}
-	if age, err := strconv.Atoi(resp.Header.Get(contract.HeaderAge)); err == nil && age >= 0 {
-		r.Age = time.Duration(age) * time.Second
+	if a := resp.Header.Get(contract.HeaderAge); a != "" {
+		if age, err := strconv.Atoi(a); err == nil && age >= 0 {
+			r.Age = time.Duration(age) * time.Second
+		}
 	}
 	return r, nil
 }
@@ -323,24 +337,15 @@ func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch
 	case mode == untimed, mode == ackOnly && !waitAck:
 		wait = 0
 	}
-	var timer *time.Timer
-	var timeout <-chan time.Time
-	arm := func(d time.Duration) {
-		if timer != nil {
-			timer.Stop()
-			timer, timeout = nil, nil
-		}
-		if dl, _ := ctx.Deadline(); d > 0 && time.Until(dl) > d {
-			timer = time.NewTimer(d)
-			timeout = timer.C
-		}
-	}
-	arm(wait)
+	// One timer from a pool, re-armed by arm: an attempt that ends before
+	// it fires (every hit) allocates none.
+	timer := c.timers.Get().(*time.Timer)
 	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
+		timer.Stop()
+		c.timers.Put(timer)
 	}()
+	dl, _ := ctx.Deadline()
+	timeout := arm(timer, dl, wait)
 	for {
 		select {
 		case r := <-p.ch:
@@ -356,9 +361,9 @@ func (c *Client) attempt(ctx context.Context, m *nats.Msg, p *pending, ep *epoch
 				if !p.acked {
 					p.acked = true
 					if mode == timed {
-						arm(c.attemptTimeout)
+						timeout = arm(timer, dl, c.attemptTimeout)
 					} else {
-						arm(0)
+						timeout = arm(timer, dl, 0)
 					}
 				}
 				c.ackless.Store(false)
@@ -514,4 +519,31 @@ func (c *Client) HostCall(ctx context.Context, binding, namespace, operation str
 		return nil, err
 	}
 	return r.Body, nil
+}
+
+// subject is fn's request subject.
+func (c *Client) subject(fn contract.Function) string {
+	if s, ok := c.subjects[fn]; ok {
+		return s
+	}
+	return fn.Subject(c.prefix)
+}
+
+// newStoppedTimer is a timer for an attempt to arm.
+func newStoppedTimer() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+// arm sets t to fire after d and returns its channel, or stops it and
+// returns nil (never fires) when d is 0 or the deadline dl comes first:
+// ctx's end covers that.
+func arm(t *time.Timer, dl time.Time, d time.Duration) <-chan time.Time {
+	t.Stop()
+	if d > 0 && time.Until(dl) > d {
+		t.Reset(d)
+		return t.C
+	}
+	return nil
 }

@@ -31,8 +31,7 @@ type replyMux struct {
 // pending is one call waiting on the mux.
 type pending struct {
 	token string
-	reply string
-	ack   string
+	reply string // the acknowledgement's subject is reply+contract.AckSuffix
 	ch    chan *nats.Msg
 	// acked: a worker acknowledged one of the call's attempts. Only the
 	// call's own goroutine reads and writes it.
@@ -54,7 +53,9 @@ func (x *replyMux) register() (*pending, error) {
 	}
 	x.next++
 	tok := strconv.FormatUint(x.next, 36)
-	p := &pending{token: tok, reply: x.base + tok, ack: x.base + tok + contract.AckSuffix, ch: make(chan *nats.Msg, callBuffer)}
+	// The reply subject's last token asks workers for an acknowledgement
+	// (contract.AckReplyToken): no header to encode or decode.
+	p := &pending{token: tok, reply: x.base + tok + "." + contract.AckReplyToken, ch: make(chan *nats.Msg, callBuffer)}
 	x.calls[tok] = p
 	return p, nil
 }
@@ -85,10 +86,19 @@ func (x *replyMux) dispatch(base string, m *nats.Msg) {
 }
 
 // isAck reports whether m is a worker's acknowledgement of the call.
-func (p *pending) isAck(m *nats.Msg) bool { return m.Subject == p.ack }
+func (p *pending) isAck(m *nats.Msg) bool {
+	return len(m.Subject) == len(p.reply)+len(contract.AckSuffix) &&
+		m.Subject[:len(p.reply)] == p.reply && m.Subject[len(p.reply):] == contract.AckSuffix
+}
 
 // isNoResponders reports whether m is the server's no-responders status
 // (nats.go's RequestMsg turns it into nats.ErrNoResponders).
 func isNoResponders(m *nats.Msg) bool {
 	return len(m.Data) == 0 && m.Header.Get("Status") == "503"
+}
+
+// plainReply is p's reply subject without the token that asks for an
+// acknowledgement (WithAckTimeout 0).
+func (p *pending) plainReply() string {
+	return strings.TrimSuffix(p.reply, "."+contract.AckReplyToken)
 }

@@ -86,6 +86,12 @@ const (
 // permissions.
 const AckSuffix = ".ack"
 
+// AckReplyToken, as the last token of a request's reply subject, asks
+// for the acknowledgement as HeaderAck does, on the reply subject
+// followed by AckSuffix, without a header: a request with no header at
+// all costs nothing to decode, which a memory hit would otherwise pay.
+const AckReplyToken = "regcap-ack"
+
 // Outcome says where a successful answer came from. It is sent in the
 // HeaderCache header.
 type Outcome string

@@ -42,8 +42,13 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 		}
 		// Taken, and not answered at once: a caller that asked is told
 		// now, so it does not mistake a slow answer for a lost request.
-		if ack := m.Header.Get(contract.HeaderAck); ack != "" {
-			s.ack(m.Reply, ack)
+		switch {
+		case askedForAck(m.Reply):
+			s.ack(m.Reply, m.Reply+contract.AckSuffix)
+		case m.Header != nil:
+			if ack := m.Header.Get(contract.HeaderAck); ack != "" {
+				s.ack(m.Reply, ack)
+			}
 		}
 		s.inflight.Add(1)
 		s.busy.Add(1)
@@ -54,6 +59,13 @@ func (s *Server) handler(fn contract.Function) nats.MsgHandler {
 			s.reply(m, fn, a, err, start, sp)
 		}()
 	}
+}
+
+// askedForAck reports whether reply's last token is
+// contract.AckReplyToken.
+func askedForAck(reply string) bool {
+	return len(reply) > len(contract.AckReplyToken) && reply[len(reply)-len(contract.AckReplyToken)-1] == '.' &&
+		reply[len(reply)-len(contract.AckReplyToken):] == contract.AckReplyToken
 }
 
 // maxAckSubject bounds the acknowledgement subject a request may name.
@@ -110,7 +122,8 @@ func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err 
 			r.Header.Set(contract.HeaderRetryAfter, contract.Bound(ce.RetryAfter))
 		}
 	} else {
-		r.Header.Set(contract.HeaderCache, string(a.Outcome))
+		// One shared value per outcome: a hit allocates no header value.
+		r.Header[contract.HeaderCache] = outcomeHeader(a.Outcome)
 		if a.Outcome == contract.Stale {
 			r.Header.Set(contract.HeaderAge, strconv.Itoa(int(a.Age.Seconds())))
 		}
@@ -156,3 +169,24 @@ func tooLarge(reply string, fn contract.Function, size int, limit int64) *nats.M
 	r.Header.Set(contract.HeaderError, fmt.Sprintf("%s answer of %d bytes is over the NATS server's max_payload of %d bytes: raise max_payload, or lower --max-manifest-size and --max-config-size", fn.Name(), size, limit))
 	return r
 }
+
+// outcomeHeader is the Regcap-Cache header's value for o, shared by every
+// reply (nats.go only reads it).
+func outcomeHeader(o contract.Outcome) []string {
+	switch o {
+	case contract.Hit:
+		return hitHeader
+	case contract.Miss:
+		return missHeader
+	case contract.Shared:
+		return sharedHeader
+	}
+	return []string{string(o)}
+}
+
+// Read-only: see outcomeHeader.
+var (
+	hitHeader    = []string{string(contract.Hit)}
+	missHeader   = []string{string(contract.Miss)}
+	sharedHeader = []string{string(contract.Shared)}
+)

@@ -42,6 +42,13 @@ func (r *Resolver) refreshIfDue(q query, e rediscache.Entry) {
 		r.refreshing.Delete(q.key)
 		return
 	}
+	r.startRefresh(q, e)
+}
+
+// startRefresh runs refresh in the background. A function of its own, so
+// that q and e escape to the heap only when a refresh starts, not on
+// every hit that checks whether one is due.
+func (r *Resolver) startRefresh(q query, e rediscache.Entry) {
 	go func() {
 		defer r.work.Done()
 		defer r.refreshing.Delete(q.key)
