@@ -54,9 +54,9 @@ type Client struct {
 	subjects map[contract.Function]string
 	// timers are stopped timers for attempts to re-arm (since Go 1.23 a
 	// stopped or reset timer delivers no stale tick).
-	timers sync.Pool
-	onRetry  func(contract.Function, error)
-	conn     *connWatch
+	timers  sync.Pool
+	onRetry func(contract.Function, error)
+	conn    *connWatch
 	// tracer and prop are nil unless WithTracerProvider.
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
