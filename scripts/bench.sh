@@ -13,6 +13,9 @@
 #   PATHS=cold-digest LEVELS=32 scripts/bench.sh   # the cold path against its raw HEAD floor
 #   WORKER_BIN=/path/to/other/worker scripts/bench.sh  # another build of the worker, same requester
 #   CACHE=memory PATHS=cold-digest LEVELS=32 scripts/bench.sh  # the in-process cache only, no Redis
+#   WORKER_ARGS="--memory-cache-size 0" PATHS=warm-digest scripts/bench.sh  # Redis hits
+#   NO_FLOORS=1 scripts/bench.sh     # regcap alone (no echo, no relay): the CPU seconds per
+#                                    # request in machine.txt are then the worker's and Redis's own
 #   PERF_OUT=/tmp/worker.perf PATHS=cold-digest LEVELS=32 scripts/bench.sh  # perf record the worker
 #                                    # (then: perf report -i /tmp/worker.perf --no-children)
 set -euo pipefail
@@ -34,6 +37,10 @@ PATHS=${PATHS:-warm-digest warm-config cold-digest cold-config}
 WORKER_BIN=${WORKER_BIN:-}
 CACHE=${CACHE:-redis}       # redis: the worker shares a Redis; memory: its in-process cache only
 PERF_OUT=${PERF_OUT:-}      # a file: perf record -g the worker while the bench runs
+NO_FLOORS=${NO_FLOORS:-}    # set: --no-echo (no echo, no relay through the worker's NATS server)
+WORKER_ARGS=${WORKER_ARGS:-} # more worker flags, e.g. "--memory-cache-size 0" for Redis hits
+floors=()
+if [ -n "$NO_FLOORS" ]; then floors=(--no-echo); fi
 case $CACHE in redis | memory) ;; *) echo "CACHE=$CACHE: want redis or memory" >&2; exit 2 ;; esac
 
 mkdir -p "$OUT"
@@ -129,8 +136,9 @@ redis_flags=()
 if [ "$CACHE" = redis ]; then redis_flags=(--redis-url "redis://127.0.0.1:$REDIS_PORT"); fi
 # A TTL longer than the whole run, so that the warm figures are all hits
 # (the cache column of the tables shows it).
+# shellcheck disable=SC2086 # WORKER_ARGS is a list of flags
 "$worker" --embedded-nats-addr "127.0.0.1:$NATS_PORT" "${redis_flags[@]}" \
-	--metrics-addr "" --cache-ttl 30m --log-level warn >"$work/worker.log" 2>&1 &
+	--metrics-addr "" --cache-ttl 30m --log-level warn $WORKER_ARGS >"$work/worker.log" 2>&1 &
 worker_pid=$!
 pids+=($worker_pid)
 wait_port "127.0.0.1:$NATS_PORT"
@@ -170,14 +178,14 @@ for path in $PATHS; do
 	case $path in
 	warm-*) # the hit path against the echo floor
 		run "$path" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
-			--duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" ;;
+			--duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" "${floors[@]}" ;;
 	cold-*) # every request a new tag, so a miss and a registry fetch;
 		# for digest also the raw HEAD floor and the NATS relay floor
 		# (a responder that HEADs per request; its NATS traffic goes
 		# through the worker's embedded server, and counts in its CPU)
 		run "$path" -f "$OUT/images.txt" --function "$fn" --concurrency "$LEVELS" \
-			--cold --requests "$COLD_REQUESTS" --runs "$RUNS" ;;
-	*) echo "unknown path $path: want warm-digest, warm-config, cold-digest or cold-config" >&2; exit 2 ;;
+			--cold --requests "$COLD_REQUESTS" --runs "$RUNS" "${floors[@]}" ;;
+	*) echo "unknown path $path: want warm-FUNCTION or cold-FUNCTION (digest, manifest, config)" >&2; exit 2 ;;
 	esac
 done
 
@@ -199,7 +207,7 @@ def rate(s):
 def us(x):
     return f"{x/1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
 for mode in ("warm", "cold"):
-    for fn in ("digest", "config"):
+    for fn in ("digest", "manifest", "config"):
         path = os.path.join(out, f"{mode}-{fn}.json")
         if not os.path.exists(path):
             continue
@@ -218,6 +226,15 @@ for mode in ("warm", "cold"):
             row += [rate(y), f"{yq['throughput']:.2f}"] if y else ["-"] * 2
             print("| " + " | ".join(row) + " |")
 PY
+if [ "$CACHE" = redis ]; then
+	# What an entry costs Redis (MEMORY USAGE, key and value), per function.
+	for fn in manifest_digest oci_manifest oci_manifest_config; do
+		# awk, not head: redis-cli must not die of SIGPIPE under pipefail.
+		{ redis-cli -p "$REDIS_PORT" --scan --pattern "regcap:v2:$fn:*" 2>/dev/null || true; } | awk 'NR <= 200' |
+			while read -r k; do redis-cli -p "$REDIS_PORT" memory usage "$k"; done |
+			awk -v fn="$fn" '{s += $1; n++} END {if (n) printf "# redis bytes per %s entry: %.0f (mean of %d keys)\n", fn, s/n, n}'
+	done >>"$OUT/machine.txt"
+fi
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 cat "$OUT/machine.txt"
 echo "results in $OUT" >&2
