@@ -4,35 +4,11 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/regcap/regcap/internal/testenv"
 )
-
-// commands counts the commands and pipelines a client sends.
-type commands struct{ n atomic.Int64 }
-
-func (c *commands) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *commands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() != "hello" {
-			c.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (c *commands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if cmds[0].Name() != "client" {
-			c.n.Add(1)
-		}
-		return next(ctx, cmds)
-	}
-}
 
 func entryOf(body string, fetched time.Time) Entry {
 	return Entry{Body: []byte(body), Fetched: fetched, Fresh: fetched.Add(time.Minute), Expires: fetched.Add(time.Minute)}
@@ -59,7 +35,7 @@ func TestNoticeCarriesTheValue(t *testing.T) {
 			key := "regcap:v2:oci_manifest:example.test/" + strings.ReplaceAll(c.name, " ", "-") + ":v1"
 			holder := New(rd.Client(t), WithCacheKey(c.key), WithMaxBody(1<<20))
 			t.Cleanup(holder.Close)
-			var sent commands
+			var sent testenv.RoundTrips
 			wc := rd.Client(t)
 			wc.AddHook(&sent)
 			waiter := New(wc, WithCacheKey(c.key), WithMaxBody(1<<20))
@@ -76,13 +52,13 @@ func TestNoticeCarriesTheValue(t *testing.T) {
 			if rd.Client(t).Exists(ctx, waitKey(key)).Val() != 1 {
 				t.Fatal("the waiter did not mark the key")
 			}
-			before := sent.n.Load()
+			before := sent.N.Load()
 			held.Lease.Store(ctx, entryOf(c.body, time.Now()))
 			v := w.Waiter.Wait(ctx, 20*time.Second)
 			if v == nil || v.Failure != nil || string(v.Found.Body) != c.body {
 				t.Fatalf("verdict %+v, want the holder's value", v)
 			}
-			if n := sent.n.Load() - before; n != c.reads {
+			if n := sent.N.Load() - before; n != c.reads {
 				t.Errorf("the waiter sent %d commands after the notice, want %d", n, c.reads)
 			}
 			if n := rd.Client(t).Exists(ctx, waitKey(key), lockKey(key)).Val(); n != 0 {

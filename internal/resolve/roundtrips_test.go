@@ -6,44 +6,17 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/rediscache"
 	"github.com/regcap/regcap/internal/testenv"
 )
-
-// roundTrips counts the round trips a Redis client makes: one per command
-// or pipeline sent, except a new connection's handshake (HELLO, CLIENT
-// SETINFO), which go-redis makes whenever its pool dials.
-type roundTrips struct{ n atomic.Int64 }
-
-func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() != "hello" {
-			c.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if cmds[0].Name() != "client" {
-			c.n.Add(1)
-		}
-		return next(ctx, cmds)
-	}
-}
 
 // countedResolver is a resolver on the fleet's Redis, without a memory
 // tier, whose Redis round trips are counted. The get-or-lock script is
 // loaded first (on every master of a Cluster): a node's first EVALSHA
 // otherwise costs one more round trip (NOSCRIPT, then EVAL), once per
 // node and restart.
-func (f *fleet) countedResolver(t testing.TB, c *roundTrips, opts ...Option) *Resolver {
+func (f *fleet) countedResolver(t testing.TB, c *testenv.RoundTrips, opts ...Option) *Resolver {
 	url := f.url
 	if url == "" {
 		url = f.redis.URL()
@@ -92,7 +65,7 @@ func testRoundTrips(t *testing.T, f *fleet) {
 	f.reg.PushImage(t, "rtt/app", "warm", testenv.OCIManifest, "linux/amd64")
 	ref := f.reg.Ref("rtt/app", "v1")
 	req := request(contract.ManifestDigest, ref)
-	var ca, cb roundTrips
+	var ca, cb testenv.RoundTrips
 	a, b := f.countedResolver(t, &ca), f.countedResolver(t, &cb)
 	k := key(t, contract.ManifestDigest, ref)
 	// New connections' handshakes (HELLO, CLIENT SETINFO) are no
@@ -102,16 +75,16 @@ func testRoundTrips(t *testing.T, f *fleet) {
 		testenv.Must(t, err, "warming up")
 	}
 
-	answer := func(r *Resolver, c *roundTrips, want contract.Outcome) int64 {
+	answer := func(r *Resolver, c *testenv.RoundTrips, want contract.Outcome) int64 {
 		t.Helper()
-		before := c.n.Load()
+		before := c.N.Load()
 		ans, err := r.Answer(context.Background(), req)
 		if err != nil || ans.Outcome != want {
 			t.Fatalf("answer %v %v, want %s", ans.Outcome, err, want)
 		}
 		// The store after a miss runs once the caller is answered.
 		settled(t, r)
-		return c.n.Load() - before
+		return c.N.Load() - before
 	}
 	if n := answer(a, &ca, contract.Miss); n != 2 {
 		t.Errorf("miss: %d round trips, want 2", n)
@@ -140,7 +113,7 @@ func testRoundTrips(t *testing.T, f *fleet) {
 
 	// One fetch slot: a miss behind another's fetch waits for it, holding
 	// its key's lock, and then makes no second look before fetching.
-	var cc roundTrips
+	var cc testenv.RoundTrips
 	c := f.countedResolver(t, &cc, WithConcurrency(1, 1))
 	_, err = c.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("rtt/app", "warm")))
 	testenv.Must(t, err, "warming up")
@@ -153,7 +126,7 @@ func testRoundTrips(t *testing.T, f *fleet) {
 		first <- err
 	}()
 	<-busy.Arrived()
-	before := cc.n.Load()
+	before := cc.N.Load()
 	queued := make(chan error, 1)
 	go func() {
 		_, err := c.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("rtt/app", "queued")))
@@ -168,7 +141,7 @@ func testRoundTrips(t *testing.T, f *fleet) {
 	testenv.Must(t, <-queued, "the miss waiting for the slot")
 	settled(t, c)
 	// The first fetch's store, then the queued miss's two.
-	if n := cc.n.Load() - before - 1; n != 2 {
+	if n := cc.N.Load() - before - 1; n != 2 {
 		t.Errorf("miss behind a busy slot: %d round trips, want 2", n)
 	}
 }
@@ -201,7 +174,7 @@ func BenchmarkRedisRoundTrips(b *testing.B) {
 		{"miss", func() { _ = plain.Del(context.Background(), r).Err() }},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			var n roundTrips
+			var n testenv.RoundTrips
 			res := f.countedResolver(b, &n)
 			if _, err := res.Answer(context.Background(), req); err != nil {
 				b.Fatal(err)
@@ -210,12 +183,12 @@ func BenchmarkRedisRoundTrips(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
 				c.before()
-				start := n.n.Load()
+				start := n.N.Load()
 				b.StartTimer()
 				if _, err := res.Answer(context.Background(), req); err != nil {
 					b.Fatal(err)
 				}
-				counted += n.n.Load() - start
+				counted += n.N.Load() - start
 			}
 			b.ReportMetric(float64(counted)/float64(b.N), "rtt/op")
 		})
@@ -230,7 +203,7 @@ func BenchmarkRedisRoundTrips(b *testing.B) {
 func BenchmarkColdMiss(b *testing.B) {
 	f := &fleet{reg: testenv.StartRegistry(b), redis: testenv.StartRedis(b)}
 	img := f.reg.PushImage(b, "cold/app", "v0", testenv.OCIManifest, "linux/amd64")
-	var n roundTrips
+	var n testenv.RoundTrips
 	r := f.countedResolver(b, &n)
 	tags := make([]Request, b.N)
 	for i := range tags {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -219,3 +220,32 @@ func QuietRedisLogs() { redis.SetLogger(quietRedis{}) }
 type quietRedis struct{}
 
 func (quietRedis) Printf(context.Context, string, ...any) {}
+
+// RoundTrips counts the round trips a go-redis client makes, added with
+// AddHook: one per command or pipeline sent, except a new connection's
+// handshake (HELLO, CLIENT SETINFO), which go-redis makes whenever its
+// pool dials.
+type RoundTrips struct{ N atomic.Int64 }
+
+// DialHook is go-redis's: dials are not counted.
+func (c *RoundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+// ProcessHook counts a command.
+func (c *RoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != "hello" {
+			c.N.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// ProcessPipelineHook counts a pipeline.
+func (c *RoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() != "client" {
+			c.N.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
