@@ -46,7 +46,13 @@ func TestMemoryHitAllocsEndToEnd(t *testing.T) {
 	for range 100 {
 		call() // warm pools and buffers
 	}
-	if n := testing.AllocsPerRun(1000, call); n > maxRoundTripHitAllocs {
-		t.Errorf("a memory hit allocates %v times end to end, want at most %d", n, maxRoundTripHitAllocs)
+	limit := float64(maxRoundTripHitAllocs)
+	if raceEnabled {
+		// The race detector's sync.Pool drops a quarter of what is put
+		// back: the client's pooled timer is made again now and then.
+		limit++
+	}
+	if n := testing.AllocsPerRun(1000, call); n > limit {
+		t.Errorf("a memory hit allocates %v times end to end, want at most %v", n, limit)
 	}
 }
