@@ -11,8 +11,8 @@ import (
 // key's fleet lock, in one round trip: what a miss needs before deciding
 // to fetch, wait, or answer. KEYS: the value, its lock and its waiters'
 // mark (one Cluster slot, see lockKey): a caller that finds the lock
-// held marks the key, so that the holder's release publishes its outcome
-// (releaseScript). ARGV: the GETRANGE end (the largest envelope), the
+// held marks the key for as long as the lock may still be held, so that
+// the holder's release publishes its outcome (releaseScript). ARGV: the GETRANGE end (the largest envelope), the
 // lock's token, its hold in milliseconds.
 //
 // It returns {value, pttl, state[, refusal]}: state 0 when the value
@@ -57,7 +57,8 @@ end
 if ok then
 	return {v, ttl, 1, wrong}
 end
-redis.pcall("SET", KEYS[3], "1", "PX", ARGV[3])
+local held = redis.call("PTTL", KEYS[2])
+redis.pcall("SET", KEYS[3], "1", "PX", math.max(tonumber(ARGV[3]), held))
 return {v, ttl, 2, wrong}
 `)
 

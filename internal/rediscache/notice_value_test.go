@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/regcap/regcap/contract"
 	"github.com/regcap/regcap/internal/testenv"
 )
 
@@ -132,5 +133,27 @@ func TestSplicedNoticeValueIsRead(t *testing.T) {
 	v := w.Waiter.Wait(ctx, 20*time.Second)
 	if v == nil || !bytes.Equal(v.Found.Body, current.Body) {
 		t.Fatalf("verdict %+v, want the value in Redis (%q)", v, current.Body)
+	}
+}
+
+// TestMarkOutlivesAShortWaiter: the waiters' mark lasts as long as the
+// lock may, not as long as the waiter that set it would have held one:
+// a holder that releases after the waiter's own hold still tells it.
+func TestMarkOutlivesAShortWaiter(t *testing.T) {
+	rd := testenv.StartRedis(t)
+	ctx := context.Background()
+	holder, waiter := New(rd.Client(t)), New(rd.Client(t))
+	t.Cleanup(holder.Close)
+	t.Cleanup(waiter.Close)
+	const key = "regcap:v2:manifest_digest:example.test/slow:v1"
+	held := holder.GetOrLock(ctx, key, 10*time.Second)
+	w := waiter.GetOrLock(ctx, key, 50*time.Millisecond)
+	if held.Lease == nil || w.Waiter == nil {
+		t.Fatalf("holder %+v, waiter %+v", held, w)
+	}
+	time.Sleep(100 * time.Millisecond) // past the waiter's own 50 ms hold
+	held.Lease.Fail(ctx, &contract.Error{Code: 404, Message: "example.test/slow:v1: not found"})
+	if v := w.Waiter.Wait(ctx, 20*time.Second); v == nil || v.Failure == nil || v.Failure.Code != 404 {
+		t.Fatalf("verdict %+v, want the holder's 404", v)
 	}
 }

@@ -65,10 +65,10 @@ func (w *Waiter) answer(ctx context.Context, n notice) *Verdict {
 		return &Verdict{Failure: n.Failure}
 	case n.OK:
 		c := w.l.c
-		if n.value != "" {
-			// The value came with the notice: no read. It is the one the
-			// notice describes, or it is read from Redis after all.
-			now := c.now()
+		// The value came with the notice: no read. It is the one the
+		// notice describes, or it is read from Redis after all (and one
+		// that expired on the way is read too, not counted as refused).
+		if now := c.now(); n.value != "" && now.Before(time.Unix(0, n.Expires)) {
 			if e, ok := c.decodeValue(w.key, n.value, time.Unix(0, n.Expires).Sub(now)); ok &&
 				e.Fetched.UnixNano() == n.Fetched && e.IsFresh(now) {
 				return &Verdict{Found: e}

@@ -443,3 +443,48 @@ func settled(t testing.TB, rs ...*Resolver) {
 		return true
 	})
 }
+
+// TestQueuedHolderLetsTheFleetFetch: a miss that takes the fleet lock
+// while every fetch slot of its worker is busy holds it only for a
+// quarter of its --lock-wait: then it gives the lock up, and another
+// worker's waiter (whose own wait is far longer) fetches with its own
+// slots, while the first worker's queue is still held.
+func TestQueuedHolderLetsTheFleetFetch(t *testing.T) {
+	f := &fleet{reg: testenv.StartRegistry(t), redis: testenv.StartRedis(t)}
+	queued := f.add(t, 8*time.Second, WithConcurrency(1, 1)) // holds the lock 2 s at most
+	other := f.add(t, time.Minute)
+	f.reg.PushImage(t, "queue/busy", "v1", testenv.OCIManifest, "linux/amd64")
+	f.reg.PushImage(t, "queue/app", "v1", testenv.OCIManifest, "linux/amd64")
+	ref := f.reg.Ref("queue/app", "v1")
+	gate := f.reg.Hold("queue/busy/manifests/")
+	go func() {
+		_, _ = queued.Answer(context.Background(), request(contract.ManifestDigest, f.reg.Ref("queue/busy", "v1")))
+	}()
+	<-gate.Arrived()
+
+	go func() { _, _ = queued.Answer(context.Background(), request(contract.ManifestDigest, ref)) }()
+	admin := f.redis.Client(t)
+	lock := rediscache.LockKey(key(t, contract.ManifestDigest, ref))
+	testenv.Eventually(t, "the queued miss holding the lock", func() bool {
+		return admin.Exists(context.Background(), lock).Val() == 1
+	})
+	answered := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		a, err := other.Answer(context.Background(), request(contract.ManifestDigest, ref))
+		if err == nil && a.Outcome != contract.Miss {
+			err = fmt.Errorf("answered %s, want a fetch of its own", a.Outcome)
+		}
+		answered <- err
+	}()
+	// Without the bound, the lock is held for the queued miss's whole
+	// slot wait (8 s), and the other worker's waiter waits for it.
+	select {
+	case err := <-answered:
+		testenv.Must(t, err, "the other worker's answer")
+	case <-time.After(6 * time.Second):
+		t.Fatalf("the other worker waited %v on a lock held by a queued miss", time.Since(start).Round(time.Millisecond))
+	}
+	gate.Release()
+	settled(t, queued, other)
+}

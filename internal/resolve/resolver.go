@@ -318,6 +318,12 @@ func (r *Resolver) join(ctx context.Context, q query) (Answer, error) {
 	}
 }
 
+// lockedSlotWait is how long a miss that holds the fleet lock waits for a
+// fetch slot before it gives the lock up: long enough for a burst's
+// queue (fetches take milliseconds), short against the other workers'
+// waits (--lock-wait).
+func (r *Resolver) lockedSlotWait() time.Duration { return r.lockWait / 4 }
+
 // errShuttingDown is the cause a front gives the context it cancels when
 // it stops: its callers are answered 503, not 504.
 var errShuttingDown = errors.New("worker shutting down")
@@ -365,10 +371,12 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 	}
 	// A slot free now is taken before the lock, so that the lock is held
 	// only while fetching. Without one the lock is taken all the same,
-	// and held while this worker waits for a slot: either way a miss
-	// makes one round trip before its fetch (the get-or-lock script:
-	// the value, or the lock, or who holds it), and a value another
-	// worker stored is answered without waiting for a slot.
+	// and held while this worker waits for a slot, for a quarter of
+	// --lock-wait at most: either way a miss makes one round trip before
+	// its fetch (the get-or-lock script: the value, or the lock, or who
+	// holds it), and a value another worker stored is answered without
+	// waiting for a slot. A longer queue gives the lock up, and looks
+	// again (a second round trip) once its slot came.
 	busy := r.slots.acquire(r.noWait, q.registry)
 	slot := busy == nil
 	if slot {
@@ -380,8 +388,8 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		// The registry's circuit is open: nothing to lock for, as
 		// nothing will be fetched; a value in Redis still answers.
 		if e, ok := r.shared.Get(wait, q.key); ok {
+			r.mem.Set(q.key, e)
 			if e.IsFresh(r.now()) {
-				r.mem.Set(q.key, e)
 				return hit(e, contract.Hit)
 			}
 			if !e.Negative && (stale == nil || e.Fetched.After(stale.Fetched)) {
@@ -391,7 +399,7 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 	case r.shared != nil:
 		hold := r.fetchTimeout + lockMargin
 		if !slot {
-			hold += r.lockWait
+			hold += r.lockedSlotWait()
 		}
 		c = r.shared.GetOrLock(q.traced(r.life), q.key, hold)
 		if c.Stale != nil {
@@ -462,9 +470,40 @@ func (r *Resolver) resolve(f *flight, q query) (resolved, error) {
 		return r.staleAnswer(*stale), nil
 	}
 	if !slot {
-		if err := r.acquireSlot(wait, q); err != nil {
+		// Holding the lock, wait for a slot only briefly: the other
+		// workers' waiters are bounded by --lock-wait from their own
+		// start, and must not spend it on this worker's queue.
+		sctx, scancel := wait, context.CancelFunc(func() {})
+		if c.Lease != nil {
+			sctx, scancel = context.WithTimeout(wait, r.lockedSlotWait())
+		}
+		err := r.acquireSlot(sctx, q)
+		queued := err != nil && c.Lease != nil && wait.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded)
+		scancel()
+		if queued {
 			// Our lock's waiters fetch themselves, with their own
-			// workers' slots, rather than wait out our queue.
+			// workers' slots; we go on queueing without the lock, and
+			// look again once a slot came.
+			c.Lease.Abandon(r.life)
+			c.Lease = nil
+			if err = r.acquireSlot(wait, q); err == nil {
+				relock := r.shared.Lock(q.traced(r.life), q.key, r.fetchTimeout+lockMargin, time.Time{})
+				switch {
+				case relock.Found != nil:
+					r.releaseSlot(q)
+					r.mem.Set(q.key, *relock.Found)
+					return hit(*relock.Found, contract.Hit)
+				case relock.Waiter != nil:
+					// Another worker took it meanwhile; the slot is
+					// ours now, and our callers have waited enough.
+					relock.Waiter.Cancel()
+				}
+				c.Lease = relock.Lease
+			}
+		}
+		if err != nil {
+			// Our lock's waiters fetch themselves rather than wait out
+			// our queue.
 			if c.Lease != nil {
 				c.Lease.Abandon(r.life)
 			}
