@@ -540,7 +540,14 @@ func newStoppedTimer() any {
 // returns nil (never fires) when d is 0 or the deadline dl comes first:
 // ctx's end covers that.
 func arm(t *time.Timer, dl time.Time, d time.Duration) <-chan time.Time {
-	t.Stop()
+	if !t.Stop() {
+		// Only with GODEBUG=asynctimerchan=1 (Go before 1.23's timers)
+		// can a fired tick still wait in the channel.
+		select {
+		case <-t.C:
+		default:
+		}
+	}
 	if d > 0 && time.Until(dl) > d {
 		t.Reset(d)
 		return t.C
