@@ -12,8 +12,10 @@ import (
 // to fetch, wait, or answer. KEYS: the value, its lock and its waiters'
 // mark (one Cluster slot, see lockKey): a caller that finds the lock
 // held marks the key for as long as the lock may still be held, so that
-// the holder's release publishes its outcome (releaseScript). ARGV: the GETRANGE end (the largest envelope), the
-// lock's token, its hold in milliseconds.
+// the holder's release publishes its outcome (releaseScript). ARGV: the
+// GETRANGE end (the largest envelope), the lock's token, its hold in
+// milliseconds, and "1" to take the lock whatever the value (Lock: a
+// refresh, or a value the envelope refused).
 //
 // It returns {value, pttl, state[, refusal]}: state 0 when the value
 // looked fresh (no lock taken), 1 when this caller took the lock, 2 when
@@ -41,7 +43,7 @@ if type(v) == "table" then
 	v = ""
 end
 local ttl = redis.call("PTTL", KEYS[1])
-if wrong == 0 and ttl > 0 and #v >= 20 and string.sub(v, 1, 3) == "rc\1" then
+if ARGV[4] ~= "1" and wrong == 0 and ttl > 0 and #v >= 20 and string.sub(v, 1, 3) == "rc\1" then
 	local stale = 0
 	for i = 13, 20 do
 		stale = stale * 256 + string.byte(v, i)
@@ -94,7 +96,7 @@ func (l *fleetLock) getOrLock(ctx context.Context, key string, hold time.Duratio
 	op, cancel := c.health.op(ctx)
 	defer cancel()
 	res, err := getOrLockScript.Run(op, c.rdb, []string{key, lockKey(key), waitKey(key)},
-		c.maxValue(), token, hold.Milliseconds()).Slice()
+		c.maxValue(), token, hold.Milliseconds(), "0").Slice()
 	if err != nil {
 		l.unregister(wt)
 		// An error reply to the whole script (BUSY, NOPERM on EVAL) is a

@@ -179,61 +179,60 @@ func (c *Cache) Waiters(key string) int {
 	return len(c.lock.waiters[key])
 }
 
-// Lock is Cache.Lock.
+// Lock is Cache.Lock: the get-or-lock script, told to take the lock
+// whatever the value, so that a caller that finds the lock held marks
+// the key in the same round trip, as a miss does.
 func (l *fleetLock) Lock(ctx context.Context, key string, hold time.Duration, newerThan time.Time) Claim {
-	if len(key) > MaxKeyLen || l.c.health.skip(ctx, key) {
+	c := l.c
+	if len(key) > MaxKeyLen || c.health.skip(ctx, key) {
 		return Claim{}
 	}
 	l.startListener()
-	// Registered before SET NX, so that an answer published right after
-	// our attempt is not missed.
+	// Registered before the script, so that an answer published right
+	// after it is not missed.
 	wt := l.register(key)
 	if wt == nil {
 		return Claim{}
 	}
 	token := newToken()
-	op, cancel := l.c.health.op(ctx)
+	op, cancel := c.health.op(ctx)
 	defer cancel()
-	var (
-		set *redis.BoolCmd
-		get *redis.StringCmd
-		ttl *redis.DurationCmd
-	)
-	_, err := l.c.rdb.Pipelined(op, func(p redis.Pipeliner) error {
-		set = p.SetNX(op, lockKey(key), token, hold)
-		// Marked whoever holds the lock, this caller too: a notice
-		// nobody needed costs less than a waiter's periodic check.
-		p.Set(op, waitKey(key), "1", hold)
-		get, ttl = l.c.read(op, p, key)
-		return nil
-	})
-	if err != nil && !isReply(err) {
+	res, err := getOrLockScript.Run(op, c.rdb, []string{key, lockKey(key), waitKey(key)},
+		c.maxValue(), token, hold.Milliseconds(), "1").Slice()
+	if err != nil {
 		l.unregister(wt)
-		l.c.health.failed(ctx, key, "lock", err)
+		c.settle(ctx, key, "lock", err)
 		return Claim{}
 	}
-	l.c.health.ok(ctx, key)
+	c.health.ok(ctx, key)
+	value, pttl, state, wrong, refusal := scriptResult(res)
+	var e Entry
+	var found bool
+	if wrong {
+		c.rejected(key, &rejection{rejectWrongType, "the key holds another type than a string"})
+	} else {
+		e, found = c.decodeValue(key, value, pttl)
+	}
 	// A stale value (kept for --stale-if-error) is no answer here: the
 	// lock is for fetching a fresh one.
-	e, found := l.c.decode(key, get, ttl)
-	found = found && e.IsFresh(l.c.now()) && e.Fetched.After(newerThan)
+	found = found && e.IsFresh(c.now()) && e.Fetched.After(newerThan)
 	switch {
-	case set.Err() != nil:
+	case state != 1 && state != 2:
 		// Redis refused the lock (out of memory, read-only): nobody
 		// holds it, so nobody would answer a waiter. Fetch here.
 		l.unregister(wt)
-		l.c.settle(ctx, key, "lock", set.Err())
+		c.settle(ctx, key, "lock", scriptRefusal(refusal))
 		if found {
 			return Claim{Found: &e}
 		}
 		return Claim{}
-	case set.Val() && found:
+	case state == 1 && found:
 		// Stored between the caller's look and our lock: nothing to
 		// fetch, and nobody to keep waiting.
 		l.unregister(wt)
 		(&Lease{l: l, key: key, token: token}).finish(ctx, notice{OK: true}, nil)
 		return Claim{Found: &e}
-	case set.Val():
+	case state == 1:
 		l.unregister(wt)
 		return Claim{Lease: &Lease{l: l, key: key, token: token}}
 	case found:

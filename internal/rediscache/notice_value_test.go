@@ -69,8 +69,8 @@ func TestNoticeCarriesTheValue(t *testing.T) {
 	}
 }
 
-// TestNoNoticeWithoutWaiters: a holder nobody waits for publishes
-// nothing, so a miss nobody shares costs the fleet's listeners nothing;
+// TestNoNoticeWithoutWaiters: a holder nobody waits for (a miss or a
+// refresh) publishes nothing, so a miss nobody shares costs the fleet's listeners nothing;
 // one with a waiter publishes. A subscriber sees the notices in order,
 // so the first one it gets is the second key's.
 func TestNoNoticeWithoutWaiters(t *testing.T) {
@@ -88,6 +88,13 @@ func TestNoNoticeWithoutWaiters(t *testing.T) {
 
 	cl := a.GetOrLock(ctx, alone, time.Minute)
 	cl.Lease.Store(ctx, entryOf("alone", time.Now()))
+	// A refresh (Lock, which takes the lock whatever the value) that
+	// nobody waits for publishes nothing either.
+	cl = a.Lock(ctx, alone, time.Minute, time.Now())
+	if cl.Lease == nil {
+		t.Fatalf("refresh lock: %+v, want the lease", cl)
+	}
+	cl.Lease.Store(ctx, entryOf("alone, refreshed", time.Now()))
 	cl = a.GetOrLock(ctx, shared, time.Minute)
 	w := b.GetOrLock(ctx, shared, time.Minute)
 	if w.Waiter == nil {
