@@ -123,7 +123,7 @@ func (s *Server) reply(m *nats.Msg, fn contract.Function, a resolve.Answer, err 
 		}
 	} else {
 		// One shared value per outcome: a hit allocates no header value.
-		r.Header[contract.HeaderCache] = outcomeHeader(a.Outcome)
+		r.Header[contract.HeaderCache] = s.outcomeHeader(a.Outcome)
 		if a.Outcome == contract.Stale {
 			r.Header.Set(contract.HeaderAge, strconv.Itoa(int(a.Age.Seconds())))
 		}
@@ -170,23 +170,10 @@ func tooLarge(reply string, fn contract.Function, size int, limit int64) *nats.M
 	return r
 }
 
-// outcomeHeader is the Regcap-Cache header's value for o, shared by every
-// reply (nats.go only reads it).
-func outcomeHeader(o contract.Outcome) []string {
-	switch o {
-	case contract.Hit:
-		return hitHeader
-	case contract.Miss:
-		return missHeader
-	case contract.Shared:
-		return sharedHeader
+// outcomeHeader is the Regcap-Cache header's value for o.
+func (s *Server) outcomeHeader(o contract.Outcome) []string {
+	if h, ok := s.cacheHeaders[o]; ok {
+		return h
 	}
 	return []string{string(o)}
 }
-
-// Read-only: see outcomeHeader.
-var (
-	hitHeader    = []string{string(contract.Hit)}
-	missHeader   = []string{string(contract.Miss)}
-	sharedHeader = []string{string(contract.Shared)}
-)

@@ -49,6 +49,9 @@ type Server struct {
 
 	prefix     string
 	queueGroup string
+	// cacheHeaders are the Regcap-Cache values, one per outcome, made
+	// once and shared by every reply (nats.go only reads them).
+	cacheHeaders map[contract.Outcome][]string
 
 	// repliedOffline is set when a reply went to the reconnect buffer.
 	repliedOffline atomic.Bool
@@ -88,6 +91,10 @@ func New(nc *nats.Conn, res Resolver, opts ...Option) *Server {
 		o(s)
 	}
 	s.life, s.hardStop = resolve.ShuttingDown()
+	s.cacheHeaders = map[contract.Outcome][]string{}
+	for _, o := range []contract.Outcome{contract.Hit, contract.Miss, contract.Shared, contract.Stale} {
+		s.cacheHeaders[o] = []string{string(o)}
+	}
 	return s
 }
 
