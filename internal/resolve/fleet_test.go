@@ -451,7 +451,7 @@ func settled(t testing.TB, rs ...*Resolver) {
 // slots, while the first worker's queue is still held.
 func TestQueuedHolderLetsTheFleetFetch(t *testing.T) {
 	f := &fleet{reg: testenv.StartRegistry(t), redis: testenv.StartRedis(t)}
-	queued := f.add(t, 8*time.Second, WithConcurrency(1, 1)) // holds the lock 2 s at most
+	queued := f.add(t, 20*time.Second, WithConcurrency(1, 1)) // holds the lock 5 s at most
 	other := f.add(t, time.Minute)
 	f.reg.PushImage(t, "queue/busy", "v1", testenv.OCIManifest, "linux/amd64")
 	f.reg.PushImage(t, "queue/app", "v1", testenv.OCIManifest, "linux/amd64")
@@ -478,11 +478,11 @@ func TestQueuedHolderLetsTheFleetFetch(t *testing.T) {
 		answered <- err
 	}()
 	// Without the bound, the lock is held for the queued miss's whole
-	// slot wait (8 s), and the other worker's waiter waits for it.
+	// slot wait (20 s), and the other worker's waiter waits for it.
 	select {
 	case err := <-answered:
 		testenv.Must(t, err, "the other worker's answer")
-	case <-time.After(6 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatalf("the other worker waited %v on a lock held by a queued miss", time.Since(start).Round(time.Millisecond))
 	}
 	gate.Release()
